@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
+import {ERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Permit.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+
+/// @title MarketToken
+/// @notice A plain ERC-20 with EIP-2612 permit, for development and tests.
+/// @dev Production deployments list any allowlisted ERC-20 (a stablecoin, say);
+///      this token exists so the embedded default and the tests have one to pay with.
+contract MarketToken is ERC20, ERC20Permit, Ownable {
+    /// @param initialOwner Receives `initialSupply` and the right to mint.
+    /// @param initialSupply Amount minted to `initialOwner` at deployment.
+    constructor(address initialOwner, uint256 initialSupply)
+        ERC20("ModelMarket Token", "MMT")
+        ERC20Permit("ModelMarket Token")
+        Ownable(initialOwner)
+    {
+        _mint(initialOwner, initialSupply);
+    }
+
+    /// @notice Mints `amount` tokens to `to`. Only the owner.
+    function mint(address to, uint256 amount) external onlyOwner {
+        _mint(to, amount);
+    }
+}

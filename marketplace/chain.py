@@ -1,0 +1,376 @@
+"""web3.py bindings: contract artifacts, transactions signed with a local key, receipts,
+events, and contract custom errors turned into domain errors with a human message."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from hexbytes import HexBytes
+from pydantic import SecretStr
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    ContractPanicError,
+    TimeExhausted,
+    Web3RPCError,
+)
+from web3.logs import DISCARD
+from web3.types import EventData, TxReceipt
+
+from marketplace import errors
+
+CONTRACT_NAMES = ("ModelMarketplace", "MarketToken")
+
+
+# ----------------------------------------------------------------- artifacts
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled contract: its ABI, creation bytecode and the compiler that made it."""
+
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+    compiler: str
+
+
+def load_artifact(artifacts_dir: Path, name: str) -> Artifact:
+    """Read `<artifacts_dir>/<name>.json` as written by `contracts/compile.py`."""
+    path = artifacts_dir / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise errors.ConfigurationError(f"contract artifact {path} is missing") from exc
+    return Artifact(
+        name=name,
+        abi=data["abi"],
+        bytecode=data["bytecode"],
+        compiler=data["compiler"]["version"],
+    )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the contracts live on which chain; written once by a deploy."""
+
+    chain_id: int
+    marketplace: str
+    token: str
+    start_block: int
+    owner: str
+    treasury: str
+
+    def save(self, path: Path) -> None:
+        """Write the record atomically (temp file + rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        """Read a record written by `save`."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except FileNotFoundError as exc:
+            raise errors.ConfigurationError(
+                f"no deployment record at {path}; deploy first (make run does)"
+            ) from exc
+        except (TypeError, ValueError) as exc:
+            raise errors.ConfigurationError(f"deployment record {path} is unreadable") from exc
+
+
+# -------------------------------------------------------------------- signer
+
+
+class Signer:
+    """Signs transactions with a local private key. The key never leaves this object:
+    not in its repr, not in an error, not in a log."""
+
+    __slots__ = ("_account", "_lock")
+
+    def __init__(self, private_key: str | SecretStr) -> None:
+        raw = private_key.get_secret_value() if isinstance(private_key, SecretStr) else private_key
+        try:
+            self._account: LocalAccount = Account.from_key(raw)
+        except Exception as exc:
+            # The library's message may quote the bad value; ours never does.
+            raise errors.ConfigurationError("the private key is not a valid hex key") from None
+        finally:
+            del raw
+        # One lock per key: nonces are read and used under it.
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """The checksummed address of the key."""
+        return str(self._account.address)
+
+    def __repr__(self) -> str:
+        return f"Signer({self.address})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Signer is not picklable: it holds a private key")
+
+    def sign(self, tx: dict[str, Any]) -> HexBytes:
+        """The signed raw transaction."""
+        return HexBytes(self._account.sign_transaction(tx).raw_transaction)
+
+    def sign_typed_data(self, full_message: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        """EIP-712 signature as (v, r, s)."""
+        signed = self._account.sign_typed_data(full_message=full_message)
+        return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+    @contextmanager
+    def nonce_lock(self) -> Iterator[None]:
+        """Hold while reading and using a nonce, so two threads never share one."""
+        with self._lock:
+            yield
+
+
+# ------------------------------------------------------------------- connect
+
+
+def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
+    """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    with rpc_errors(rpc_url):
+        w3.eth.chain_id  # noqa: B018 - the first request proves the endpoint answers
+    return w3
+
+
+@contextmanager
+def rpc_errors(where: str = "the chain") -> Iterator[None]:
+    """Turn transport failures into ChainUnavailable (the URL is shown, never a payload)."""
+    try:
+        yield
+    except requests.exceptions.Timeout as exc:
+        raise errors.ChainUnavailable(f"the JSON-RPC endpoint {where} timed out") from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise errors.ChainUnavailable(f"cannot reach the JSON-RPC endpoint {where}") from exc
+
+
+# -------------------------------------------------------------- revert decoding
+
+# name -> (domain error class, message template over the decoded arguments)
+_REVERTS: dict[str, tuple[type[errors.ContractRevert], Callable[..., str]]] = {
+    "UnknownModel": (errors.ModelNotFound, lambda m: f"model {m} does not exist"),
+    "NotSeller": (
+        errors.NotSeller,
+        lambda m, caller, seller: (
+            f"only the seller of model {m} ({seller}) can change it, not {caller}"
+        ),
+    ),
+    "ListingInactive": (errors.ListingInactive, lambda m: f"model {m} is delisted"),
+    "ListingActive": (errors.ListingActive, lambda m: f"model {m} is already listed"),
+    "TokenNotAllowed": (
+        errors.TokenNotAllowed,
+        lambda t: f"token {t} is not on the marketplace's allowlist",
+    ),
+    "PriceAboveMax": (
+        errors.PriceAboveMax,
+        lambda price, mx: (
+            f"the price per call is {price}, above the maximum of {mx} you agreed to pay"
+        ),
+    ),
+    "InvalidPrice": (
+        errors.InvalidPrice,
+        lambda p: f"a price per call must be above 0 and below 2**96, not {p}",
+    ),
+    "ZeroCalls": (errors.InvalidArgument, lambda: "a purchase must be for at least one call"),
+    "EmptyCid": (errors.InvalidArgument, lambda: "the model and metadata CIDs must not be empty"),
+    "ZeroAddress": (errors.InvalidArgument, lambda: "the zero address is not allowed here"),
+    "FeeAboveCap": (
+        errors.FeeAboveCap,
+        lambda fee, cap: f"a fee of {fee} bps is above the hard cap of {cap} bps",
+    ),
+    "NothingToWithdraw": (
+        errors.NothingToWithdraw,
+        lambda acct, token: f"{acct} has nothing to withdraw in token {token}",
+    ),
+    "EnforcedPause": (
+        errors.MarketplacePaused,
+        lambda: "the marketplace is paused: no listings or purchases (withdrawals still work)",
+    ),
+    "ExpectedPause": (errors.InvalidArgument, lambda: "the marketplace is not paused"),
+    "OwnableUnauthorizedAccount": (
+        errors.NotOwner,
+        lambda acct: f"only the marketplace owner can do this, and {acct} is not the owner",
+    ),
+    "OwnableInvalidOwner": (errors.InvalidArgument, lambda o: f"{o} cannot be the owner"),
+    "ERC20InsufficientBalance": (
+        errors.InsufficientFunds,
+        lambda who, have, need: f"{who} holds {have} tokens but {need} are needed",
+    ),
+    "ERC20InsufficientAllowance": (
+        errors.InsufficientAllowance,
+        lambda spender, have, need: (
+            f"the marketplace ({spender}) may spend {have} of your tokens but {need} are"
+            " needed: approve it first"
+        ),
+    ),
+    "ERC2612ExpiredSignature": (
+        errors.PermitInvalid,
+        lambda deadline: f"the permit expired at {deadline}",
+    ),
+    "ERC2612InvalidSigner": (
+        errors.PermitInvalid,
+        lambda signer, owner: f"the permit was signed by {signer}, not by {owner}",
+    ),
+    "SafeERC20FailedOperation": (
+        errors.InsufficientFunds,
+        lambda token: f"the token {token} refused the transfer",
+    ),
+}
+
+
+@cache
+def _error_abis(artifacts_dir: Path) -> dict[bytes, tuple[str, list[str]]]:
+    """selector -> (error name, argument types), from every artifact's ABI."""
+    table: dict[bytes, tuple[str, list[str]]] = {}
+    for name in CONTRACT_NAMES:
+        for item in load_artifact(artifacts_dir, name).abi:
+            if item.get("type") != "error":
+                continue
+            types = [arg["type"] for arg in item["inputs"]]
+            selector = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})")
+            table[selector] = (item["name"], types)
+    return table
+
+
+def _format_arg(value: object) -> object:
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
+        return to_checksum_address(value)
+    return value
+
+
+def decode_revert(artifacts_dir: Path, data: str | bytes) -> errors.ContractRevert:
+    """The domain error for a contract's revert data (custom error, Error(string), Panic)."""
+    raw = HexBytes(data)
+    selector, payload = bytes(raw[:4]), bytes(raw[4:])
+    known = _error_abis(artifacts_dir).get(selector)
+    if known is None:
+        return errors.ContractRevert(f"the contract reverted (data {raw.to_0x_hex()[:74]})")
+    name, types = known
+    try:
+        args = tuple(_format_arg(a) for a in abi_decode(types, payload))
+    except Exception:
+        return errors.ContractRevert(f"the contract reverted with a malformed {name} error", name)
+    cls, template = _REVERTS.get(name, (errors.ContractRevert, None))
+    message = template(*args) if template else f"the contract reverted: {name}{args}"
+    return cls(message, name, args)
+
+
+@contextmanager
+def revert_errors(artifacts_dir: Path) -> Iterator[None]:
+    """Turn web3's revert exceptions into domain errors with a human message."""
+    try:
+        yield
+    except ContractCustomError as exc:
+        raise decode_revert(artifacts_dir, str(exc.data)) from None
+    except ContractPanicError as exc:
+        raise errors.ContractRevert(f"the contract panicked: {exc.message}") from None
+    except ContractLogicError as exc:
+        raise errors.ContractRevert(f"the contract reverted: {exc.message}") from None
+    except Web3RPCError as exc:
+        raise errors.ChainError(f"the chain refused the request: {exc.message}") from None
+
+
+# -------------------------------------------------------------- transactions
+
+
+def send(
+    w3: Web3,
+    call: ContractFunction,
+    signer: Signer,
+    artifacts_dir: Path,
+    *,
+    timeout: float = 120.0,
+    value: int = 0,
+) -> TxReceipt:
+    """Build, sign (locally), send `call` and wait for its receipt.
+
+    A call that would revert is refused before sending, as a domain error.
+    """
+    with rpc_errors(), revert_errors(artifacts_dir), signer.nonce_lock():
+        tx = call.build_transaction(
+            {
+                "from": signer.address,
+                "value": value,
+                "nonce": w3.eth.get_transaction_count(signer.address, "pending"),
+            }
+        )
+        tx_hash = w3.eth.send_raw_transaction(signer.sign(tx))
+    return wait_for_receipt(w3, tx_hash, artifacts_dir, timeout=timeout, replay=tx)
+
+
+def wait_for_receipt(
+    w3: Web3,
+    tx_hash: bytes,
+    artifacts_dir: Path,
+    *,
+    timeout: float = 120.0,
+    replay: dict[str, Any] | None = None,
+) -> TxReceipt:
+    """Wait for a receipt; a reverted transaction raises its decoded domain error."""
+    with rpc_errors():
+        try:
+            receipt = w3.eth.wait_for_transaction_receipt(
+                HexBytes(tx_hash), timeout=timeout, poll_latency=0.02
+            )
+        except TimeExhausted as exc:
+            raise errors.TransactionTimeout(
+                f"transaction {HexBytes(tx_hash).to_0x_hex()} was not mined in {timeout:g} s"
+            ) from exc
+    if receipt["status"] != 1:
+        if replay is not None:
+            # Re-run it where it failed to learn why; the chain keeps no revert reason.
+            call = {k: replay[k] for k in ("from", "to", "data", "value") if k in replay}
+            with rpc_errors(), revert_errors(artifacts_dir):
+                w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
+        raise errors.ChainError(
+            f"transaction {HexBytes(tx_hash).to_0x_hex()} reverted in block"
+            f" {receipt['blockNumber']}"
+        )
+    return receipt
+
+
+def deploy(
+    w3: Web3,
+    artifact: Artifact,
+    signer: Signer,
+    artifacts_dir: Path,
+    *args: Any,
+    timeout: float = 120.0,
+) -> tuple[str, TxReceipt]:
+    """Deploy `artifact` with constructor `args`; returns (address, receipt)."""
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = send(w3, factory.constructor(*args), signer, artifacts_dir, timeout=timeout)
+    address = receipt["contractAddress"]
+    if address is None:
+        raise errors.ChainError("the deployment receipt has no contract address")
+    return to_checksum_address(address), receipt
+
+
+def events(contract: Contract, receipt: TxReceipt, name: str) -> list[EventData]:
+    """The `name` events `contract` emitted in `receipt` (other contracts' logs skipped)."""
+    return list(contract.events[name]().process_receipt(receipt, errors=DISCARD))

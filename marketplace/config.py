@@ -1,0 +1,61 @@
+"""The one Settings object: environment variables `MODELMARKET_*` and a `.env` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read once and passed down; no other module reads the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELMARKET_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / ".modelmarket",
+        description="Where the embedded default keeps its state (chain, deployment, database).",
+    )
+    rpc_url: str | None = Field(
+        default=None,
+        description="JSON-RPC URL of an EVM chain. Unset: the embedded default starts anvil.",
+    )
+    deployment_file: Path | None = Field(
+        default=None,
+        description="JSON with chain id and contract addresses. Default: <data_dir>/deployment.json.",
+    )
+    private_key: SecretStr | None = Field(
+        default=None,
+        description="Hex key that signs transactions sent from this process. Never logged.",
+    )
+    confirmations: int = Field(
+        default=2, ge=0, description="Blocks on top of a transaction before it counts."
+    )
+    tx_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for a transaction receipt."
+    )
+    rpc_timeout: float = Field(default=10.0, gt=0, description="Seconds per JSON-RPC request.")
+    fee_bps: int = Field(
+        default=250, ge=0, le=1000, description="Protocol fee set at deployment (basis points)."
+    )
+    anvil_bin: Path = Field(
+        default=PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+        description="The anvil binary the embedded default starts.",
+    )
+    anvil_port: int = Field(
+        default=0, ge=0, le=65535, description="Port for the embedded anvil; 0 picks a free one."
+    )
+    artifacts_dir: Path = Field(
+        default=PROJECT_ROOT / "contracts/artifacts",
+        description="Compiled contract artifacts (ABI, bytecode).",
+    )
+
+    @property
+    def deployment_path(self) -> Path:
+        """Where the deployment record lives."""
+        return self.deployment_file or self.data_dir / "deployment.json"

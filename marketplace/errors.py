@@ -1,0 +1,132 @@
+"""The one domain exception hierarchy. Each error has a stable code and an HTTP status.
+
+The web faces map these to `{"error": code, "message": ...}` and the CLI to one line on
+stderr; nothing else decides how an error looks.
+"""
+
+from __future__ import annotations
+
+
+class ModelMarketError(Exception):
+    """Base of every domain error."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON body the HTTP faces return."""
+        return {"error": self.code, "message": self.message}
+
+
+class ConfigurationError(ModelMarketError):
+    """The settings or the deployment record are missing or inconsistent."""
+
+    code = "configuration_error"
+    http_status = 500
+
+
+class ChainError(ModelMarketError):
+    """Talking to the chain failed."""
+
+    code = "chain_error"
+    http_status = 502
+
+
+class ChainUnavailable(ChainError):
+    """The JSON-RPC endpoint did not answer."""
+
+    code = "chain_unavailable"
+    http_status = 503
+
+
+class TransactionTimeout(ChainError):
+    """A sent transaction was not mined in time."""
+
+    code = "transaction_timeout"
+    http_status = 504
+
+
+class ContractRevert(ChainError):
+    """The contract refused the call; `name` and `args` are the decoded custom error."""
+
+    code = "contract_revert"
+    http_status = 400
+
+    def __init__(self, message: str, name: str = "", args: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.revert_name = name
+        self.revert_args = args
+
+
+class ModelNotFound(ContractRevert):
+    code = "model_not_found"
+    http_status = 404
+
+
+class NotSeller(ContractRevert):
+    code = "not_seller"
+    http_status = 403
+
+
+class ListingInactive(ContractRevert):
+    code = "listing_inactive"
+    http_status = 409
+
+
+class ListingActive(ContractRevert):
+    code = "listing_active"
+    http_status = 409
+
+
+class PriceAboveMax(ContractRevert):
+    code = "price_above_max"
+    http_status = 409
+
+
+class InvalidPrice(ContractRevert):
+    code = "invalid_price"
+
+
+class InvalidArgument(ContractRevert):
+    code = "invalid_argument"
+
+
+class TokenNotAllowed(ContractRevert):
+    code = "token_not_allowed"
+
+
+class FeeAboveCap(ContractRevert):
+    code = "fee_above_cap"
+
+
+class NothingToWithdraw(ContractRevert):
+    code = "nothing_to_withdraw"
+    http_status = 409
+
+
+class MarketplacePaused(ContractRevert):
+    code = "marketplace_paused"
+    http_status = 503
+
+
+class NotOwner(ContractRevert):
+    code = "not_owner"
+    http_status = 403
+
+
+class InsufficientFunds(ContractRevert):
+    code = "insufficient_funds"
+    http_status = 402
+
+
+class InsufficientAllowance(ContractRevert):
+    code = "insufficient_allowance"
+    http_status = 402
+
+
+class PermitInvalid(ContractRevert):
+    code = "permit_invalid"
