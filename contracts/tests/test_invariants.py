@@ -1,0 +1,179 @@
+"""Stateful property test: random sequences of every marketplace action, with the
+money and permission invariants checked after each step."""
+
+import brownie
+from brownie import chain
+from conftest import META_CID, MODEL_CID
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+ACTORS = 6  # accounts[2..7] are funded buyers and sellers alike
+
+
+actor = st.integers(0, ACTORS - 1)
+price = st.integers(1, 10**18)
+calls = st.integers(1, 1_000)
+fee = st.integers(0, 2_000)  # half of these are above the cap
+pick = st.integers(0, 2**32)
+
+
+# brownie 1.22's own `state_machine` fixture fails its compiled type checks, so this
+# drives hypothesis directly, with a chain snapshot revert before every example.
+class MarketMachine(RuleBasedStateMachine):
+    accounts = market = token = owner = treasury = None
+
+    def __init__(self):
+        super().__init__()
+        chain.revert()
+        self.people = [self.accounts[2 + i] for i in range(ACTORS)]
+        self.start = {p.address: self.token.balanceOf(p) for p in self.people}
+        self.sellers = {}  # model id -> seller address, as listed
+        self.paid = 0  # total buyers paid
+        self.withdrawn = 0  # total sellers withdrew
+        self.fees_out = 0  # total fees sent to the treasury
+        self.max_fee_seen = 0
+
+    def _model(self, pick):
+        return sorted(self.sellers)[pick % len(self.sellers)] if self.sellers else None
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(actor=actor, price=price)
+    def list_model(self, actor, price):
+        who = self.people[actor]
+        if self.market.paused():
+            with brownie.reverts():
+                self.market.listModel(MODEL_CID, META_CID, self.token, price, {"from": who})
+            return
+        tx = self.market.listModel(MODEL_CID, META_CID, self.token, price, {"from": who})
+        self.sellers[tx.return_value] = who.address
+
+    @rule(actor=actor, pick=pick, calls=calls)
+    def purchase(self, actor, pick, calls):
+        mid = self._model(pick)
+        if mid is None:
+            return
+        who = self.people[actor]
+        _, active, _, price, _, _ = self.market.getListing(mid)
+        amount = price * calls
+        self.token.approve(self.market, amount, {"from": who})
+        if self.market.paused() or not active or self.token.balanceOf(who) < amount:
+            before = self.token.balanceOf(who)
+            with brownie.reverts():
+                self.market.purchase(mid, calls, price, {"from": who})
+            assert self.token.balanceOf(who) == before
+            return
+        tx = self.market.purchase(mid, calls, price, {"from": who})
+        ev = tx.events["Purchased"]
+        assert ev["amount"] == amount
+        assert ev["fee"] * 10_000 <= amount * self.market.MAX_FEE_BPS()
+        self.paid += amount
+
+    @rule(actor=actor, pick=pick, price=price)
+    def set_price(self, actor, pick, price):
+        mid = self._model(pick)
+        if mid is None:
+            return
+        who = self.people[actor]
+        if who.address != self.sellers[mid]:
+            with brownie.reverts():
+                self.market.setPrice(mid, price, {"from": who})
+        else:
+            self.market.setPrice(mid, price, {"from": who})
+
+    @rule(actor=actor, pick=pick)
+    def delist_or_relist(self, actor, pick):
+        mid = self._model(pick)
+        if mid is None:
+            return
+        who = self.people[actor]
+        active = self.market.getListing(mid)[1]
+        if who.address != self.sellers[mid]:
+            with brownie.reverts():
+                (self.market.delist if active else self.market.relist)(mid, {"from": who})
+        elif active:
+            self.market.delist(mid, {"from": who})
+        elif not self.market.paused():
+            self.market.relist(mid, {"from": who})
+
+    @rule(pick=pick)
+    def owner_meddles(self, pick):
+        # The owner tries to change someone's listing: always refused.
+        mid = self._model(pick)
+        if mid is None:
+            return
+        with brownie.reverts():
+            self.market.setPrice(mid, 1, {"from": self.owner})
+        with brownie.reverts():
+            self.market.delist(mid, {"from": self.owner})
+
+    @rule(actor=actor)
+    def withdraw(self, actor):
+        who = self.people[actor]
+        owed = self.market.earnings(who, self.token)
+        if owed == 0:
+            with brownie.reverts():
+                self.market.withdraw(self.token, {"from": who})
+            return
+        self.market.withdraw(self.token, {"from": who})  # works paused or not
+        self.withdrawn += owed
+
+    @rule()
+    def withdraw_fees(self):
+        owed = self.market.protocolFees(self.token)
+        if owed:
+            self.market.withdrawFees(self.token, {"from": self.owner})
+            self.fees_out += owed
+
+    @rule(fee=fee)
+    def set_fee(self, fee):
+        if fee > self.market.MAX_FEE_BPS():
+            with brownie.reverts():
+                self.market.setFee(fee, {"from": self.owner})
+        else:
+            self.market.setFee(fee, {"from": self.owner})
+
+    @rule()
+    def toggle_pause(self):
+        if self.market.paused():
+            self.market.unpause({"from": self.owner})
+        else:
+            self.market.pause({"from": self.owner})
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def tokens_conserved(self):
+        owed = sum(self.market.earnings(p, self.token) for p in self.people)
+        fees = self.market.protocolFees(self.token)
+        held = self.token.balanceOf(self.market)
+        assert held == owed + fees
+        assert self.paid == owed + fees + self.withdrawn + self.fees_out
+        assert self.token.balanceOf(self.treasury) == self.fees_out
+        spent = sum(self.start[p.address] - self.token.balanceOf(p) for p in self.people)
+        assert spent == self.paid - self.withdrawn
+
+    @invariant()
+    def fee_capped(self):
+        assert self.market.feeBps() <= self.market.MAX_FEE_BPS()
+
+    @invariant()
+    def sellers_unchanged(self):
+        for mid, seller in self.sellers.items():
+            assert self.market.getListing(mid)[0] == seller
+
+
+def test_marketplace_invariants(accounts, market, token, owner, treasury):
+    MarketMachine.accounts, MarketMachine.market, MarketMachine.token = accounts, market, token
+    MarketMachine.owner, MarketMachine.treasury = owner, treasury
+    chain.snapshot()
+    run_state_machine_as_test(
+        MarketMachine,
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
