@@ -110,7 +110,7 @@ class Signer:
         raw = private_key.get_secret_value() if isinstance(private_key, SecretStr) else private_key
         try:
             self._account: LocalAccount = Account.from_key(raw)
-        except Exception as exc:
+        except Exception:
             # The library's message may quote the bad value; ours never does.
             raise errors.ConfigurationError("the private key is not a valid hex key") from None
         finally:
@@ -374,3 +374,241 @@ def deploy(
 def events(contract: Contract, receipt: TxReceipt, name: str) -> list[EventData]:
     """The `name` events `contract` emitted in `receipt` (other contracts' logs skipped)."""
     return list(contract.events[name]().process_receipt(receipt, errors=DISCARD))
+
+
+# -------------------------------------------------------------- the contracts
+
+
+def deploy_marketplace(
+    w3: Web3,
+    signer: Signer,
+    artifacts_dir: Path,
+    *,
+    fee_bps: int,
+    treasury: str | None = None,
+    token_supply: int = 10**27,
+    timeout: float = 120.0,
+) -> Deployment:
+    """Deploy MarketToken and ModelMarketplace, allowlist the token; the signer owns both."""
+    token_art = load_artifact(artifacts_dir, "MarketToken")
+    market_art = load_artifact(artifacts_dir, "ModelMarketplace")
+    treasury = treasury or signer.address
+    token, receipt = deploy(
+        w3, token_art, signer, artifacts_dir, signer.address, token_supply, timeout=timeout
+    )
+    market, _ = deploy(
+        w3, market_art, signer, artifacts_dir, signer.address, treasury, fee_bps, timeout=timeout
+    )
+    contract = w3.eth.contract(address=market, abi=market_art.abi)
+    send(w3, contract.functions.setTokenAllowed(token, True), signer, artifacts_dir,
+         timeout=timeout)
+    return Deployment(
+        chain_id=w3.eth.chain_id,
+        marketplace=market,
+        token=token,
+        start_block=receipt["blockNumber"],
+        owner=signer.address,
+        treasury=treasury,
+    )
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A listing as the contract holds it."""
+
+    model_id: int
+    seller: str
+    active: bool
+    token: str
+    price_per_call: int
+    model_cid: str
+    metadata_cid: str
+
+
+class Marketplace:
+    """Typed calls on one deployment of ModelMarketplace and its token.
+
+    Every state-changing call takes the Signer that pays for it; reverts come back as
+    domain errors (ModelNotFound, NotSeller, PriceAboveMax, MarketplacePaused, ...).
+    """
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, artifacts_dir: Path, *, timeout: float = 120.0
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.artifacts_dir = artifacts_dir
+        self.timeout = timeout
+        self.contract = w3.eth.contract(
+            address=to_checksum_address(deployment.marketplace),
+            abi=load_artifact(artifacts_dir, "ModelMarketplace").abi,
+        )
+        self._token_abi = load_artifact(artifacts_dir, "MarketToken").abi
+        self.token = self.token_contract(deployment.token)
+
+    def token_contract(self, address: str) -> Contract:
+        """An ERC-20 (with permit) at `address`."""
+        return self.w3.eth.contract(address=to_checksum_address(address), abi=self._token_abi)
+
+    def _send(self, call: ContractFunction, signer: Signer) -> TxReceipt:
+        return send(self.w3, call, signer, self.artifacts_dir, timeout=self.timeout)
+
+    def _call(self, call: ContractFunction) -> Any:
+        with rpc_errors(), revert_errors(self.artifacts_dir):
+            return call.call()
+
+    # sellers
+
+    def list_model(
+        self,
+        signer: Signer,
+        model_cid: str,
+        metadata_cid: str,
+        price_per_call: int,
+        token: str | None = None,
+    ) -> tuple[int, TxReceipt]:
+        """List a model; returns (model id, receipt)."""
+        receipt = self._send(
+            self.contract.functions.listModel(
+                model_cid, metadata_cid, to_checksum_address(token or self.deployment.token),
+                price_per_call,
+            ),
+            signer,
+        )
+        (event,) = events(self.contract, receipt, "ModelListed")
+        return int(event["args"]["modelId"]), receipt
+
+    def set_price(self, signer: Signer, model_id: int, price_per_call: int) -> TxReceipt:
+        """Change a listing's price (its seller only)."""
+        return self._send(self.contract.functions.setPrice(model_id, price_per_call), signer)
+
+    def delist(self, signer: Signer, model_id: int) -> TxReceipt:
+        """Stop selling a listing (its seller only)."""
+        return self._send(self.contract.functions.delist(model_id), signer)
+
+    def relist(self, signer: Signer, model_id: int) -> TxReceipt:
+        """Sell a delisted listing again (its seller only)."""
+        return self._send(self.contract.functions.relist(model_id), signer)
+
+    def withdraw(self, signer: Signer, token: str | None = None) -> TxReceipt:
+        """Withdraw the signer's earnings in `token`."""
+        address = to_checksum_address(token or self.deployment.token)
+        return self._send(self.contract.functions.withdraw(address), signer)
+
+    # buyers
+
+    def approve(self, signer: Signer, amount: int, token: str | None = None) -> TxReceipt:
+        """Let the marketplace pull `amount` of `token` from the signer."""
+        erc20 = self.token_contract(token) if token else self.token
+        return self._send(erc20.functions.approve(self.contract.address, amount), signer)
+
+    def purchase(
+        self, signer: Signer, model_id: int, calls: int, max_price_per_call: int
+    ) -> TxReceipt:
+        """Buy `calls` calls; the allowance must already be in place."""
+        return self._send(
+            self.contract.functions.purchase(model_id, calls, max_price_per_call), signer
+        )
+
+    def permit_typed_data(
+        self, owner: str, value: int, deadline: int, token: str | None = None
+    ) -> dict[str, Any]:
+        """The EIP-2612 Permit typed data a wallet signs for the marketplace to spend `value`."""
+        erc20 = self.token_contract(token) if token else self.token
+        with rpc_errors():
+            _, name, version, chain_id, verifying, _, _ = erc20.functions.eip712Domain().call()
+            nonce = erc20.functions.nonces(to_checksum_address(owner)).call()
+        return {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Permit": [
+                    {"name": "owner", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                ],
+            },
+            "primaryType": "Permit",
+            "domain": {
+                "name": name,
+                "version": version,
+                "chainId": chain_id,
+                "verifyingContract": verifying,
+            },
+            "message": {
+                "owner": to_checksum_address(owner),
+                "spender": self.contract.address,
+                "value": value,
+                "nonce": nonce,
+                "deadline": deadline,
+            },
+        }
+
+    def purchase_with_permit(
+        self,
+        signer: Signer,
+        model_id: int,
+        calls: int,
+        max_price_per_call: int,
+        *,
+        deadline: int,
+    ) -> TxReceipt:
+        """Buy with a permit signed here by the buyer's own key (no separate approve)."""
+        listing = self.listing(model_id)
+        value = calls * listing.price_per_call
+        typed = self.permit_typed_data(signer.address, value, deadline, listing.token)
+        v, r, s = signer.sign_typed_data(typed)
+        return self._send(
+            self.contract.functions.purchaseWithPermit(
+                model_id, calls, max_price_per_call, value, deadline, v, r, s
+            ),
+            signer,
+        )
+
+    # owner
+
+    def pause(self, signer: Signer) -> TxReceipt:
+        """Stop listings and purchases (owner only)."""
+        return self._send(self.contract.functions.pause(), signer)
+
+    def unpause(self, signer: Signer) -> TxReceipt:
+        """Undo `pause` (owner only)."""
+        return self._send(self.contract.functions.unpause(), signer)
+
+    def set_fee(self, signer: Signer, fee_bps: int) -> TxReceipt:
+        """Set the protocol fee (owner only, capped by the contract)."""
+        return self._send(self.contract.functions.setFee(fee_bps), signer)
+
+    # views
+
+    def listing(self, model_id: int) -> Listing:
+        """The listing `model_id`; ModelNotFound if there is none."""
+        seller, active, token, price, model_cid, metadata_cid = self._call(
+            self.contract.functions.getListing(model_id)
+        )
+        return Listing(model_id, seller, active, token, price, model_cid, metadata_cid)
+
+    def earnings(self, seller: str, token: str | None = None) -> int:
+        """What `seller` can withdraw in `token`."""
+        return int(
+            self._call(
+                self.contract.functions.earnings(
+                    to_checksum_address(seller), to_checksum_address(token or self.deployment.token)
+                )
+            )
+        )
+
+    def token_balance(self, account: str, token: str | None = None) -> int:
+        """`account`'s balance of `token`."""
+        erc20 = self.token_contract(token) if token else self.token
+        return int(self._call(erc20.functions.balanceOf(to_checksum_address(account))))
+
+    def purchases(self, receipt: TxReceipt) -> list[EventData]:
+        """The Purchased events in `receipt`."""
+        return events(self.contract, receipt, "Purchased")

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     )
     deployment_file: Path | None = Field(
         default=None,
-        description="JSON with chain id and contract addresses. Default: <data_dir>/deployment.json.",
+        description="Chain id and contract addresses (JSON). Default: <data_dir>/deployment.json.",
     )
     private_key: SecretStr | None = Field(
         default=None,

@@ -1,0 +1,188 @@
+"""The embedded default: a local anvil chain with the contracts deployed and demo
+accounts funded, its state kept in the data dir across restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_utils import to_checksum_address
+from web3 import Web3
+
+from marketplace import chain, errors
+from marketplace.config import Settings
+
+# anvil's default dev mnemonic: its keys are public knowledge and only ever hold
+# play money on the local chain. They are never printed or logged.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+DEMO_ACCOUNTS = 5  # account 0 deploys and owns; 1..4 are demo sellers and buyers
+DEMO_TOKENS = 1_000_000 * 10**18
+ANVIL_CHAIN_ID = 31337
+
+
+def dev_signers(count: int = DEMO_ACCOUNTS) -> list[chain.Signer]:
+    """Signers for anvil's first `count` dev accounts."""
+    Account.enable_unaudited_hdwallet_features()
+    return [
+        chain.Signer(Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex())
+        for i in range(count)
+    ]
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Anvil:
+    """A running anvil process."""
+
+    process: subprocess.Popen[bytes]
+    rpc_url: str
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop anvil gracefully (it writes its state on the way out), then for sure."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_anvil(
+    anvil_bin: Path,
+    *,
+    state_file: Path | None = None,
+    port: int = 0,
+    log_path: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = 15.0,
+) -> Anvil:
+    """Start anvil on 127.0.0.1 and wait until it answers JSON-RPC.
+
+    With `state_file`, the chain is loaded from it and written back on exit and
+    every few seconds (so a hard kill loses little).
+    """
+    if not anvil_bin.exists():
+        raise errors.ConfigurationError(
+            f"anvil is not installed at {anvil_bin}; run `make setup`"
+        )
+    port = port or free_port()
+    args = [str(anvil_bin), "--host", "127.0.0.1", "--port", str(port),
+            "--chain-id", str(ANVIL_CHAIN_ID)]
+    if state_file is not None:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        args += ["--state", str(state_file), "--state-interval", "5"]
+    args += list(extra_args)
+    log_path = log_path or Path(os.devnull)
+    with open(log_path, "ab") as log:
+        # Its own session: a Ctrl-C reaches us, and we decide how anvil stops.
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    rpc_url = f"http://127.0.0.1:{port}"
+    anvil = Anvil(process, rpc_url, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if process.poll() is not None:
+            raise errors.ChainUnavailable(
+                f"anvil exited with code {process.returncode} at start; see {log_path}"
+            )
+        try:
+            chain.connect(rpc_url, timeout=1.0)
+            return anvil
+        except errors.ChainUnavailable:
+            if time.monotonic() > deadline:
+                anvil.stop()
+                raise errors.ChainUnavailable(
+                    f"anvil did not answer on {rpc_url} within {ready_timeout:g} s"
+                ) from None
+            time.sleep(0.03)
+
+
+def deployment_is_live(w3: Web3, deployment: chain.Deployment) -> bool:
+    """True when `deployment` is on this chain: same chain id, code at both addresses."""
+    with chain.rpc_errors():
+        if w3.eth.chain_id != deployment.chain_id:
+            return False
+        return all(
+            len(w3.eth.get_code(to_checksum_address(a))) > 0
+            for a in (deployment.marketplace, deployment.token)
+        )
+
+
+def ensure_deployment(
+    w3: Web3,
+    settings: Settings,
+    signers: list[chain.Signer],
+    *,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> tuple[chain.Deployment, bool]:
+    """Reuse the recorded deployment if it is live on `w3`, else deploy and fund the
+    demo accounts. Returns (deployment, newly_deployed)."""
+    path = settings.deployment_path
+    if path.exists():
+        recorded = chain.Deployment.load(path)
+        if deployment_is_live(w3, recorded):
+            return recorded, False
+        progress(f"the deployment in {path} is not on this chain; deploying anew")
+    owner, *demo = signers
+    progress("deploying MarketToken and ModelMarketplace")
+    deployment = chain.deploy_marketplace(
+        w3, owner, settings.artifacts_dir, fee_bps=settings.fee_bps, timeout=settings.tx_timeout
+    )
+    market = chain.Marketplace(w3, deployment, settings.artifacts_dir, timeout=settings.tx_timeout)
+    for signer in demo:
+        chain.send(w3, market.token.functions.mint(signer.address, DEMO_TOKENS), owner,
+                   settings.artifacts_dir, timeout=settings.tx_timeout)
+    progress(f"funded {len(demo)} demo accounts with {DEMO_TOKENS // 10**18:,} MMT each")
+    deployment.save(path)
+    return deployment, True
+
+
+@contextmanager
+def running(
+    settings: Settings, *, progress: Callable[[str], None] = lambda _msg: None
+) -> Iterator[tuple[str, chain.Deployment, bool]]:
+    """The embedded chain for as long as the block runs: (rpc_url, deployment, new)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    anvil: Anvil | None = None
+    try:
+        if settings.rpc_url:
+            rpc_url = settings.rpc_url
+            if settings.private_key is None:
+                raise errors.ConfigurationError(
+                    "MODELMARKET_PRIVATE_KEY is needed to deploy to MODELMARKET_RPC_URL"
+                )
+            signers = [chain.Signer(settings.private_key)]
+        else:
+            anvil = start_anvil(
+                settings.anvil_bin,
+                state_file=settings.data_dir / "anvil-state.json",
+                port=settings.anvil_port,
+                log_path=settings.data_dir / "anvil.log",
+            )
+            rpc_url = anvil.rpc_url
+            progress(f"anvil is up on {rpc_url} (pid {anvil.process.pid})")
+            signers = dev_signers()
+        w3 = chain.connect(rpc_url, timeout=settings.rpc_timeout)
+        deployment, new = ensure_deployment(w3, settings, signers, progress=progress)
+        yield rpc_url, deployment, new
+    finally:
+        if anvil is not None:
+            anvil.stop()
