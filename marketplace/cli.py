@@ -17,8 +17,7 @@ from marketplace.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def domain_errors(fn: F) -> F:
@@ -29,7 +28,7 @@ def domain_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except errors.ModelMarketError as exc:
-            err.print(f"error: {exc.message} [{exc.code}]", markup=False)
+            click.echo(f"error: {exc.message} [{exc.code}]", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

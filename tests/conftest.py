@@ -1,0 +1,58 @@
+"""Shared fixtures: a real anvil on a free loopback port, with the real contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from marketplace import chain, devstack
+from marketplace.config import PROJECT_ROOT, Settings
+
+ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
+ANVIL_BIN = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings on a fresh data dir, ignoring any .env of the developer's."""
+    return Settings(_env_file=None, data_dir=tmp_path / "data", anvil_bin=ANVIL_BIN)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[devstack.Anvil]:
+    """One anvil for the session; tests isolate themselves with snapshots."""
+    node = devstack.start_anvil(ANVIL_BIN)
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def w3(anvil: devstack.Anvil) -> Web3:
+    return chain.connect(anvil.rpc_url)
+
+
+@pytest.fixture(scope="session")
+def signers() -> list[chain.Signer]:
+    """anvil's dev accounts: 0 owns, 1 sells, 2 buys, 3 is a stranger, 4 buys too."""
+    return devstack.dev_signers(5)
+
+
+@pytest.fixture(scope="session")
+def deployment(w3: Web3, signers: list[chain.Signer]) -> chain.Deployment:
+    owner, *others = signers
+    dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
+    market = chain.Marketplace(w3, dep, ARTIFACTS)
+    for s in others:
+        chain.send(w3, market.token.functions.mint(s.address, 10**24), owner, ARTIFACTS)
+    return dep
+
+
+@pytest.fixture
+def market(w3: Web3, deployment: chain.Deployment) -> Iterator[chain.Marketplace]:
+    """The deployed marketplace; chain state is rolled back after each test."""
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    yield chain.Marketplace(w3, deployment, ARTIFACTS)
+    w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]

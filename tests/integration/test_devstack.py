@@ -1,0 +1,88 @@
+"""The embedded default: anvil with kept state, one deployment reused, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from marketplace import chain, devstack
+from marketplace.config import PROJECT_ROOT
+from tests.conftest import ARTIFACTS
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+def test_second_run_reuses_deployment_and_state(settings):
+    with devstack.running(settings) as (rpc_url, first, new):
+        assert new
+        market = chain.Marketplace(chain.connect(rpc_url), first, ARTIFACTS)
+        seller = devstack.dev_signers(2)[1]
+        model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 5)
+        # the demo accounts hold tokens to buy with
+        assert market.token_balance(seller.address) == devstack.DEMO_TOKENS
+    with devstack.running(settings) as (rpc_url, second, new):
+        assert not new
+        assert second == first
+        market = chain.Marketplace(chain.connect(rpc_url), second, ARTIFACTS)
+        # the chain itself came back: the listing made in the first run is still there
+        assert market.listing(model_id).model_cid == "bafk-model"
+
+
+def test_stale_deployment_record_is_replaced(settings):
+    with devstack.running(settings) as (_, first, _new):
+        pass
+    (settings.data_dir / "anvil-state.json").unlink()  # the chain is gone, the record stays
+    with devstack.running(settings) as (rpc_url, second, new):
+        assert new
+        assert devstack.deployment_is_live(chain.connect(rpc_url), second)
+
+
+def test_make_run_command_starts_and_stops_cleanly(tmp_path):
+    env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marketplace.cli", "run"],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "ready" in line or not line:
+            break
+    text = "".join(lines)
+    assert "ready. Ctrl-C to stop." in text, text
+    anvil_pid = int(text.split("(pid ")[1].split(")")[0])
+    assert _alive(anvil_pid)
+    assert "marketplace  0x" in text and "token (MMT)  0x" in text
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert "stopped." in rest
+    assert not _alive(anvil_pid)
+
+
+def test_missing_anvil_is_a_clear_cli_error(tmp_path):
+    env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "d"),
+           "MODELMARKET_ANVIL_BIN": str(tmp_path / "no-anvil")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketplace.cli", "run"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: anvil is not installed at {tmp_path / 'no-anvil'}; run `make setup`"
+        " [configuration_error]"
+    ]
