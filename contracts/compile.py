@@ -22,9 +22,7 @@ CONTRACTS = {"ModelMarketplace": "src/ModelMarketplace.sol", "MarketToken": "src
 SETTINGS: dict[str, object] = {
     "optimizer": {"enabled": True, "runs": 1000},
     "evmVersion": "cancun",
-    "outputSelection": {
-        "*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}
-    },
+    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 
 
@@ -46,9 +44,11 @@ def compile_all() -> dict[str, dict[str, object]]:
     problems = [e for e in output.get("errors", []) if e["severity"] == "error"]
     if problems:
         sys.exit("\n".join(e["formattedMessage"] for e in problems))
-    version = subprocess.run(
-        [str(SHIM), "--version"], capture_output=True, text=True, check=True
-    ).stdout.split("Version: ")[1].strip()
+    version = (
+        subprocess.run([str(SHIM), "--version"], capture_output=True, text=True, check=True)
+        .stdout.split("Version: ")[1]
+        .strip()
+    )
     artifacts: dict[str, dict[str, object]] = {}
     for name, unit in CONTRACTS.items():
         compiled = output["contracts"][unit][name]
@@ -86,8 +86,9 @@ def main() -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print(f"stale artifacts: {', '.join(stale)}; run python contracts/compile.py",
-              file=sys.stderr)
+        print(
+            f"stale artifacts: {', '.join(stale)}; run python contracts/compile.py", file=sys.stderr
+        )
         return 1
     return 0
 

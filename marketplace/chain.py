@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_typing import ChecksumAddress
+from eth_utils.abi import function_signature_to_4byte_selector
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from pydantic import SecretStr
 from web3 import Web3
 from web3.contract import Contract
-from web3.contract.contract import ContractFunction
+from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
@@ -30,7 +32,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 from web3.logs import DISCARD
-from web3.types import EventData, TxReceipt
+from web3.types import EventData, TxParams, TxReceipt, Wei
 
 from marketplace import errors
 
@@ -119,9 +121,9 @@ class Signer:
         self._lock = threading.Lock()
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         """The checksummed address of the key."""
-        return str(self._account.address)
+        return self._account.address
 
     def __repr__(self) -> str:
         return f"Signer({self.address})"
@@ -131,9 +133,9 @@ class Signer:
     def __reduce__(self) -> Any:
         raise TypeError("a Signer is not picklable: it holds a private key")
 
-    def sign(self, tx: dict[str, Any]) -> HexBytes:
+    def sign(self, tx: TxParams) -> HexBytes:
         """The signed raw transaction."""
-        return HexBytes(self._account.sign_transaction(tx).raw_transaction)
+        return HexBytes(self._account.sign_transaction(dict(tx)).raw_transaction)  # type: ignore[arg-type]
 
     def sign_typed_data(self, full_message: dict[str, Any]) -> tuple[int, bytes, bytes]:
         """EIP-712 signature as (v, r, s)."""
@@ -300,7 +302,7 @@ def revert_errors(artifacts_dir: Path) -> Iterator[None]:
 
 def send(
     w3: Web3,
-    call: ContractFunction,
+    call: ContractFunction | ContractConstructor,
     signer: Signer,
     artifacts_dir: Path,
     *,
@@ -312,13 +314,12 @@ def send(
     A call that would revert is refused before sending, as a domain error.
     """
     with rpc_errors(), revert_errors(artifacts_dir), signer.nonce_lock():
-        tx = call.build_transaction(
-            {
-                "from": signer.address,
-                "value": value,
-                "nonce": w3.eth.get_transaction_count(signer.address, "pending"),
-            }
-        )
+        params: TxParams = {
+            "from": signer.address,
+            "value": Wei(value),
+            "nonce": w3.eth.get_transaction_count(signer.address, "pending"),
+        }
+        tx = call.build_transaction(params)
         tx_hash = w3.eth.send_raw_transaction(signer.sign(tx))
     return wait_for_receipt(w3, tx_hash, artifacts_dir, timeout=timeout, replay=tx)
 
@@ -329,7 +330,7 @@ def wait_for_receipt(
     artifacts_dir: Path,
     *,
     timeout: float = 120.0,
-    replay: dict[str, Any] | None = None,
+    replay: TxParams | None = None,
 ) -> TxReceipt:
     """Wait for a receipt; a reverted transaction raises its decoded domain error."""
     with rpc_errors():
@@ -342,9 +343,14 @@ def wait_for_receipt(
                 f"transaction {HexBytes(tx_hash).to_0x_hex()} was not mined in {timeout:g} s"
             ) from exc
     if receipt["status"] != 1:
-        if replay is not None:
+        if replay is not None and "to" in replay:
             # Re-run it where it failed to learn why; the chain keeps no revert reason.
-            call = {k: replay[k] for k in ("from", "to", "data", "value") if k in replay}
+            call: TxParams = {
+                "from": replay["from"],
+                "to": replay["to"],
+                "data": replay.get("data", b""),
+                "value": replay.get("value", Wei(0)),
+            }
             with rpc_errors(), revert_errors(artifacts_dir):
                 w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
         raise errors.ChainError(
@@ -361,7 +367,7 @@ def deploy(
     artifacts_dir: Path,
     *args: Any,
     timeout: float = 120.0,
-) -> tuple[str, TxReceipt]:
+) -> tuple[ChecksumAddress, TxReceipt]:
     """Deploy `artifact` with constructor `args`; returns (address, receipt)."""
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     receipt = send(w3, factory.constructor(*args), signer, artifacts_dir, timeout=timeout)
@@ -400,8 +406,9 @@ def deploy_marketplace(
         w3, market_art, signer, artifacts_dir, signer.address, treasury, fee_bps, timeout=timeout
     )
     contract = w3.eth.contract(address=market, abi=market_art.abi)
-    send(w3, contract.functions.setTokenAllowed(token, True), signer, artifacts_dir,
-         timeout=timeout)
+    send(
+        w3, contract.functions.setTokenAllowed(token, True), signer, artifacts_dir, timeout=timeout
+    )
     return Deployment(
         chain_id=w3.eth.chain_id,
         marketplace=market,
@@ -470,7 +477,9 @@ class Marketplace:
         """List a model; returns (model id, receipt)."""
         receipt = self._send(
             self.contract.functions.listModel(
-                model_cid, metadata_cid, to_checksum_address(token or self.deployment.token),
+                model_cid,
+                metadata_cid,
+                to_checksum_address(token or self.deployment.token),
                 price_per_call,
             ),
             signer,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eth_account import Account
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 
 from marketplace import chain, errors
@@ -32,7 +32,9 @@ def dev_signers(count: int = DEMO_ACCOUNTS) -> list[chain.Signer]:
     """Signers for anvil's first `count` dev accounts."""
     Account.enable_unaudited_hdwallet_features()
     return [
-        chain.Signer(Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex())
+        chain.Signer(
+            Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex()
+        )
         for i in range(count)
     ]
 
@@ -79,12 +81,17 @@ def start_anvil(
     every few seconds (so a hard kill loses little).
     """
     if not anvil_bin.exists():
-        raise errors.ConfigurationError(
-            f"anvil is not installed at {anvil_bin}; run `make setup`"
-        )
+        raise errors.ConfigurationError(f"anvil is not installed at {anvil_bin}; run `make setup`")
     port = port or free_port()
-    args = [str(anvil_bin), "--host", "127.0.0.1", "--port", str(port),
-            "--chain-id", str(ANVIL_CHAIN_ID)]
+    args = [
+        str(anvil_bin),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(ANVIL_CHAIN_ID),
+    ]
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         args += ["--state", str(state_file), "--state-interval", "5"]
@@ -148,8 +155,13 @@ def ensure_deployment(
     )
     market = chain.Marketplace(w3, deployment, settings.artifacts_dir, timeout=settings.tx_timeout)
     for signer in demo:
-        chain.send(w3, market.token.functions.mint(signer.address, DEMO_TOKENS), owner,
-                   settings.artifacts_dir, timeout=settings.tx_timeout)
+        chain.send(
+            w3,
+            market.token.functions.mint(signer.address, DEMO_TOKENS),
+            owner,
+            settings.artifacts_dir,
+            timeout=settings.tx_timeout,
+        )
     progress(f"funded {len(demo)} demo accounts with {DEMO_TOKENS // 10**18:,} MMT each")
     deployment.save(path)
     return deployment, True

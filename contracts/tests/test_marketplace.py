@@ -175,7 +175,11 @@ def test_purchase_moves_money_and_emits(market, model_id, token, buyer, seller):
     assert tx.return_value == amount
     ev = tx.events["Purchased"]
     assert plain([ev["modelId"], ev["buyer"], ev["calls"], ev["amount"], ev["fee"]]) == (
-        model_id, buyer, calls, amount, fee,
+        model_id,
+        buyer,
+        calls,
+        amount,
+        fee,
     )
     assert token.balanceOf(buyer) == BUYER_FUNDS - amount
     assert token.balanceOf(market) == amount
@@ -306,8 +310,9 @@ def test_purchase_with_permit_needs_no_approve(market, model_id, token, permit_b
     assert token.allowance(permit_buyer, market) == 0
 
 
-def test_purchase_with_front_run_permit_still_succeeds(market, model_id, token, permit_buyer,
-                                                       stranger):
+def test_purchase_with_front_run_permit_still_succeeds(
+    market, model_id, token, permit_buyer, stranger
+):
     amount = 5 * PRICE
     deadline = chain.time() + 3600
     v, r, s = _permit(token, permit_buyer, market, amount, deadline)
@@ -324,8 +329,7 @@ def test_purchase_with_expired_or_forged_permit(market, model_id, token, permit_
     past = chain.time() - 10
     v, r, s = _permit(token, permit_buyer, market, amount, past)
     with reverts("ERC20InsufficientAllowance"):
-        market.purchaseWithPermit(model_id, 1, PRICE, amount, past, v, r, s,
-                                  {"from": permit_buyer})
+        market.purchaseWithPermit(model_id, 1, PRICE, amount, past, v, r, s, {"from": permit_buyer})
     # a permit signed by the holder cannot be spent by another caller
     deadline = chain.time() + 3600
     v, r, s = _permit(token, permit_buyer, market, amount, deadline)
@@ -336,8 +340,9 @@ def test_purchase_with_expired_or_forged_permit(market, model_id, token, permit_
 
 def test_purchase_with_permit_unknown_model(market, token, permit_buyer):
     with reverts("UnknownModel"):
-        market.purchaseWithPermit(9, 1, PRICE, PRICE, 0, 27, b"\x00" * 32, b"\x00" * 32,
-                                  {"from": permit_buyer})
+        market.purchaseWithPermit(
+            9, 1, PRICE, PRICE, 0, 27, b"\x00" * 32, b"\x00" * 32, {"from": permit_buyer}
+        )
 
 
 # -------------------------------------------------------------- withdrawals

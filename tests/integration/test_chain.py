@@ -33,7 +33,7 @@ def listed(market: chain.Marketplace, signers: list[chain.Signer]) -> int:
 
 
 def test_list_purchase_withdraw_walk(market, signers, listed):
-    owner, seller, buyer = signers[:3]
+    _owner, seller, buyer = signers[:3]
     listing = market.listing(listed)
     assert listing == chain.Listing(
         listed, seller.address, True, market.deployment.token, PRICE, MODEL_CID, META_CID
@@ -44,7 +44,9 @@ def test_list_purchase_withdraw_walk(market, signers, listed):
     fee = 10 * PRICE * 250 // 10_000
     assert event["args"]["buyer"] == buyer.address
     assert (event["args"]["calls"], event["args"]["amount"], event["args"]["fee"]) == (
-        10, 10 * PRICE, fee
+        10,
+        10 * PRICE,
+        fee,
     )
     assert market.earnings(seller.address) == 10 * PRICE - fee
     before = market.token_balance(seller.address)
@@ -55,9 +57,7 @@ def test_list_purchase_withdraw_walk(market, signers, listed):
 def test_purchase_with_permit_signed_locally(market, signers, listed):
     buyer = signers[4]
     before = market.token_balance(buyer.address)
-    receipt = market.purchase_with_permit(
-        buyer, listed, 3, PRICE, deadline=int(time.time()) + 3600
-    )
+    receipt = market.purchase_with_permit(buyer, listed, 3, PRICE, deadline=int(time.time()) + 3600)
     assert market.purchases(receipt)[0]["args"]["calls"] == 3
     assert market.token_balance(buyer.address) == before - 3 * PRICE
 
@@ -111,24 +111,52 @@ def test_paused(market, signers, listed):
     ("action", "error", "text"),
     [
         (lambda m, s, i: m.listing(999), errors.ModelNotFound, "model 999 does not exist"),
-        (lambda m, s, i: m.purchase(s[2], i, 1, PRICE), errors.InsufficientAllowance,
-         "approve it first"),
-        (lambda m, s, i: m.purchase(s[2], i, 0, PRICE), errors.InvalidArgument,
-         "at least one call"),
+        (
+            lambda m, s, i: m.purchase(s[2], i, 1, PRICE),
+            errors.InsufficientAllowance,
+            "approve it first",
+        ),
+        (
+            lambda m, s, i: m.purchase(s[2], i, 0, PRICE),
+            errors.InvalidArgument,
+            "at least one call",
+        ),
         (lambda m, s, i: m.set_fee(s[3], 10), errors.NotOwner, "only the marketplace owner"),
-        (lambda m, s, i: m.set_fee(s[0], 5000), errors.FeeAboveCap,
-         "a fee of 5000 bps is above the hard cap of 1000 bps"),
+        (
+            lambda m, s, i: m.set_fee(s[0], 5000),
+            errors.FeeAboveCap,
+            "a fee of 5000 bps is above the hard cap of 1000 bps",
+        ),
         (lambda m, s, i: m.withdraw(s[3]), errors.NothingToWithdraw, "has nothing to withdraw"),
-        (lambda m, s, i: m.list_model(s[1], "", META_CID, PRICE), errors.InvalidArgument,
-         "must not be empty"),
-        (lambda m, s, i: m.list_model(s[1], MODEL_CID, META_CID, 0), errors.InvalidPrice,
-         "above 0"),
-        (lambda m, s, i: m.list_model(s[1], MODEL_CID, META_CID, PRICE, s[3].address),
-         errors.TokenNotAllowed, "not on the marketplace's allowlist"),
+        (
+            lambda m, s, i: m.list_model(s[1], "", META_CID, PRICE),
+            errors.InvalidArgument,
+            "must not be empty",
+        ),
+        (
+            lambda m, s, i: m.list_model(s[1], MODEL_CID, META_CID, 0),
+            errors.InvalidPrice,
+            "above 0",
+        ),
+        (
+            lambda m, s, i: m.list_model(s[1], MODEL_CID, META_CID, PRICE, s[3].address),
+            errors.TokenNotAllowed,
+            "not on the marketplace's allowlist",
+        ),
         (lambda m, s, i: m.relist(s[1], i), errors.ListingActive, "already listed"),
     ],
-    ids=["unknown-model", "no-allowance", "zero-calls", "not-owner", "fee-cap", "nothing",
-         "empty-cid", "zero-price", "token-not-allowed", "relist-active"],
+    ids=[
+        "unknown-model",
+        "no-allowance",
+        "zero-calls",
+        "not-owner",
+        "fee-cap",
+        "nothing",
+        "empty-cid",
+        "zero-price",
+        "token-not-allowed",
+        "relist-active",
+    ],
 )
 def test_reverts_become_domain_errors(market, signers, listed, action, error, text):
     with pytest.raises(error) as info:
@@ -150,8 +178,11 @@ def test_mined_revert_is_decoded(w3, market, signers, listed):
     # the receipt alone says only "status 0", so the replay must recover the reason.
     stranger = signers[3]
     tx = market.contract.functions.delist(listed).build_transaction(
-        {"from": stranger.address, "gas": 100_000,
-         "nonce": w3.eth.get_transaction_count(stranger.address)}
+        {
+            "from": stranger.address,
+            "gas": 100_000,
+            "nonce": w3.eth.get_transaction_count(stranger.address),
+        }
     )
     tx_hash = w3.eth.send_raw_transaction(stranger.sign(tx))
     with pytest.raises(errors.NotSeller):
@@ -190,12 +221,15 @@ def test_unmined_transaction_times_out(signers):
     node = devstack.start_anvil(ANVIL_BIN, extra_args=("--no-mining",))
     try:
         w3 = chain.connect(node.rpc_url)
-        token = w3.eth.contract(abi=chain.load_artifact(ARTIFACTS, "MarketToken").abi,
-                                bytecode=chain.load_artifact(ARTIFACTS, "MarketToken").bytecode)
+        token = w3.eth.contract(
+            abi=chain.load_artifact(ARTIFACTS, "MarketToken").abi,
+            bytecode=chain.load_artifact(ARTIFACTS, "MarketToken").bytecode,
+        )
         started = time.monotonic()
         with pytest.raises(errors.TransactionTimeout, match=r"was not mined in 0\.5 s"):
-            chain.send(w3, token.constructor(signers[0].address, 1), signers[0], ARTIFACTS,
-                       timeout=0.5)
+            chain.send(
+                w3, token.constructor(signers[0].address, 1), signers[0], ARTIFACTS, timeout=0.5
+            )
         assert time.monotonic() - started < 5
     finally:
         node.stop()

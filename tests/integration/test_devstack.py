@@ -40,7 +40,7 @@ def test_second_run_reuses_deployment_and_state(settings):
 
 
 def test_stale_deployment_record_is_replaced(settings):
-    with devstack.running(settings) as (_, first, _new):
+    with devstack.running(settings) as (_, _first, _new):
         pass
     (settings.data_dir / "anvil-state.json").unlink()  # the chain is gone, the record stays
     with devstack.running(settings) as (rpc_url, second, new):
@@ -52,7 +52,11 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
     env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "marketplace.cli", "run"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines = []
@@ -75,11 +79,18 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
 
 
 def test_missing_anvil_is_a_clear_cli_error(tmp_path):
-    env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "d"),
-           "MODELMARKET_ANVIL_BIN": str(tmp_path / "no-anvil")}
+    env = {
+        **os.environ,
+        "MODELMARKET_DATA_DIR": str(tmp_path / "d"),
+        "MODELMARKET_ANVIL_BIN": str(tmp_path / "no-anvil"),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "marketplace.cli", "run"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [

@@ -12,7 +12,10 @@ from marketplace.config import PROJECT_ROOT
 def test_committed_artifacts_match_a_fresh_compile():
     proc = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "contracts" / "compile.py"), "--check"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
 

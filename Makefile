@@ -1,0 +1,71 @@
+# ModelMarket. The README's two commands are `make run` and `make test`; each first
+# runs `make setup`, which installs only what is missing.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION   := 0.13.9
+PYTHON       ?= python3
+UV           := $(shell command -v uv 2>/dev/null)
+# Debian packages the test tiers use: PostgreSQL (database tests), Chromium (browser tests).
+DEB_PACKAGES := postgresql chromium
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help setup uv-bin deb-packages run test lint pytest contracts-test bench compile clean
+
+help:
+	@echo "make run    start the embedded default (anvil + contracts), Ctrl-C to stop"
+	@echo "make test   lint, the app's tests, the contract tests"
+	@echo "make bench  the benchmarks (bench/*.py)"
+
+setup: .venv/.synced contracts/.venv/.synced node_modules/.package-lock.json deb-packages
+
+# uv itself: from PyPI with pip, only when it is not on PATH.
+uv-bin:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: pyproject.toml uv.lock | uv-bin
+	uv sync --locked --quiet
+	@touch $@
+
+contracts/.venv/.synced: contracts/pyproject.toml contracts/uv.lock | uv-bin
+	cd contracts && uv sync --locked --quiet
+	@touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deb-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: setup
+	.venv/bin/modelmarket run
+
+test: setup lint contracts-test pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+contracts-test:
+	contracts/brownie.sh test
+
+pytest:
+	.venv/bin/pytest
+
+bench: setup
+	.venv/bin/python bench/gas.py
+
+compile: setup
+	.venv/bin/python contracts/compile.py
+
+clean:
+	rm -rf .venv contracts/.venv contracts/build contracts/.brownie-home node_modules .modelmarket
