@@ -1,0 +1,105 @@
+"""Gas of the marketplace's calls beside a bare OpenZeppelin ERC-20 transferFrom,
+measured on a fresh anvil in one run.
+
+    make bench            # or: .venv/bin/python bench/gas.py
+
+Every figure is a transaction's gasUsed (21,000 intrinsic gas included), measured in
+steady state (balances and listing slots already non-zero) unless the row says "first".
+The goal (issue 2): purchase <= 1.3 x (bare transferFrom + one event).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from marketplace import chain, devstack  # noqa: E402
+from marketplace.config import Settings  # noqa: E402
+
+CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # a real CIDv1, 59 chars
+PRICE = 2 * 10**16
+GOAL_PURCHASE = 1.3
+
+
+def log_gas(log: dict) -> int:
+    """Gas of one LOG opcode as the yellow paper prices it: 375 + 375/topic + 8/byte."""
+    return 375 + 375 * len(log["topics"]) + 8 * len(bytes(log["data"]))
+
+
+def main() -> int:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    node = devstack.start_anvil(settings.anvil_bin)
+    try:
+        w3 = chain.connect(node.rpc_url)
+        owner, seller, buyer, spender, permit_buyer = devstack.dev_signers(5)
+        art = settings.artifacts_dir
+        dep = chain.deploy_marketplace(w3, owner, art, fee_bps=250)
+        m = chain.Marketplace(w3, dep, art)
+        for who in (seller, buyer, spender, permit_buyer):
+            chain.send(w3, m.token.functions.mint(who.address, 10**24), owner, art)
+
+        def gas(receipt: dict) -> int:
+            return int(receipt["gasUsed"])
+
+        rows: list[tuple[str, int]] = []
+
+        # The baseline: OZ ERC20 transferFrom between two holders, by an approved spender.
+        chain.send(w3, m.token.functions.approve(spender.address, 10**24), buyer, art)
+        tf = m.token.functions.transferFrom(buyer.address, seller.address, PRICE)
+        gas(chain.send(w3, tf, spender, art))  # warm-up: same slots as the measured one
+        transfer = gas(chain.send(w3, tf, spender, art))
+        rows.append(("ERC20 transferFrom (bare OZ, baseline)", transfer))
+
+        first_list = gas(m.list_model(seller, CID, CID, PRICE)[1])
+        model_id, receipt = m.list_model(seller, CID, CID, PRICE)
+        rows.append(("listModel (first ever)", first_list))
+        rows.append(("listModel", gas(receipt)))
+
+        m.approve(buyer, 10**24)
+        rows.append(
+            ("purchase (first for the seller)", gas(m.purchase(buyer, model_id, 100, PRICE)))
+        )
+        purchase_receipt = m.purchase(buyer, model_id, 100, PRICE)
+        purchase = gas(purchase_receipt)
+        rows.append(("purchase", purchase))
+
+        deadline = int(time.time()) + 3600
+        m.purchase_with_permit(permit_buyer, model_id, 10, PRICE, deadline=deadline)
+        rows.append(
+            (
+                "purchaseWithPermit",
+                gas(m.purchase_with_permit(permit_buyer, model_id, 10, PRICE, deadline=deadline)),
+            )
+        )
+        rows.append(("setPrice", gas(m.set_price(seller, model_id, PRICE + 1))))
+        rows.append(("withdraw", gas(m.withdraw(seller))))
+
+        purchased_log = next(
+            log for log in purchase_receipt["logs"] if log["address"] == m.contract.address
+        )
+        event = log_gas(purchased_log)
+        baseline = transfer + event
+        rows.append((f"baseline: transferFrom + one Purchased event ({event} gas)", baseline))
+    finally:
+        node.stop()
+
+    width = max(len(name) for name, _ in rows)
+    print(f"{'call':<{width}}  {'gas':>9}  {'x transferFrom':>14}")
+    print(f"{'-' * width}  {'-' * 9}  {'-' * 14}")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>9,}  {value / transfer:>14.2f}")
+    ratio = purchase / baseline
+    print()
+    print(f"purchase spends {purchase - baseline:,} gas above transferFrom + its event")
+    verdict = "met" if ratio <= GOAL_PURCHASE else "missed"
+    print(
+        f"goal: purchase_vs_transfer_plus_event = {ratio:.2f} (target <= {GOAL_PURCHASE}) {verdict}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
