@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from marketplace import chain, devstack  # noqa: E402
-from marketplace.config import Settings  # noqa: E402
+from marketplace import chain, devstack
+from marketplace.config import Settings
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # a real CIDv1, 59 chars
 PRICE = 2 * 10**16
