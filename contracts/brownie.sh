@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Run eth-brownie for this project: `contracts/brownie.sh test`, `... run scripts/deploy.py`.
+# Run eth-brownie for this project:
+#   contracts/brownie.sh test                      the contract tests on brownie's own anvil
+#   contracts/brownie.sh deploy RPC_URL [OUT]      deploy to any chain (scripts/deploy.py)
+#   contracts/brownie.sh <any brownie command>
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -12,5 +15,17 @@ if [[ "${1:-}" == "test" ]]; then
   # brownie launches anvil for the development network itself: give it a free port.
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   .venv/bin/brownie networks modify development port="$port" host=http://127.0.0.1 >/dev/null
+fi
+if [[ "${1:-}" == "deploy" ]]; then
+  # deploy RPC_URL [OUT]: register the URL as a network in brownie's private home.
+  url="${2:?usage: brownie.sh deploy RPC_URL [OUT_JSON]}"
+  [[ -n "${3:-}" ]] && export DEPLOYMENT_OUT="$(realpath -m "$3")"
+  chainid="$(python3 -c 'import json,sys,urllib.request as u; r=u.Request(sys.argv[1], json.dumps({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}).encode(), {"Content-Type":"application/json"}); print(int(json.load(u.urlopen(r, timeout=10))["result"],16))' "$url")"
+  .venv/bin/brownie networks delete modelmarket-target >/dev/null 2>&1 || true
+  .venv/bin/brownie networks add Ethereum modelmarket-target host="$url" chainid="$chainid" >/dev/null
+  # brownie reloads its own record of earlier deployments on connect and fails when a
+  # chain was reset; the record that counts is the deployment JSON this script writes.
+  rm -rf "build/deployments/$chainid"
+  exec .venv/bin/brownie run scripts/deploy.py --network modelmarket-target
 fi
 exec .venv/bin/brownie "$@"

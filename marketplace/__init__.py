@@ -1,0 +1,1 @@
+"""ModelMarket: the domain (chain, ledger, indexer, auth) and its web faces."""

@@ -26,3 +26,11 @@ def test_fee_bounds(monkeypatch):
     monkeypatch.setenv("MODELMARKET_FEE_BPS", "1001")
     with pytest.raises(pydantic.ValidationError, match="fee_bps"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_readme_documents_every_setting():
+    from marketplace.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`MODELMARKET_{name.upper()}`" in readme, name

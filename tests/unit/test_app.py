@@ -1,0 +1,29 @@
+"""The app factory and the one place domain errors become HTTP."""
+
+from __future__ import annotations
+
+from app import create_app
+from marketplace import chain
+
+
+def test_deployment_endpoint(settings):
+    record = chain.Deployment(
+        31337, "0x" + "1" * 40, "0x" + "2" * 40, 1, "0x" + "3" * 40, "0x" + "3" * 40
+    )
+    record.save(settings.deployment_path)
+    client = create_app(settings).test_client()
+    body = client.get("/api/v1/deployment").get_json()
+    assert body == {
+        "chain_id": 31337,
+        "marketplace": record.marketplace,
+        "token": record.token,
+        "start_block": 1,
+    }
+
+
+def test_missing_deployment_is_a_json_error(settings):
+    resp = create_app(settings).test_client().get("/api/v1/deployment")
+    assert resp.status_code == 500
+    body = resp.get_json()
+    assert body["error"] == "configuration_error"
+    assert "deploy first" in body["message"]
