@@ -12,7 +12,7 @@ ACTORS = 6  # accounts[2..7] are funded buyers and sellers alike
 
 
 actor = st.integers(0, ACTORS - 1)
-price = st.integers(1, 10**18)
+price = st.integers(1, 10**18) | st.integers(1, 10**6)
 calls = st.integers(1, 1_000)
 fee = st.integers(0, 2_000)  # half of these are above the cap
 pick = st.integers(0, 2**32)
@@ -32,7 +32,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.paid = 0  # total buyers paid
         self.withdrawn = 0  # total sellers withdrew
         self.fees_out = 0  # total fees sent to the treasury
-        self.max_fee_seen = 0
+        self.purchases = 0
 
     def _model(self, pick):
         return sorted(self.sellers)[pick % len(self.sellers)] if self.sellers else None
@@ -51,6 +51,8 @@ class MarketMachine(RuleBasedStateMachine):
 
     @rule(actor=actor, pick=pick, calls=calls)
     def purchase(self, actor, pick, calls):
+        if not self.sellers and not self.market.paused():
+            self.list_model(actor=(actor + 1) % ACTORS, price=pick % 10**6 + 1)
         mid = self._model(pick)
         if mid is None:
             return
@@ -69,6 +71,7 @@ class MarketMachine(RuleBasedStateMachine):
         assert ev["amount"] == amount
         assert ev["fee"] * 10_000 <= amount * self.market.MAX_FEE_BPS()
         self.paid += amount
+        self.purchases += 1
 
     @rule(actor=actor, pick=pick, price=price)
     def set_price(self, actor, pick, price):
@@ -133,6 +136,17 @@ class MarketMachine(RuleBasedStateMachine):
                 self.market.setFee(fee, {"from": self.owner})
         else:
             self.market.setFee(fee, {"from": self.owner})
+
+    @rule(actor=actor, pick=pick)
+    def pause_briefly(self, actor, pick):
+        # While paused, purchases revert and withdrawals still pay out.
+        was_paused = self.market.paused()
+        if not was_paused:
+            self.market.pause({"from": self.owner})
+        self.purchase(actor=actor, pick=pick, calls=1)
+        self.withdraw(actor=actor)
+        if not was_paused:
+            self.market.unpause({"from": self.owner})
 
     @rule()
     def toggle_pause(self):
