@@ -106,9 +106,7 @@ class _Chunks:
         return data
 
 
-def file_blocks(
-    stream: BinaryIO, on_bytes: Callable[[int], None] | None = None
-) -> Iterator[Block]:
+def file_blocks(stream: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> Iterator[Block]:
     """Every block of the file's DAG, children before parents; the last is the root."""
     chunks = _Chunks(stream, on_bytes)
 
@@ -122,8 +120,9 @@ def file_blocks(
         data = _file_node(children)
         cid = cid_v1(DAG_PB, data)
         yield Block(cid, data)
-        yield _Child(cid, sum(c.file_size for c in children),
-                     len(data) + sum(c.tsize for c in children))
+        yield _Child(
+            cid, sum(c.file_size for c in children), len(data) + sum(c.tsize for c in children)
+        )
 
     def fill(first: _Child | None, depth: int) -> Iterator[Block | _Child]:
         # go-unixfs balanced.fillNodeRec: fill a node of `depth` to MAX_LINKS children.

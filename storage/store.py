@@ -1,0 +1,59 @@
+"""The one content-store interface both backends implement, and the factory that picks
+one: the embedded `LocalStore` by default, an IPFS node when an API address is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+ProgressFn = Callable[[int], None]
+
+
+class ContentStore(Protocol):
+    """Content addressed by Kubo-identical CIDv1. `cat` streams bytes as the backend has
+    them; callers that must trust them verify against the CID (see `storage.cache`)."""
+
+    def add(self, stream: BinaryIO, *, pin: bool = True, on_bytes: ProgressFn | None = None) -> str:
+        """Store the stream's bytes; return their CID (base32)."""
+        ...
+
+    def cat(
+        self, cid: str, *, timeout: float | None = None, on_bytes: ProgressFn | None = None
+    ) -> Iterator[bytes]:
+        """The bytes of `cid`, streamed; ContentNotFound when the store has none."""
+        ...
+
+    def has(self, cid: str) -> bool:
+        """Whether the store holds `cid` locally."""
+        ...
+
+    def pin(self, cid: str) -> None:
+        """Keep `cid` through garbage collection."""
+        ...
+
+    def unpin(self, cid: str) -> None:
+        """Let garbage collection remove `cid`."""
+        ...
+
+    def export_car(self, cid: str, out: BinaryIO) -> int:
+        """Write `cid`'s DAG as a CAR v1 file; return its size."""
+        ...
+
+    def import_car(self, stream: BinaryIO) -> str:
+        """Store the file a CAR v1 holds (every block verified); return its root CID."""
+        ...
+
+
+def open_store(
+    local_dir: Path, ipfs_api: str | None = None, *, timeout: float = 30.0
+) -> ContentStore:
+    """An IPFS node at `ipfs_api` (a multiaddr), else the embedded store in `local_dir`."""
+    if ipfs_api:
+        from storage.ipfs import IpfsStore
+
+        store: ContentStore = IpfsStore(ipfs_api, timeout=timeout)
+        return store
+    from storage.local import LocalStore
+
+    return LocalStore(local_dir)
