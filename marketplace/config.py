@@ -55,6 +55,27 @@ class Settings(BaseSettings):
         description="Compiled contract artifacts (ABI, bytecode).",
     )
 
+    ipfs_api: str | None = Field(
+        default=None,
+        description="Kubo RPC API multiaddr (/ip4/H/tcp/P/http). Unset: the embedded store.",
+    )
+    storage_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds an IPFS request may take (add, cat, pin)."
+    )
+    cache_max_bytes: int = Field(
+        default=2 << 30, gt=0, description="Byte bound of the gateway's verified model cache."
+    )
+
+    @property
+    def store_dir(self) -> Path:
+        """The embedded content store's folder."""
+        return self.data_dir / "store"
+
+    @property
+    def cache_dir(self) -> Path:
+        """The model cache's folder."""
+        return self.data_dir / "cache"
+
     @property
     def deployment_path(self) -> Path:
         """Where the deployment record lives."""

@@ -34,3 +34,14 @@ def test_readme_documents_every_setting():
     readme = (PROJECT_ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`MODELMARKET_{name.upper()}`" in readme, name
+
+
+def test_settings_pick_the_store(tmp_path):
+    from storage.ipfs import IpfsStore
+    from storage.local import LocalStore
+    from storage.store import open_store
+
+    local = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert isinstance(open_store(local.store_dir, local.ipfs_api), LocalStore)
+    node = Settings(_env_file=None, data_dir=tmp_path, ipfs_api="/ip4/127.0.0.1/tcp/5001/http")  # type: ignore[call-arg]
+    assert isinstance(open_store(node.store_dir, node.ipfs_api), IpfsStore)
