@@ -3,6 +3,7 @@ accounts funded, its state kept in the data dir across restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -198,3 +199,86 @@ def running(
     finally:
         if anvil is not None:
             anvil.stop()
+
+
+@dataclass
+class JsIpfs:
+    """A running js-ipfs daemon (npm ipfs@0.66.1): offline, loopback only."""
+
+    process: subprocess.Popen[bytes]
+    repo: Path
+    api: str  # multiaddr of its Kubo-compatible RPC API
+    url: str  # the same as an HTTP base URL (.../api/v0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # a hard stop leaves these behind and blocks the next start
+        for stale in ("repo.lock", "api"):
+            (self.repo / stale).unlink(missing_ok=True)
+
+
+def start_jsipfs(jsipfs_bin: Path, repo: Path, *, ready_timeout: float = 60.0) -> JsIpfs:
+    """Start js-ipfs on a fresh or existing repo, with no network but loopback.
+
+    The config empties Swarm, Gateway, Bootstrap and Delegates and turns MDNS off, so the
+    daemon never dials out; the API listens on a free 127.0.0.1 port.
+    """
+    if not jsipfs_bin.exists():
+        raise errors.ConfigurationError(f"js-ipfs is not installed at {jsipfs_bin}; run make setup")
+    api_port = free_port()
+    env = {**os.environ, "IPFS_PATH": str(repo)}
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    if not (repo / "config").exists():
+        config = {
+            "Addresses": {
+                "Swarm": [],
+                "API": f"/ip4/127.0.0.1/tcp/{api_port}",
+                "Gateway": "",
+                "RPC": f"/ip4/127.0.0.1/tcp/{free_port()}",
+                "Delegates": [],
+            },
+            "Bootstrap": [],
+            "Discovery": {"MDNS": {"Enabled": False}, "webRTCStar": {"Enabled": False}},
+        }
+        config_path = repo.parent / f"{repo.name}-init-config.json"
+        config_path.write_text(json.dumps(config))
+        subprocess.run(
+            [str(jsipfs_bin), "init", "--empty-repo", str(config_path)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=ready_timeout,
+        )
+    else:
+        config = json.loads((repo / "config").read_text())
+        config["Addresses"]["API"] = f"/ip4/127.0.0.1/tcp/{api_port}"
+        config["Addresses"]["RPC"] = f"/ip4/127.0.0.1/tcp/{free_port()}"
+        (repo / "config").write_text(json.dumps(config))
+    log_path = repo.parent / f"{repo.name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(jsipfs_bin), "daemon", "--offline", "--enable-preload=false"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = JsIpfs(
+        process, repo, f"/ip4/127.0.0.1/tcp/{api_port}/http", f"http://127.0.0.1:{api_port}/api/v0"
+    )
+    deadline = time.monotonic() + ready_timeout
+    while b"Daemon is ready" not in log_path.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            node.stop()
+            raise errors.ConfigurationError(
+                f"js-ipfs did not start; see {log_path}: {log_path.read_text()[-300:]}"
+            )
+        time.sleep(0.05)
+    return node

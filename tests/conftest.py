@@ -61,74 +61,12 @@ def market(w3: Web3, deployment: chain.Deployment) -> Iterator[chain.Marketplace
 # ----------------------------------------------------------------------- IPFS
 
 JSIPFS = PROJECT_ROOT / "node_modules/.bin/jsipfs"
-
-
-class JsIpfs:
-    """A js-ipfs daemon (npm ipfs@0.66.1): offline, loopback, fresh repo, free ports."""
-
-    def __init__(self, repo: Path) -> None:
-        import json
-        import os
-        import subprocess
-        import time
-
-        self.repo = repo
-        self.api_port = devstack.free_port()
-        config = {
-            "Addresses": {
-                "Swarm": [],
-                "API": f"/ip4/127.0.0.1/tcp/{self.api_port}",
-                "Gateway": "",
-                "RPC": f"/ip4/127.0.0.1/tcp/{devstack.free_port()}",
-                "Delegates": [],
-            },
-            "Bootstrap": [],
-            "Discovery": {"MDNS": {"Enabled": False}, "webRTCStar": {"Enabled": False}},
-        }
-        config_path = repo.parent / "ipfs-config.json"
-        config_path.write_text(json.dumps(config))
-        self.env = {**os.environ, "IPFS_PATH": str(repo)}
-        subprocess.run(
-            [str(JSIPFS), "init", "--empty-repo", str(config_path)],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.log = (repo.parent / "jsipfs.log").open("wb")
-        self.process = subprocess.Popen(
-            [str(JSIPFS), "daemon", "--offline", "--enable-preload=false"],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        log_path = repo.parent / "jsipfs.log"
-        while b"Daemon is ready" not in log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"js-ipfs did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        self.api = f"/ip4/127.0.0.1/tcp/{self.api_port}/http"
-        self.url = f"http://127.0.0.1:{self.api_port}/api/v0"
-
-    def stop(self) -> None:
-        import subprocess
-
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+JsIpfs = devstack.JsIpfs
 
 
 @pytest.fixture(scope="session")
 def jsipfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsIpfs]:
     """One js-ipfs daemon for the session."""
-    node = JsIpfs(tmp_path_factory.mktemp("jsipfs") / "repo")
+    node = devstack.start_jsipfs(JSIPFS, tmp_path_factory.mktemp("jsipfs") / "repo")
     yield node
     node.stop()

@@ -9,12 +9,13 @@ import threading
 import pytest
 import requests
 
+from marketplace import devstack
 from storage import car, cid, unixfs
 from storage.cache import ModelCache
 from storage.errors import ContentMismatch, ContentTooLarge, StoreUnavailable
 from storage.ipfs import IpfsStore
 from storage.local import LocalStore
-from tests.conftest import JsIpfs
+from tests.conftest import JSIPFS
 from tests.integration.test_storage_ipfs import car_text, pseudo_random
 
 MiB = 1 << 20
@@ -149,7 +150,7 @@ def test_cache_survives_a_restart_with_its_lru_order(local, tmp_path):
 
 
 def test_dead_store_is_a_clear_error(tmp_path):
-    node = JsIpfs(tmp_path / "repo")
+    node = devstack.start_jsipfs(JSIPFS, tmp_path / "repo")
     store = IpfsStore(node.api, timeout=5)
     content = store.add(io.BytesIO(b"model bytes"))
     node.stop()
