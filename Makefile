@@ -62,7 +62,8 @@ pytest:
 	.venv/bin/pytest
 
 bench: setup
-	.venv/bin/python bench/gas.py
+	.venv/bin/python -m bench.gas
+	.venv/bin/python -m bench.storage
 
 compile: setup
 	.venv/bin/python contracts/compile.py

@@ -1,7 +1,7 @@
 """Gas of the marketplace's calls beside a bare OpenZeppelin ERC-20 transferFrom,
 measured on a fresh anvil in one run.
 
-    make bench            # or: .venv/bin/python bench/gas.py
+    make bench            # or: .venv/bin/python -m bench.gas
 
 Every figure is a transaction's gasUsed (21,000 intrinsic gas included), measured in
 steady state (balances and listing slots already non-zero) unless the row says "first".
