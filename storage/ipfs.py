@@ -56,12 +56,15 @@ class IpfsStore:
         # 1 MiB upload pieces: the 8 KiB default spends ~15% of an add in Python loops.
         self._client = ipfshttpclient.Client(api, timeout=timeout, chunk_size=1 << 20)
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, what: str, fn: Any, *args: Any, limit: float | None = None, **kwargs: Any
+    ) -> Any:
         try:
             return fn(*args, **kwargs)
         except (ipfs_errors.TimeoutError, requests.exceptions.Timeout):
             raise StoreTimeout(
-                f"the IPFS node at {self.api} did not answer {what} within {self.timeout:g} s"
+                f"the IPFS node at {self.api} did not answer {what} within"
+                f" {limit or self.timeout:g} s"
             ) from None
         except (ipfs_errors.ConnectionError, requests.exceptions.ConnectionError):
             raise StoreUnavailable(f"cannot reach the IPFS node at {self.api}") from None
@@ -106,12 +109,13 @@ class IpfsStore:
             stream=True,
             timeout=limit,
             opts={"timeout": f"{limit:g}s"},
+            limit=limit,
         )
 
         def stream() -> Iterator[bytes]:
             iterator = iter(pieces)
             while True:
-                piece = self._call(f"cat {content}", next, iterator, None)
+                piece = self._call(f"cat {content}", next, iterator, None, limit=limit)
                 if piece is None:
                     return
                 if on_bytes:
