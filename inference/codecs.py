@@ -79,8 +79,9 @@ def _to_bytes(item: Any, name: str) -> bytes:
     raise BadInput(f"input '{name}': BYTES elements must be strings")
 
 
-def decode_request(body: bytes, header_length: int | None = None,
-                   max_elements: int = 1 << 26) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: int | None = None, max_elements: int = 1 << 26
+) -> InferRequest:
     """Parse an OIP v2 infer request (JSON, or JSON + binary tensors when `header_length`
     is given); raises BadInput naming the offending input."""
     if header_length is not None:
@@ -116,8 +117,7 @@ def decode_request(body: bytes, header_length: int | None = None,
             raise BadInput(f"input '{name}': 'shape' must be a list of non-negative integers")
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count > max_elements:
-            raise InputTooLarge(f"input '{name}' has {count} elements; the limit is"
-                                f" {max_elements}")
+            raise InputTooLarge(f"input '{name}' has {count} elements; the limit is {max_elements}")
         dtype = NUMPY_TYPES[datatype]
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
@@ -149,8 +149,7 @@ def decode_request(body: bytes, header_length: int | None = None,
 
     request = InferRequest(inputs=inputs, id=doc.get("id"))
     params = doc.get("parameters") or {}
-    request.binary_by_default = bool(isinstance(params, dict)
-                                     and params.get("binary_data_output"))
+    request.binary_by_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
     for out in doc.get("outputs") or []:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise BadInput("each requested output needs a 'name'")
@@ -189,8 +188,7 @@ def check_inputs(info: ModelInfo, request: InferRequest) -> dict[str, np.ndarray
     specs = {s.name: s for s in info.inputs}
     unknown = sorted(set(request.inputs) - set(specs))
     if unknown:
-        raise BadInput(f"the model has no input named '{unknown[0]}'; it takes"
-                       f" {sorted(specs)}")
+        raise BadInput(f"the model has no input named '{unknown[0]}'; it takes {sorted(specs)}")
     for spec in info.inputs:
         if spec.name not in request.inputs:
             raise BadInput(f"input '{spec.name}' is missing")
@@ -205,7 +203,8 @@ def check_inputs(info: ModelInfo, request: InferRequest) -> dict[str, np.ndarray
             raise BadInput(f"the model has no output named '{name}'")
     if any(s.datatype == "BYTES" for s in info.inputs):
         return {
-            k: (v.astype(np.str_) if v.dtype == object else v) if specs[k].datatype == "BYTES"
+            k: (v.astype(np.str_) if v.dtype == object else v)
+            if specs[k].datatype == "BYTES"
             else v
             for k, v in request.inputs.items()
         }
@@ -214,12 +213,15 @@ def check_inputs(info: ModelInfo, request: InferRequest) -> dict[str, np.ndarray
 
 def _check_shape(spec: TensorSpec, shape: list[int]) -> None:
     if spec.shape and len(shape) != len(spec.shape):
-        raise BadInput(f"input '{spec.name}' must have rank {len(spec.shape)} (shape"
-                       f" {spec.shape}), not {shape}")
+        raise BadInput(
+            f"input '{spec.name}' must have rank {len(spec.shape)} (shape"
+            f" {spec.shape}), not {shape}"
+        )
     for i, (want, got) in enumerate(zip(spec.shape, shape, strict=False)):
         if want >= 0 and want != got:
-            raise BadInput(f"input '{spec.name}' dimension {i} must be {want}, not {got}"
-                           f" (shape {spec.shape})")
+            raise BadInput(
+                f"input '{spec.name}' dimension {i} must be {want}, not {got} (shape {spec.shape})"
+            )
 
 
 def encode_response(
@@ -274,8 +276,9 @@ def _binary_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def encode_request(inputs: dict[str, np.ndarray], *, binary: bool = False,
-                   outputs: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+def encode_request(
+    inputs: dict[str, np.ndarray], *, binary: bool = False, outputs: list[str] | None = None
+) -> tuple[bytes, dict[str, str]]:
     """An infer request body (JSON, or with the binary extension) for tests and clients."""
     chunks: list[bytes] = []
     items = []
@@ -287,8 +290,7 @@ def encode_request(inputs: dict[str, np.ndarray], *, binary: bool = False,
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
-            entry["data"] = [x.decode() if isinstance(x, bytes) else str(x)
-                             for x in array.ravel()]
+            entry["data"] = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
         else:
             entry["data"] = array.ravel()
         items.append(entry)
@@ -328,8 +330,7 @@ def decode_response(body: bytes, header_length: int | None = None) -> dict[str, 
     return out
 
 
-def model_metadata(name: str, info: ModelInfo, versions: list[str] | None = None
-                   ) -> dict[str, Any]:
+def model_metadata(name: str, info: ModelInfo, versions: list[str] | None = None) -> dict[str, Any]:
     """`GET /v2/models/{name}`: the OIP model metadata, from the ONNX signature."""
     return {
         "name": name,

