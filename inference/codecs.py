@@ -34,13 +34,18 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
 }
 
 
+_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in NUMPY_TYPES.items()}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The OIP datatype name of a numpy array."""
-    if array.dtype == object or array.dtype.kind in "SU":
+    name = _NAMES.get(
+        array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype
+    )
+    if name is not None:
+        return name
+    if array.dtype.kind in "SU":
         return "BYTES"
-    for name, dtype in NUMPY_TYPES.items():
-        if dtype == array.dtype:
-            return name
     raise BadInput(f"numpy type {array.dtype} has no Open Inference Protocol datatype")
 
 
@@ -174,11 +179,11 @@ def _json_array(data: Any, datatype: str, dtype: np.dtype[Any], name: str) -> np
         if array.size and array.dtype != np.bool_:
             raise BadInput(f"input '{name}': BOOL data must be true/false")
         return array.astype(np.bool_).ravel()
-    if dtype.kind in "iu":
-        if array.size and array.dtype.kind == "f":
+    if dtype.kind in "iu" and array.size and array.dtype != dtype:
+        if array.dtype.kind == "f":
             raise BadInput(f"input '{name}': {datatype} data must be integers")
         info = np.iinfo(dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
+        if array.min() < info.min or array.max() > info.max:
             raise BadInput(f"input '{name}': a value is out of range for {datatype}")
     return array.astype(dtype, copy=False).ravel()
 

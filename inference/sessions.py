@@ -4,7 +4,9 @@ process-wide memory cap so one call cannot exhaust the machine."""
 
 from __future__ import annotations
 
+import heapq
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -152,8 +154,7 @@ class SessionCache:
             )
         names = outputs or model.output_names
         options = ort.RunOptions()
-        timer = threading.Timer(self.runtime.time_limit_s, _terminate, (options,))
-        timer.start()
+        token = _watchdog.watch(options, self.runtime.time_limit_s)
         try:
             results = model.session.run(names, inputs, options)
         except Exception as exc:
@@ -169,12 +170,56 @@ class SessionCache:
                 ) from None
             raise InferenceFailed(f"onnxruntime failed the run: {_first_line(exc)}") from None
         finally:
-            timer.cancel()
+            _watchdog.cancel(token)
         return dict(zip(names, results, strict=True))
 
 
-def _terminate(options: ort.RunOptions) -> None:
-    options.terminate = True
+class _Watchdog:
+    """One thread that sets `terminate` on runs past their deadline. A threading.Timer
+    per call costs ~60 us of thread start, more than a small model's whole run.
+    Cancelled entries stay in the heap until their deadline (lazy deletion)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._live: dict[int, ort.RunOptions] = {}
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, options: ort.RunOptions, seconds: float) -> int:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="ort-watchdog", daemon=True)
+                self._thread.start()
+            self._seq += 1
+            self._live[self._seq] = options
+            heapq.heappush(self._heap, (time.monotonic() + seconds, self._seq))
+            if self._heap[0][1] == self._seq:
+                self._cond.notify()
+            return self._seq
+
+    def cancel(self, token: int) -> None:
+        with self._cond:
+            self._live.pop(token, None)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token = self._heap[0]
+                now = time.monotonic()
+                if deadline <= now:
+                    heapq.heappop(self._heap)
+                    options = self._live.pop(token, None)
+                    if options is not None:
+                        options.terminate = True
+                else:
+                    self._cond.wait(deadline - now)
+
+
+_watchdog = _Watchdog()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,192 @@
+"""Inference speed, measured in one run on the demo models.
+
+    .venv/bin/python -m bench.inference       # (or: make bench)
+
+For each demo model: raw `session.run` vs our whole path for one call (decode the OIP
+v2 request, check it against the signature, run with the time limit, encode the
+response), at batch 1 and a serving batch; JSON vs binary decoding of a 1x3x224x224
+float32 input; session load time; and the session cache's byte bound under churn.
+Ends with one `goal:` line per goal of issue 4.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inference import codecs
+from inference.demos import DEMO_DIR, minilm_model_path
+from inference.sessions import LoadedModel, RuntimeSettings, SessionCache
+
+GOAL_OVERHEAD = 1.10
+
+
+def median_us(fn: Callable[[], object], *, seconds: float = 0.6, min_runs: int = 30) -> float:
+    """Median wall time of `fn` in microseconds, over ~`seconds` of repeats."""
+    fn()  # warm
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < min_runs:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def inputs_for(name: str, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if name == "iris-classifier":
+        return {"features": (rng.random((batch, 4)) * 7).astype(np.float32)}
+    if name == "house-price-regressor":
+        return {"features": rng.standard_normal((batch, 8)).astype(np.float32)}
+    if name == "tiny-cnn":
+        return {"image": rng.random((batch, 3, 32, 32), dtype=np.float32)}
+    ids = rng.integers(1000, 5000, (batch, 32), dtype=np.int64)
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+
+
+def main() -> int:
+    models: dict[str, Path] = {p.stem: p for p in sorted(DEMO_DIR.glob("*.onnx"))}
+    minilm = minilm_model_path()
+    if minilm:
+        models["minilm-l6-int8"] = minilm
+    small = {"iris-classifier", "house-price-regressor", "tiny-cnn"}
+    batches = {
+        "iris-classifier": 64,
+        "house-price-regressor": 64,
+        "tiny-cnn": 8,
+        "minilm-l6-int8": 8,
+    }
+    runtime = RuntimeSettings(intra_op_threads=1, inter_op_threads=1)
+    sessions = SessionCache(1 << 30, runtime)
+
+    rows = []
+    ratios: dict[tuple[str, int], float] = {}
+    for name, path in models.items():
+        start = time.perf_counter()
+        model = SessionCache(1 << 30, runtime).get(name, path)
+        load_ms = (time.perf_counter() - start) * 1000
+        model = sessions.get(name, path)
+        for batch in (1, batches[name]):
+            arrays = inputs_for(name, batch)
+            body, _ = codecs.encode_request(arrays, binary=False)
+            bin_body, bin_headers = codecs.encode_request(arrays, binary=True)
+            bin_length = int(bin_headers[codecs.HEADER_LENGTH])
+
+            def raw(arrays: dict[str, np.ndarray] = arrays, model: LoadedModel = model) -> None:
+                model.session.run(None, arrays)
+
+            def ours(
+                body: bytes = body,
+                length: int | None = None,
+                model: LoadedModel = model,
+                name: str = name,
+            ) -> None:
+                req = codecs.decode_request(body, length)
+                outputs = sessions.run(model, codecs.check_inputs(model.info, req))
+                codecs.encode_response(name, outputs, binary=set(outputs) if length else None)
+
+            def ours_binary(body: bytes = bin_body, length: int = bin_length) -> None:
+                ours(body, length)
+
+            # alternate to share the machine's noise
+            t_raw = min(median_us(raw), median_us(raw))
+            t_json = min(median_us(ours), median_us(ours))
+            t_bin = min(median_us(ours_binary), median_us(ours_binary))
+            ratios[(name, batch)] = t_json / t_raw
+            ratios[(name, -batch)] = t_bin / t_raw
+            rows.append(
+                (
+                    name,
+                    str(batch),
+                    f"{t_raw:,.1f}",
+                    f"{t_json:,.1f}",
+                    f"{t_json / t_raw:.2f}x",
+                    f"{t_bin:,.1f}",
+                    f"{t_bin / t_raw:.2f}x",
+                    f"{t_json - t_raw:,.1f}",
+                    f"{load_ms:,.1f}" if batch == 1 else "",
+                )
+            )
+
+    print("per-call path (decode, check, run, encode) vs raw session.run; 1 intra-op thread,")
+    print("median microseconds; 'binary' = the binary tensor extension tritonclient uses")
+    head = (
+        "model",
+        "batch",
+        "raw run",
+        "ours JSON",
+        "ratio",
+        "ours binary",
+        "ratio",
+        "JSON added",
+        "load ms",
+    )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+    # JSON vs binary for one 1x3x224x224 float32 image
+    image = {"image": np.random.default_rng(1).random((1, 3, 224, 224), dtype=np.float32)}
+    json_body, _ = codecs.encode_request(image, binary=False)
+    bin_body, headers = codecs.encode_request(image, binary=True)
+    length = int(headers[codecs.HEADER_LENGTH])
+    t_json = median_us(lambda: codecs.decode_request(json_body), seconds=1.0)
+    t_bin = median_us(lambda: codecs.decode_request(bin_body, length), seconds=0.5)
+    print()
+    print("decoding a 1x3x224x224 float32 input")
+    print(f"  JSON   {len(json_body):>10,} bytes  {t_json / 1000:8.2f} ms")
+    print(
+        f"  binary {len(bin_body):>10,} bytes  {t_bin / 1000:8.3f} ms"
+        f"   ({t_json / t_bin:,.0f}x faster)"
+    )
+
+    # the session cache's bound under churn: every model loaded, round robin, 5 times
+    sizes = {n: p.stat().st_size for n, p in models.items()}
+    bound = max(sizes.values()) + min(sizes.values())
+    churn = SessionCache(bound, runtime)
+    peak = 0
+    for _ in range(5):
+        for name, path in models.items():
+            churn.get(name, path)
+            peak = max(peak, churn.used_bytes)
+    print()
+    print(
+        f"session cache bound {bound:,} bytes; peak held {peak:,} bytes over"
+        f" {churn.loads} loads of {len(models)} models"
+    )
+    print(f"onnxruntime {ort.__version__}")
+    print()
+    for label, key in (("json_batch1", 1), ("binary_batch1", -1)):
+        worst = max(ratios[(n, key)] for n in models if n in small)
+        verdict = "met" if worst <= GOAL_OVERHEAD else "missed"
+        print(
+            f"goal: small_model_path_vs_raw_{label} = {worst:.2f} "
+            f"(target <= {GOAL_OVERHEAD}) {verdict}"
+        )
+    worst = max(ratios[(n, -batches[n])] for n in models if n in small)
+    verdict = "met" if worst <= GOAL_OVERHEAD else "missed"
+    print(
+        f"goal: small_model_path_vs_raw_binary_serving_batch = {worst:.2f} "
+        f"(target <= {GOAL_OVERHEAD}) {verdict}"
+    )
+    print(
+        f"goal: session_cache_peak_bytes = {peak} (target <= {bound}) "
+        f"{'met' if peak <= bound else 'missed'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
