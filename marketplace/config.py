@@ -66,6 +66,22 @@ class Settings(BaseSettings):
         default=2 << 30, gt=0, description="Byte bound of the gateway's verified model cache."
     )
 
+    inference_threads: int = Field(
+        default=1, ge=1, description="onnxruntime intra-op threads per session."
+    )
+    inference_time_limit: float = Field(
+        default=10.0, gt=0, description="Seconds one inference call may run before it is stopped."
+    )
+    max_input_elements: int = Field(
+        default=1 << 24, gt=0, description="Most tensor elements one call may send."
+    )
+    session_cache_bytes: int = Field(
+        default=1 << 30, gt=0, description="Byte bound of model files held as live sessions."
+    )
+    inference_memory_bytes: int = Field(
+        default=4 << 30, gt=0, description="Process-wide cap on onnxruntime's CPU arena."
+    )
+
     @property
     def store_dir(self) -> Path:
         """The embedded content store's folder."""
