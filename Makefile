@@ -64,6 +64,7 @@ pytest:
 bench: setup
 	.venv/bin/python -m bench.gas
 	.venv/bin/python -m bench.storage
+	.venv/bin/python -m bench.inference
 
 compile: setup
 	.venv/bin/python contracts/compile.py
