@@ -181,7 +181,14 @@ def _json_array(data: Any, datatype: str, dtype: np.dtype[Any], name: str) -> np
         return array.astype(np.bool_).ravel()
     if dtype.kind in "iu" and array.size and array.dtype != dtype:
         if array.dtype.kind == "f":
-            raise BadInput(f"input '{name}': {datatype} data must be integers")
+            # numpy turns ints past int64 (valid UINT64) into floats: look at the values
+            exact = np.asarray(data, dtype=object).ravel()
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in exact):
+                raise BadInput(f"input '{name}': {datatype} data must be integers")
+            info = np.iinfo(dtype)
+            if min(exact) < info.min or max(exact) > info.max:
+                raise BadInput(f"input '{name}': a value is out of range for {datatype}")
+            return np.array(exact.tolist(), dtype=dtype)
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise BadInput(f"input '{name}': a value is out of range for {datatype}")

@@ -138,7 +138,8 @@ class IpfsStore:
         except (ContentNotFound, StoreTimeout):
             return False
         except StoreUnavailable as exc:
-            if "timeout" in exc.message.lower() or "deadline" in exc.message.lower():
+            text = exc.message.lower()
+            if any(word in text for word in ("timeout", "timed out", "deadline")):
                 return False
             raise
         return True

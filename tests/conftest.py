@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import os
+
 import pytest
+from hypothesis import settings as hypothesis_settings
 from web3 import Web3
 
 from marketplace import chain, devstack
 from marketplace.config import PROJECT_ROOT, Settings
+
+# CI runs a fixed sequence of examples (a red run must be reproducible); local runs
+# explore new ones each time.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL_BIN = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -58,6 +58,7 @@ def test_binary_round_trip(items):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(tensors(json_safe=True), min_size=1, max_size=4))
+@example([("UINT64", np.array([0, 2**63], dtype=np.uint64))])  # found by hypothesis once
 def test_json_and_binary_give_the_same_tensors(items):
     inputs = {f"in{i}": array for i, (_, array) in enumerate(items)}
     body, _ = codecs.encode_request(inputs, binary=False)
