@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         default=2 << 30, gt=0, description="Byte bound of the gateway's verified model cache."
     )
 
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (postgresql+psycopg://... or sqlite:///...)."
+        " Default: SQLite in <data_dir>/modelmarket.db.",
+    )
+    indexer_batch_blocks: int = Field(
+        default=2000, gt=0, description="Blocks per eth_getLogs request while indexing."
+    )
+    reorg_depth: int = Field(
+        default=64, gt=0, description="How many recent block hashes the indexer keeps."
+    )
+    max_card_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest model card (JSON) the indexer reads."
+    )
     inference_threads: int = Field(
         default=1, ge=1, description="onnxruntime intra-op threads per session."
     )
@@ -81,6 +95,11 @@ class Settings(BaseSettings):
     inference_memory_bytes: int = Field(
         default=4 << 30, gt=0, description="Process-wide cap on onnxruntime's CPU arena."
     )
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in use."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'modelmarket.db'}"
 
     @property
     def store_dir(self) -> Path:

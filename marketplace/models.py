@@ -1,0 +1,149 @@
+"""The tables: listings (with their model cards), purchases, credits, the indexer's
+state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Dialect,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+from marketplace.db import Base
+
+UINT256_DIGITS = 78
+# SQLite only autoincrements a column declared INTEGER
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Uint256(TypeDecorator[int]):
+    """An exact unsigned 256-bit integer: NUMERIC(78, 0) on PostgreSQL; elsewhere a
+    zero-padded decimal string, so comparisons and ORDER BY still sort numerically."""
+
+    impl = String(UINT256_DIGITS)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(UINT256_DIGITS, 0))
+        return dialect.type_descriptor(String(UINT256_DIGITS))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value < 0 or value >= 1 << 256:
+            raise ValueError(f"{value} is not a uint256")
+        if dialect.name == "postgresql":
+            return Decimal(value)
+        return str(value).zfill(UINT256_DIGITS)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+class Listing(Base):
+    """A model on sale, as the chain says, plus its model card (untrusted text)."""
+
+    __tablename__ = "listings"
+
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seller: Mapped[str] = mapped_column(String(42), index=True)
+    model_cid: Mapped[str] = mapped_column(String(128))
+    metadata_cid: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(String(42))
+    price_per_call: Mapped[int] = mapped_column(Uint256)
+    active: Mapped[bool] = mapped_column(default=True)
+    listed_block: Mapped[int] = mapped_column(BigInteger)
+    updated_block: Mapped[int] = mapped_column(BigInteger)
+    # "pending" until fetched; "ok"; or why the card is unusable: missing, too_large,
+    # invalid_json, invalid_card, cid_mismatch, unavailable. The listing stays visible.
+    card_status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    card_error: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    license: Mapped[str | None] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Purchase(Base):
+    """One `Purchased` event, credited once: (tx_hash, log_index) is unique."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_purchase_log"),)
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(Uint256)
+    fee: Mapped[int] = mapped_column(Uint256)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    # "credited", or "orphaned" when a reorg removed its block (its calls taken back)
+    state: Mapped[str] = mapped_column(String(16), default="credited")
+    source: Mapped[str] = mapped_column(String(16))  # "indexer" or "receipt"
+
+
+class Credit(Base):
+    """Calls a buyer may still make on a model. Goes below zero only when a reorg takes
+    back calls already spent (the debt is paid by the next purchase)."""
+
+    __tablename__ = "credits"
+
+    buyer: Mapped[str] = mapped_column(String(42), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    remaining: Mapped[int] = mapped_column(BigInteger, default=0)
+    purchased: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ChainEvent(Base):
+    """Every marketplace event the indexer applied, so a reorg can undo exactly them."""
+
+    __tablename__ = "chain_events"
+    __table_args__ = (
+        UniqueConstraint("tx_hash", "log_index", name="uq_event_log"),
+        Index("ix_chain_events_model_block", "model_id", "block_number"),
+    )
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class BlockHash(Base):
+    """Hashes of recently indexed blocks, to notice when one is no longer canonical."""
+
+    __tablename__ = "block_hashes"
+
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(66))
+
+
+class IndexerState(Base):
+    """Where the indexer is, per chain and contract (one row each)."""
+
+    __tablename__ = "indexer_state"
+
+    contract: Mapped[str] = mapped_column(String(42), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    last_block: Mapped[int] = mapped_column(BigInteger)
