@@ -225,11 +225,20 @@ class Indexer:
             self._apply_listing_event(session, event.name, event.args, event.block_number)
 
     def _index_range(self, start: int, end: int) -> int:
+        # Remember the hashes of `end` and of blocks 1, 2, 4, ... below it (down to the
+        # block before this range): a later reorg is found within a factor of two of its
+        # depth without fetching every block.
+        checkpoints = {end}
+        step = 1
+        while end - step >= max(start - 1, 0) and step < self.reorg_depth:
+            checkpoints.add(end - step)
+            step *= 2
+        checkpoints.add(max(start - 1, 0))
         with chain.rpc_errors():
             logs = self.w3.eth.get_logs(
                 {"address": self.address, "fromBlock": start, "toBlock": end}
             )
-            end_hash = self._block_hash(end)
+            known = {n: self._block_hash(n) for n in sorted(checkpoints)}
         decoded = []
         for log in logs:
             name = self._by_topic.get(HexBytes(log["topics"][0]))
@@ -243,7 +252,7 @@ class Indexer:
             if state.last_block >= end:  # another indexer got here first
                 return 0
             applied = 0
-            hashes: dict[int, str] = {end: end_hash}
+            hashes: dict[int, str] = dict(known)
             for name, event in decoded:
                 applied += self._apply(session, name, event)
                 hashes[event["blockNumber"]] = HexBytes(event["blockHash"]).to_0x_hex()
