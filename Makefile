@@ -65,6 +65,7 @@ bench: setup
 	.venv/bin/python -m bench.gas
 	.venv/bin/python -m bench.storage
 	.venv/bin/python -m bench.inference
+	.venv/bin/python -m bench.indexer
 
 compile: setup
 	.venv/bin/python contracts/compile.py

@@ -17,7 +17,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHIM = HERE / "solc" / "solc"
 ARTIFACTS = HERE / "artifacts"
-CONTRACTS = {"ModelMarketplace": "src/ModelMarketplace.sol", "MarketToken": "src/MarketToken.sol"}
+CONTRACTS = {
+    "ModelMarketplace": "src/ModelMarketplace.sol",
+    "MarketToken": "src/MarketToken.sol",
+    # benchmarks and tests only: many purchases in one transaction
+    "BulkBuyer": "src/test/BulkBuyer.sol",
+}
 
 SETTINGS: dict[str, object] = {
     "optimizer": {"enabled": True, "runs": 1000},

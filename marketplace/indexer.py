@@ -14,8 +14,10 @@ from typing import Any
 
 import jsonschema
 import orjson
+from eth_abi.abi import decode as abi_decode
 from hexbytes import HexBytes
 from sqlalchemy import delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
@@ -113,8 +115,9 @@ class Indexer:
         self.store = store
         self.max_card_bytes = max_card_bytes
         self.card_timeout = card_timeout
-        self._by_topic = {
-            HexBytes(self.w3.keccak(text=_signature(abi, name))): name for name in EVENT_NAMES
+        self._specs = {
+            bytes(self.w3.keccak(text=_signature(abi, name))): _EventSpec.of(abi, name)
+            for name in EVENT_NAMES
         }
 
     # ----------------------------------------------------------------- driving
@@ -241,67 +244,75 @@ class Indexer:
             known = {n: self._block_hash(n) for n in sorted(checkpoints)}
         decoded = []
         for log in logs:
-            name = self._by_topic.get(HexBytes(log["topics"][0]))
-            if name is None:
-                continue
-            event = self.contract.events[name]().process_log(log)
-            decoded.append((name, event))
+            spec = self._specs.get(bytes(log["topics"][0]))
+            if spec is not None:
+                decoded.append((spec.name, spec.decode(log), log))
         with self.sessions() as session, session.begin():
             self._lock(session)
             state = self._state(session)
             if state.last_block >= end:  # another indexer got here first
                 return 0
-            applied = 0
+            applied = self._apply_all(session, decoded)
             hashes: dict[int, str] = dict(known)
-            for name, event in decoded:
-                applied += self._apply(session, name, event)
-                hashes[event["blockNumber"]] = HexBytes(event["blockHash"]).to_0x_hex()
+            for _name, _args, log in decoded:
+                hashes[log["blockNumber"]] = HexBytes(log["blockHash"]).to_0x_hex()
             for number, block_hash in hashes.items():
                 session.merge(BlockHash(number=number, hash=block_hash))
             session.execute(delete(BlockHash).where(BlockHash.number <= end - self.reorg_depth))
             state.last_block = end
         return applied
 
-    def _apply(self, session: Session, name: str, event: Any) -> int:
-        args = {k: (v if not isinstance(v, bytes) else v.hex()) for k, v in event["args"].items()}
-        # uint256 values go to JSON as strings: JSON numbers lose precision past 2^53
-        args = {k: str(v) if isinstance(v, int) else v for k, v in args.items()}
-        tx_hash = HexBytes(event["transactionHash"]).to_0x_hex()
-        record = ChainEvent(
-            block_number=event["blockNumber"],
-            block_hash=HexBytes(event["blockHash"]).to_0x_hex(),
-            tx_hash=tx_hash,
-            log_index=event["logIndex"],
-            name=name,
-            model_id=int(event["args"]["modelId"]),
-            args=args,
-        )
-        exists = session.execute(
-            select(ChainEvent.id).where(
-                ChainEvent.tx_hash == tx_hash, ChainEvent.log_index == event["logIndex"]
-            )
-        ).first()
-        if exists:
+    def _apply_all(self, session: Session, decoded: list[tuple[str, dict[str, Any], Any]]) -> int:
+        """Record the events (each once) and apply the new ones, in chain order."""
+        if not decoded:
             return 0
-        session.add(record)
-        if name == "Purchased":
-            a = event["args"]
-            ledger.credit(
-                session,
-                tx_hash=tx_hash,
-                log_index=event["logIndex"],
-                buyer=a["buyer"],
-                model_id=int(a["modelId"]),
-                calls=int(a["calls"]),
-                amount=int(a["amount"]),
-                fee=int(a["fee"]),
-                block_number=event["blockNumber"],
-                block_hash=record.block_hash,
-                source="indexer",
+        rows = [
+            {
+                "block_number": log["blockNumber"],
+                "block_hash": HexBytes(log["blockHash"]).to_0x_hex(),
+                "tx_hash": HexBytes(log["transactionHash"]).to_0x_hex(),
+                "log_index": log["logIndex"],
+                "name": name,
+                "model_id": args["modelId"],
+                # uint256 go to JSON as strings: JSON numbers lose precision past 2^53
+                "args": {k: str(v) if isinstance(v, int) else v for k, v in args.items()},
+            }
+            for name, args, log in decoded
+        ]
+        dialect = session.get_bind().dialect.name
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ChainEvent)
+        new = {
+            (tx, index)
+            for tx, index in session.execute(
+                insert.on_conflict_do_nothing(index_elements=["tx_hash", "log_index"]).returning(
+                    ChainEvent.tx_hash, ChainEvent.log_index
+                ),
+                rows,
             )
-        else:
-            self._apply_listing_event(session, name, args, event["blockNumber"])
-        return 1
+        }
+        purchases = []
+        for row, (name, args, _log) in zip(rows, decoded, strict=True):
+            if (row["tx_hash"], row["log_index"]) not in new:
+                continue
+            if name == "Purchased":
+                purchases.append(
+                    {
+                        "tx_hash": row["tx_hash"],
+                        "log_index": row["log_index"],
+                        "buyer": args["buyer"],
+                        "model_id": args["modelId"],
+                        "calls": args["calls"],
+                        "amount": args["amount"],
+                        "fee": args["fee"],
+                        "block_number": row["block_number"],
+                        "block_hash": row["block_hash"],
+                        "source": "indexer",
+                    }
+                )
+            else:
+                self._apply_listing_event(session, name, row["args"], row["block_number"])
+        ledger.credit_many(session, purchases)
+        return len(new)
 
     def _apply_listing_event(
         self, session: Session, name: str, args: dict[str, Any], block: int
@@ -386,6 +397,35 @@ class Indexer:
         except jsonschema.ValidationError as exc:
             return "invalid_card", f"the card does not fit the schema: {exc.message}"[:300], None
         return "ok", None, card
+
+
+@dataclass(frozen=True)
+class _EventSpec:
+    """How to decode one event's log without web3's per-log machinery (~0.7 ms a log;
+    this is ~20 us): indexed args from topics, the rest from data with eth_abi."""
+
+    name: str
+    indexed: list[tuple[str, str]]
+    data: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, abi: list[dict[str, Any]], name: str) -> _EventSpec:
+        item = next(i for i in abi if i.get("type") == "event" and i["name"] == name)
+        return cls(
+            name,
+            [(a["name"], a["type"]) for a in item["inputs"] if a["indexed"]],
+            [(a["name"], a["type"]) for a in item["inputs"] if not a["indexed"]],
+        )
+
+    def decode(self, log: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        for (name, kind), topic in zip(self.indexed, log["topics"][1:], strict=True):
+            raw = bytes(topic)
+            args[name] = ("0x" + raw[-20:].hex()) if kind == "address" else int.from_bytes(raw)
+        values = abi_decode([kind for _, kind in self.data], bytes(log["data"]))
+        for (name, kind), value in zip(self.data, values, strict=True):
+            args[name] = value.lower() if kind == "address" else value
+        return args
 
 
 def _signature(abi: list[dict[str, Any]], name: str) -> str:

@@ -86,6 +86,84 @@ def credit(
     return True
 
 
+def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
+    """`credit` for many purchases in a few statements (the indexer's catch-up path).
+    Each dict has credit's keyword arguments. Returns how many were newly credited."""
+    if not purchases:
+        return 0
+    rows = []
+    for p in purchases:
+        calls = int(p["calls"])
+        credited = calls if 0 < calls <= MAX_CREDITED_CALLS else 0
+        rows.append(
+            {
+                "tx_hash": p["tx_hash"].lower(),
+                "log_index": p["log_index"],
+                "buyer": p["buyer"].lower(),
+                "model_id": p["model_id"],
+                "calls": credited,
+                "amount": p["amount"],
+                "fee": p["fee"],
+                "block_number": p["block_number"],
+                "block_hash": p["block_hash"].lower(),
+                "state": "credited" if credited else "too_large",
+                "source": p["source"],
+            }
+        )
+    inserted = session.execute(
+        _insert(session, Purchase)
+        .on_conflict_do_nothing(index_elements=["tx_hash", "log_index"])
+        .returning(
+            Purchase.tx_hash,
+            Purchase.log_index,
+            Purchase.buyer,
+            Purchase.model_id,
+            Purchase.calls,
+            sort_by_parameter_order=True,
+        ),
+        rows,
+    ).all()
+    new = {(r[0], r[1]) for r in inserted}
+    totals: dict[tuple[str, int], int] = {}
+    for _tx, _log, buyer, model_id, calls in inserted:
+        if calls:
+            totals[(buyer, model_id)] = totals.get((buyer, model_id), 0) + int(calls)
+    # seen before: only purchases orphaned by a reorg and mined again count again
+    for row in rows:
+        if (row["tx_hash"], row["log_index"]) not in new:
+            revived = session.execute(
+                update(Purchase)
+                .where(
+                    Purchase.tx_hash == row["tx_hash"],
+                    Purchase.log_index == row["log_index"],
+                    Purchase.state == "orphaned",
+                )
+                .values(
+                    state="credited", block_number=row["block_number"], block_hash=row["block_hash"]
+                )
+                .returning(Purchase.calls)
+            ).scalar_one_or_none()
+            if revived:
+                key = (row["buyer"], row["model_id"])
+                totals[key] = totals.get(key, 0) + int(revived)
+    if totals:
+        stmt = _insert(session, Credit)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["buyer", "model_id"],
+                set_={
+                    "remaining": Credit.remaining + stmt.excluded.remaining,
+                    "purchased": Credit.purchased + stmt.excluded.purchased,
+                },
+            ),
+            [
+                {"buyer": b, "model_id": m, "remaining": n, "purchased": n}
+                for (b, m), n in sorted(totals.items())
+            ],
+        )
+    return len(new)
+
+
 def revoke(session: Session, tx_hash: str, log_index: int) -> bool:
     """Take back an orphaned purchase's calls once; False if there was nothing to take."""
     purchase = session.execute(

@@ -21,7 +21,7 @@ def test_committed_artifacts_match_a_fresh_compile():
 
 
 def test_artifacts_record_their_compiler():
-    for name in ("ModelMarketplace", "MarketToken"):
+    for name in ("ModelMarketplace", "MarketToken", "BulkBuyer"):
         art = json.loads((PROJECT_ROOT / "contracts/artifacts" / f"{name}.json").read_text())
         assert art["compiler"]["version"].startswith("0.8.28+commit")
         assert art["compiler"]["settings"]["evmVersion"] == "cancun"

@@ -1,0 +1,201 @@
+"""Indexer catch-up over many purchase events on anvil, measured in one run.
+
+    .venv/bin/python -m bench.indexer [--events 10000]      # (or: make bench)
+
+Puts N `Purchased` events on a fresh anvil (a BulkBuyer contract buys 500 times per
+transaction), then times, over the same block range and batch size: the raw
+`eth_getLogs` calls alone, decoding those logs with web3, and a full catch-up of a fresh
+SQLite database and a fresh PostgreSQL database (if Debian's PostgreSQL 15 is here).
+Ends with the issue's goal line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from marketplace import chain, db, devstack
+from marketplace.config import PROJECT_ROOT
+from marketplace.indexer import Indexer, _EventSpec
+
+ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
+ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PER_TX = 500
+BATCH = 2000
+GOAL = 2000.0
+
+
+def migrate(url: str) -> None:
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "head")
+
+
+def start_postgres(root: Path) -> tuple[str, Path] | None:
+    if not (PG_BIN / "initdb").exists():
+        return None
+    shutil.chown(root, "postgres", "postgres")
+    port = devstack.free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
+        )
+
+    run(
+        str(PG_BIN / "initdb"),
+        "-D",
+        str(root / "data"),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "--no-sync",
+    )
+    run(
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(root / "data"),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start",
+    )
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", root / "data"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-indexer-"))
+    node = devstack.start_anvil(ANVIL, extra_args=("--gas-limit", "100000000"))
+    pg = None
+    try:
+        w3 = chain.connect(node.rpc_url, timeout=120)
+        owner, seller = devstack.dev_signers(2)
+        dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250, timeout=300)
+        market = chain.Marketplace(w3, dep, ARTIFACTS, timeout=300)
+        model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 1000)
+        bulk_address, _ = chain.deploy(
+            w3, chain.load_artifact(ARTIFACTS, "BulkBuyer"), owner, ARTIFACTS
+        )
+        bulk = w3.eth.contract(
+            address=bulk_address, abi=chain.load_artifact(ARTIFACTS, "BulkBuyer").abi
+        )
+        chain.send(w3, market.token.functions.mint(bulk_address, 10**27), owner, ARTIFACTS)
+        start = time.perf_counter()
+        made = 0
+        while made < args.events:
+            count = min(PER_TX, args.events - made)
+            chain.send(
+                w3,
+                bulk.functions.buyMany(dep.marketplace, dep.token, model_id, count, 1000),
+                owner,
+                ARTIFACTS,
+                timeout=300,
+            )
+            made += count
+        w3.provider.make_request("anvil_mine", [5])  # type: ignore[arg-type]
+        print(f"put {made} purchases on anvil in {time.perf_counter() - start:.1f} s")
+        head = w3.eth.block_number
+
+        # baseline: the raw eth_getLogs calls alone, same range and batch size
+        start = time.perf_counter()
+        logs = []
+        for lo in range(dep.start_block, head + 1, BATCH):
+            logs += w3.eth.get_logs(
+                {"address": dep.marketplace, "fromBlock": lo, "toBlock": min(lo + BATCH - 1, head)}
+            )
+        t_logs = time.perf_counter() - start
+        topic = bytes(w3.keccak(text="Purchased(uint256,address,uint256,uint256,uint256)"))
+        bought = [log for log in logs if bytes(log["topics"][0]) == topic]
+        start = time.perf_counter()
+        event = market.contract.events.Purchased()
+        for log in bought[:500]:  # web3's own decoder, sampled: it is slow
+            event.process_log(log)
+        t_web3 = (time.perf_counter() - start) * len(bought) / min(len(bought), 500)
+        spec = _EventSpec.of(chain.load_artifact(ARTIFACTS, "ModelMarketplace").abi, "Purchased")
+        start = time.perf_counter()
+        for log in bought:
+            spec.decode(log)
+        t_decode = time.perf_counter() - start
+
+        results = {}
+        targets = {"sqlite": f"sqlite:///{work / 'bench.db'}"}
+        pg = start_postgres(Path(tempfile.mkdtemp(prefix="bench-pg-")))
+        if pg:
+            targets["postgresql"] = pg[0]
+        for name, url in targets.items():
+            migrate(url)
+            engine = db.make_engine(url)
+            idx = Indexer(
+                db.session_factory(engine), w3, dep, ARTIFACTS, confirmations=0, batch_blocks=BATCH
+            )
+            start = time.perf_counter()
+            result = idx.run_once()
+            elapsed = time.perf_counter() - start
+            engine.dispose()
+            results[name] = (result.events, elapsed)
+    finally:
+        node.stop()
+        if pg:
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(pg[1]),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(pg[1].parent, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = len(logs)
+    print(f"{n} marketplace logs in blocks {dep.start_block}..{head}, batches of {BATCH}")
+    print(f"{'step':<38} {'seconds':>8} {'events/s':>10} {'x raw getLogs':>14}")
+    print(f"{'raw eth_getLogs calls alone':<38} {t_logs:>8.2f} {n / t_logs:>10,.0f} {1:>14.2f}")
+    m = len(bought)
+    print(
+        f"{'decode: web3 process_log (sampled)':<38} {t_web3:>8.2f} {m / t_web3:>10,.0f}"
+        f" {t_web3 / t_logs:>14.2f}"
+    )
+    print(
+        f"{'decode: ours (topics + eth_abi)':<38} {t_decode:>8.2f} {m / t_decode:>10,.0f}"
+        f" {t_decode / t_logs:>14.2f}"
+    )
+    for name, (events, elapsed) in results.items():
+        print(
+            f"{'full catch-up, ' + name:<38} {elapsed:>8.2f} {events / elapsed:>10,.0f}"
+            f" {elapsed / t_logs:>14.2f}"
+        )
+    worst = min(events / elapsed for events, elapsed in results.values())
+    print()
+    print(
+        f"goal: indexer_catch_up_events_per_s = {worst:,.0f} (target >= {GOAL:,.0f}) "
+        f"{'met' if worst >= GOAL else 'missed'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
