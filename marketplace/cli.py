@@ -63,10 +63,80 @@ def run() -> None:
         out.print(f"  marketplace  {deployment.marketplace}")
         out.print(f"  token (MMT)  {deployment.token}")
         out.print(f"  start block  {deployment.start_block}")
+        from marketplace import services
+
+        services.migrate(settings)
+        idx = services.make_indexer(settings, rpc_url)
+        worker = threading.Thread(target=_follow, args=(idx, stop), name="indexer", daemon=True)
+        worker.start()
+        out.print(f"  database     {settings.db_url}")
+        out.print("  indexer      following the chain in-process")
         out.print("ready. Ctrl-C to stop.")
         stop.wait()
+        worker.join(10)
         out.print("stopping…")
     out.print("stopped.")
+
+
+def _follow(idx: Any, stop: threading.Event, interval: float = 1.0) -> None:
+    """The embedded default's indexer loop; an error is reported and retried."""
+    while not stop.is_set():
+        try:
+            result = idx.run_once()
+            if result.events or result.reorged_from is not None:
+                out.print(
+                    f"• indexed to block {result.last_block}: {result.events} events", markup=False
+                )
+        except errors.ModelMarketError as exc:
+            out.print(f"• indexer: {exc.message} [{exc.code}]", markup=False)
+        stop.wait(interval)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between polls.")
+@domain_errors
+def indexer(once: bool, interval: float) -> None:
+    """Follow the chain into the database: listings, model cards, purchases (credits).
+
+    Shows blocks/s, events/s and blocks left while catching up. Uses the embedded chain
+    of a running `modelmarket run`, or MODELMARKET_RPC_URL.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from marketplace import services
+
+    settings = Settings()
+    services.migrate(settings)
+    idx = services.make_indexer(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    columns = (TextColumn("indexing"), BarColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task("", total=None)
+
+        def show(p: Any) -> None:
+            bar.update(
+                task,
+                total=max(p.target_block - p.start_block + 1, 1),
+                completed=p.current_block - p.start_block + 1,
+                description=(
+                    f"block {p.current_block}/{p.target_block}  {p.blocks_left} left"
+                    f"  {p.blocks_per_s:,.0f} blocks/s  {p.events_per_s:,.0f} events/s"
+                ),
+            )
+
+        while True:
+            result = idx.run_once(progress=show)
+            if result.reorged_from is not None:
+                out.print(f"reorg: rolled back to block {result.reorged_from}")
+            if once or stop.wait(interval):
+                break
+    out.print(
+        f"indexed up to block {result.last_block} ({result.events} new events,"
+        f" {result.cards} model cards settled)"
+    )
 
 
 if __name__ == "__main__":

@@ -195,10 +195,31 @@ def running(
             signers = dev_signers()
         w3 = chain.connect(rpc_url, timeout=settings.rpc_timeout)
         deployment, new = ensure_deployment(w3, settings, signers, progress=progress)
+        if anvil is not None:
+            # other processes (`modelmarket indexer`) find the embedded chain here
+            runtime_path(settings).write_text(json.dumps({"rpc_url": rpc_url}))
         yield rpc_url, deployment, new
     finally:
         if anvil is not None:
+            runtime_path(settings).unlink(missing_ok=True)
             anvil.stop()
+
+
+def runtime_path(settings: Settings) -> Path:
+    """Where a running embedded default records its chain's RPC URL."""
+    return settings.data_dir / "chain.json"
+
+
+def rpc_url_for(settings: Settings) -> str:
+    """MODELMARKET_RPC_URL, else the embedded chain that `modelmarket run` started."""
+    if settings.rpc_url:
+        return settings.rpc_url
+    try:
+        return str(json.loads(runtime_path(settings).read_text())["rpc_url"])
+    except (FileNotFoundError, KeyError, ValueError):
+        raise errors.ConfigurationError(
+            "no chain to talk to: set MODELMARKET_RPC_URL, or start `make run` first"
+        ) from None
 
 
 @dataclass

@@ -97,3 +97,58 @@ def test_missing_anvil_is_a_clear_cli_error(tmp_path):
         f"error: anvil is not installed at {tmp_path / 'no-anvil'}; run `make setup`"
         " [configuration_error]"
     ]
+
+
+def test_indexer_command_catches_up_with_progress(settings, tmp_path):
+    from sqlalchemy import select
+
+    from marketplace import db
+    from marketplace.models import Credit, Listing
+
+    env = {
+        **os.environ,
+        "MODELMARKET_DATA_DIR": str(settings.data_dir),
+        "MODELMARKET_CONFIRMATIONS": "1",
+        "COLUMNS": "200",
+    }
+    with devstack.running(settings) as (rpc_url, dep, _new):
+        w3 = chain.connect(rpc_url)
+        market = chain.Marketplace(w3, dep, ARTIFACTS)
+        _, seller, buyer = devstack.dev_signers(3)
+        model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 10)
+        market.approve(buyer, 1000)
+        market.purchase(buyer, model_id, 9, 10)
+        w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
+        proc = subprocess.run(
+            [sys.executable, "-m", "marketplace.cli", "indexer", "--once"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "events/s" in proc.stdout and "left" in proc.stdout
+    assert "indexed up to block" in proc.stdout
+    sessions = db.session_factory(db.make_engine(settings.db_url))
+    with sessions() as s:
+        assert s.get(Listing, model_id) is not None
+        credit = s.execute(select(Credit.remaining).where(Credit.model_id == model_id)).scalar()
+        assert credit == 9
+
+
+def test_indexer_command_without_a_chain_is_one_clear_line(tmp_path):
+    env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "none")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketplace.cli", "indexer", "--once"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: no chain to talk to: set MODELMARKET_RPC_URL, or start `make run` first"
+        " [configuration_error]"
+    )
