@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import BlockNotFound
 
 from marketplace import chain, errors, ledger
 from marketplace.models import BlockHash, ChainEvent, IndexerState, Listing
@@ -164,8 +165,12 @@ class Indexer:
         return state
 
     def _block_hash(self, number: int) -> str:
+        """The canonical hash at `number`; "" when the chain is now shorter than that."""
         with chain.rpc_errors():
-            return HexBytes(self.w3.eth.get_block(number)["hash"]).to_0x_hex()
+            try:
+                return HexBytes(self.w3.eth.get_block(number)["hash"]).to_0x_hex()
+            except BlockNotFound:
+                return ""
 
     def _check_reorg(self) -> int | None:
         """If a stored block hash is no longer canonical, undo everything above the last

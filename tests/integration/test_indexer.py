@@ -278,3 +278,21 @@ def test_hostile_cards_mark_the_listing_and_the_indexer_goes_on(node, sqlite_url
     assert status["missing"][0] == "unavailable"
     assert good.card_status == "ok" and good.name == "Iris" and good.tags == ["tabular"]
     assert visible == 7  # every listing stays visible, marked
+
+
+def test_reorg_to_a_shorter_chain(node, sqlite_url):
+    market, (_, seller, buyer, *_) = node
+    model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", PRICE)
+    mine(market, 2)
+    snapshot = market.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    market.purchase(buyer, model_id, 3, PRICE)
+    mine(market, CONFIRMATIONS + 5)
+    idx = make_indexer(market, sqlite_url)
+    idx.run_once()
+    assert credits_of(idx, buyer.address, model_id) == 3
+    # the chain goes back to before the purchase: every later block is gone
+    market.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+    mine(market, CONFIRMATIONS)
+    result = idx.run_once()
+    assert result.reorged_from is not None
+    assert credits_of(idx, buyer.address, model_id) == 0
