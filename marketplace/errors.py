@@ -130,3 +130,88 @@ class InsufficientAllowance(ContractRevert):
 
 class PermitInvalid(ContractRevert):
     code = "permit_invalid"
+
+
+# ------------------------------------------------------------------ the gateway
+
+
+class BadRequest(ModelMarketError):
+    """The request is malformed; the message names the field."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class NotFound(ModelMarketError):
+    code = "not_found"
+    http_status = 404
+
+
+class Unauthenticated(ModelMarketError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class SiweRejected(Unauthenticated):
+    """A Sign-In with Ethereum message or signature was refused."""
+
+    code = "siwe_rejected"
+
+
+class PaymentRequired(ModelMarketError):
+    """No credit left for this model; `accepts` says how to buy more (x402-style)."""
+
+    code = "payment_required"
+    http_status = 402
+
+    def __init__(self, message: str, accepts: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.accepts = accepts
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "accepts": self.accepts}
+
+
+class ReceiptRejected(ModelMarketError):
+    """A posted transaction does not prove a purchase by the caller. Subclasses say why."""
+
+    code = "receipt_rejected"
+    http_status = 400
+
+
+class ReceiptNotFound(ReceiptRejected):
+    code = "receipt_not_found"
+    http_status = 404
+
+
+class ReceiptReverted(ReceiptRejected):
+    code = "receipt_reverted"
+
+
+class ReceiptWrongChain(ReceiptRejected):
+    code = "receipt_wrong_chain"
+
+
+class ReceiptWrongContract(ReceiptRejected):
+    code = "receipt_wrong_contract"
+
+
+class ReceiptUnconfirmed(ReceiptRejected):
+    code = "receipt_unconfirmed"
+    http_status = 409
+
+
+class ReceiptNotBuyer(ReceiptRejected):
+    code = "receipt_not_buyer"
+    http_status = 403
+
+
+class ReceiptAlreadyRedeemed(ReceiptRejected):
+    code = "receipt_already_redeemed"
+    http_status = 409
+
+
+class ReceiptNotPurchase(ReceiptRejected):
+    code = "receipt_not_purchase"

@@ -3,13 +3,15 @@ or a posted receipt), and taken back once if a reorg orphans it."""
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from marketplace.models import Credit, Purchase
+from marketplace.models import Credit, Purchase, Usage
 
 # A purchase of more calls than this is recorded but not credited: credits are 64-bit.
 MAX_CREDITED_CALLS = 10**15
@@ -193,3 +195,66 @@ def remaining(session: Session, buyer: str, model_id: int) -> int:
         select(Credit.remaining).where(Credit.buyer == buyer.lower(), Credit.model_id == model_id)
     ).scalar_one_or_none()
     return int(value or 0)
+
+
+def consume(session: Session, *, key_id: str, buyer: str, model_id: int) -> tuple[str, int]:
+    """Take one call of (buyer, model) in a single conditional UPDATE (never read, then
+    write) and open its usage row. Returns (inference id, calls left); PaymentRequired
+    is the caller's to raise when this returns None."""
+    left = session.execute(
+        update(Credit)
+        .where(Credit.buyer == buyer.lower(), Credit.model_id == model_id, Credit.remaining > 0)
+        .values(remaining=Credit.remaining - 1)
+        .returning(Credit.remaining)
+    ).scalar_one_or_none()
+    if left is None:
+        raise NoCredit(buyer, model_id)
+    inference_id = secrets.token_hex(16)
+    session.add(
+        Usage(
+            id=inference_id,
+            key_id=key_id,
+            buyer=buyer.lower(),
+            model_id=model_id,
+            status="running",
+            charged=True,
+            refunded=False,
+            created_at=datetime.now(UTC),
+        )
+    )
+    return inference_id, int(left)
+
+
+def complete(session: Session, inference_id: str, latency_ms: float) -> None:
+    """Mark a call served."""
+    session.execute(
+        update(Usage).where(Usage.id == inference_id).values(status="ok", latency_ms=latency_ms)
+    )
+
+
+def refund(session: Session, inference_id: str, error: str, latency_ms: float) -> int | None:
+    """Give a failed call's credit back, once. Returns the calls left after the refund,
+    or None when it was already refunded (or never charged)."""
+    row = session.execute(
+        update(Usage)
+        .where(Usage.id == inference_id, Usage.charged.is_(True), Usage.refunded.is_(False))
+        .values(status="failed", refunded=True, error=error[:64], latency_ms=latency_ms)
+        .returning(Usage.buyer, Usage.model_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    left = session.execute(
+        update(Credit)
+        .where(Credit.buyer == row[0], Credit.model_id == row[1])
+        .values(remaining=Credit.remaining + 1)
+        .returning(Credit.remaining)
+    ).scalar_one()
+    return int(left)
+
+
+class NoCredit(Exception):
+    """No call left for (buyer, model); the gateway turns it into a 402."""
+
+    def __init__(self, buyer: str, model_id: int) -> None:
+        super().__init__(f"{buyer} has no calls left on model {model_id}")
+        self.buyer, self.model_id = buyer, model_id

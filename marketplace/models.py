@@ -3,12 +3,14 @@ state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
     Dialect,
     Index,
     Integer,
@@ -147,3 +149,43 @@ class IndexerState(Base):
     contract: Mapped[str] = mapped_column(String(42), primary_key=True)
     chain_id: Mapped[int] = mapped_column(BigInteger)
     last_block: Mapped[int] = mapped_column(BigInteger)
+
+
+class Nonce(Base):
+    """A Sign-In with Ethereum nonce: single use, short-lived."""
+
+    __tablename__ = "siwe_nonces"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used: Mapped[bool] = mapped_column(default=False)
+
+
+class ApiKey(Base):
+    """An API key of a signed-in address. Only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Usage(Base):
+    """One paid call: charged when it began, refunded once if it failed on our side."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
+    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running, ok, failed
+    error: Mapped[str | None] = mapped_column(String(64))
+    latency_ms: Mapped[float | None]
+    charged: Mapped[bool] = mapped_column(default=True)
+    refunded: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
