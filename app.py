@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
-from flask import Flask, jsonify
+import orjson
+from flask import Flask, Response
 
-from marketplace import api, errors
+from marketplace import api, errors, oip
 from marketplace.config import Settings
+from marketplace.openapi import spec
+from marketplace.payments import PrepaidCredits
+from marketplace.services import Gateway
+
+log = logging.getLogger("modelmarket")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings or Settings()
+    gateway = Gateway(settings or Settings())
+    gateway.payments = PrepaidCredits(gateway.sessions, api.accepts)
+    app.extensions["modelmarket"] = gateway
 
-    @app.errorhandler(errors.ModelMarketError)
-    def domain_error(exc: errors.ModelMarketError) -> tuple[Any, int]:
-        # The one place a domain error becomes HTTP.
-        return jsonify(exc.to_dict()), exc.http_status
+    @app.errorhandler(Exception)
+    def any_error(exc: Exception) -> Response:
+        # The one place an error becomes HTTP; unexpected ones are logged, never leaked.
+        from werkzeug.exceptions import HTTPException
+
+        body: dict[str, object]
+        if isinstance(exc, HTTPException):
+            status = exc.code or 500
+            body = {
+                "error": exc.name.lower().replace(" ", "_"),
+                "message": exc.description or exc.name,
+            }
+        else:
+            status, body = errors.describe(exc)
+            if status == 500 and body["error"] == "internal_error":
+                log.exception("unexpected error")
+        response = Response(orjson.dumps(body), status=status, mimetype="application/json")
+        left = getattr(exc, "credits_remaining", None)
+        if left is not None:
+            response.headers["X-Credits-Remaining"] = str(left)
+            response.headers["X-Inference-Id"] = str(exc.inference_id)  # type: ignore[attr-defined]
+        return response
 
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(oip.blueprint)
+    spec.register(app)
     return app

@@ -215,3 +215,36 @@ class ReceiptAlreadyRedeemed(ReceiptRejected):
 
 class ReceiptNotPurchase(ReceiptRejected):
     code = "receipt_not_purchase"
+
+
+# ------------------------------------------------- the one mapping of every error
+
+# storage and inference errors by code: (HTTP status, our stable code)
+_FOREIGN: dict[str, int] = {
+    "content_mismatch": 502,
+    "content_not_found": 503,
+    "store_unavailable": 503,
+    "store_timeout": 504,
+    "content_too_large": 507,
+    "invalid_cid": 502,
+    "bad_input": 400,
+    "input_too_large": 413,
+    "inference_timeout": 504,
+    "resource_exhausted": 503,
+    "inference_failed": 500,
+}
+
+
+def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
+    """(HTTP status, JSON body) for any error a request can meet; the web faces and the
+    CLI both go through here."""
+    if isinstance(exc, ModelMarketError):
+        return exc.http_status, exc.to_dict()
+    from inference.errors import InferenceError, InvalidModel
+    from storage.errors import StorageError
+
+    if isinstance(exc, InvalidModel):
+        return 422, {"error": exc.code, "message": exc.message}
+    if isinstance(exc, StorageError | InferenceError):
+        return _FOREIGN.get(exc.code, 500), {"error": exc.code, "message": exc.message}
+    return 500, {"error": "internal_error", "message": "an unexpected error; it was logged"}

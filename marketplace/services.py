@@ -3,12 +3,16 @@ Settings, once, for the CLI and the app factory."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import command
 from alembic.config import Config
 
+from inference.sessions import RuntimeSettings, SessionCache
 from marketplace import chain, db, devstack
 from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.indexer import Indexer
+from storage.cache import ModelCache
 from storage.store import open_store
 
 
@@ -37,3 +41,46 @@ def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
         max_card_bytes=settings.max_card_bytes,
         card_timeout=settings.storage_timeout,
     )
+
+
+class Gateway:
+    """Everything a web face needs, built once from Settings. The chain is connected
+    lazily (the app can start before the chain answers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = db.make_engine(settings.db_url)
+        self.sessions = db.session_factory(self.engine)
+        self.store = open_store(
+            settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout
+        )
+        self.cache = ModelCache(
+            settings.cache_dir,
+            self.store,
+            settings.cache_max_bytes,
+            timeout=settings.storage_timeout,
+        )
+        self.models = SessionCache(
+            settings.session_cache_bytes,
+            RuntimeSettings(
+                intra_op_threads=settings.inference_threads,
+                time_limit_s=settings.inference_time_limit,
+                max_input_elements=settings.max_input_elements,
+                arena_max_bytes=settings.inference_memory_bytes,
+            ),
+        )
+        self._market: chain.Marketplace | None = None
+        self.payments: Any = None  # the app factory plugs in the payment method
+
+    @property
+    def market(self) -> chain.Marketplace:
+        """The marketplace binding (connects on first use)."""
+        if self._market is None:
+            w3 = chain.connect(
+                devstack.rpc_url_for(self.settings), timeout=self.settings.rpc_timeout
+            )
+            deployment = chain.Deployment.load(self.settings.deployment_path)
+            self._market = chain.Marketplace(
+                w3, deployment, self.settings.artifacts_dir, timeout=self.settings.tx_timeout
+            )
+        return self._market
