@@ -74,6 +74,7 @@ def start_anvil(
     port: int = 0,
     log_path: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    chain_id: int = ANVIL_CHAIN_ID,
     ready_timeout: float = 15.0,
 ) -> Anvil:
     """Start anvil on 127.0.0.1 and wait until it answers JSON-RPC.
@@ -91,7 +92,7 @@ def start_anvil(
         "--port",
         str(port),
         "--chain-id",
-        str(ANVIL_CHAIN_ID),
+        str(chain_id),
     ]
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
