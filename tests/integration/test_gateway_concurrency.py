@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from inference import codecs
 from marketplace import auth, db, devstack, ledger, services
 from marketplace.models import Credit, Usage
-from tests.integration.test_gateway import PRICE, world  # noqa: F401 (fixture)
+from tests.integration.test_gateway import PRICE
 
 pytestmark = pytest.mark.slow
 
