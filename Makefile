@@ -7,8 +7,9 @@ SHELL := /bin/bash
 UV_VERSION   := 0.13.9
 PYTHON       ?= python3
 UV           := $(shell command -v uv 2>/dev/null)
-# Debian packages the test tiers use: PostgreSQL (database tests), Chromium (browser tests).
-DEB_PACKAGES := postgresql chromium
+# Debian packages the test tiers and benchmarks use: PostgreSQL, Chromium (browser
+# tests), wrk (HTTP load for bench.gateway).
+DEB_PACKAGES := postgresql chromium wrk
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: help setup uv-bin deb-packages run test lint pytest contracts-test bench compile clean
@@ -66,6 +67,7 @@ bench: setup
 	.venv/bin/python -m bench.storage
 	.venv/bin/python -m bench.inference
 	.venv/bin/python -m bench.indexer
+	.venv/bin/python -m bench.gateway
 
 compile: setup
 	.venv/bin/python contracts/compile.py

@@ -1,0 +1,245 @@
+"""The paid gateway under load, in one run: paid `/v2/models/{id}/infer` vs an unpaid
+minimal Flask endpoint running the same session, both under gunicorn (2 workers), with
+SQLite and with PostgreSQL, at 1 and 16 connections (wrk).
+
+    .venv/bin/python -m bench.gateway [--seconds 5]        # (or: make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+from bench.indexer import PG_BIN, start_postgres
+from inference import codecs
+from inference.demos import DEMO_DIR
+from marketplace import auth, chain, db, devstack, ledger, services
+from marketplace.config import PROJECT_ROOT, Settings
+from storage.local import LocalStore
+
+ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
+ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+MODEL = DEMO_DIR / "iris-classifier.onnx"
+
+
+def gunicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = devstack.free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-w",
+            "2",
+            "--threads",
+            "8",
+            "-b",
+            f"127.0.0.1:{port}",
+            app,
+        ],
+        env={**os.environ, **env},
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url + "/", timeout=5)
+            return proc, url
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.1)
+    raise RuntimeError(f"gunicorn {app} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+def wrk(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: int, work: Path
+) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, non-2xx) from wrk with a POST script."""
+    (work / "body.bin").write_bytes(body)
+    lines = [
+        "wrk.method = 'POST'",
+        f"local f = io.open('{work / 'body.bin'}', 'rb'); wrk.body = f:read('*a'); f:close()",
+    ]
+    lines += [f"wrk.headers['{k}'] = '{v}'" for k, v in headers.items()]
+    (work / "post.lua").write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(min(connections, 2)),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(work / "post.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, pct("50"), pct("99"), int(bad.group(1)) if bad else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    node = devstack.start_anvil(ANVIL)
+    pg = None
+    servers: list[subprocess.Popen[bytes]] = []
+    rows = []
+    try:
+        w3 = chain.connect(node.rpc_url)
+        owner, seller, buyer = devstack.dev_signers(3)
+        dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
+        base = Settings(
+            _env_file=None,
+            data_dir=work / "data",
+            rpc_url=node.rpc_url,  # type: ignore[call-arg]
+            confirmations=0,
+        )
+        dep.save(base.deployment_path)
+        store = LocalStore(base.store_dir)
+        model_cid = store.add(io.BytesIO(MODEL.read_bytes()))
+        card = store.add(io.BytesIO(orjson.dumps({"name": "iris"})))
+        market = chain.Marketplace(w3, dep, ARTIFACTS)
+        model_id, _ = market.list_model(seller, model_cid, card, 1000)
+        databases = {"sqlite": base.db_url}
+        pg_root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        pg = start_postgres(pg_root) if (PG_BIN / "initdb").exists() else None
+        if pg:
+            databases["postgresql"] = pg[0]
+        body, req_headers = codecs.encode_request(
+            {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+        )
+
+        unpaid, unpaid_url = gunicorn("bench.unpaid_app:create_app()", {"BENCH_MODEL": str(MODEL)})
+        servers.append(unpaid)
+        baseline = {
+            c: wrk(unpaid_url + "/infer", body, req_headers, c, args.seconds, work) for c in (1, 16)
+        }
+        stop(unpaid)
+        for name, url in databases.items():
+            settings = base.model_copy(update={"database_url": url})
+            services.migrate(settings)
+            services.make_indexer(settings).run_once()
+            sessions = db.session_factory(db.make_engine(url))
+            with sessions() as s, s.begin():
+                ledger.credit(
+                    s,
+                    tx_hash="0x" + "ab" * 32,
+                    log_index=0,
+                    buyer=buyer.address,
+                    model_id=model_id,
+                    calls=10**12,
+                    amount=1,
+                    fee=0,
+                    block_number=1,
+                    block_hash="0x" + "cd" * 32,
+                    source="receipt",
+                )
+                _, key = auth.create_key(s, buyer.address, "bench")
+            env = {
+                "MODELMARKET_DATA_DIR": str(settings.data_dir),
+                "MODELMARKET_RPC_URL": node.rpc_url,
+                "MODELMARKET_DATABASE_URL": url,
+            }
+            paid, paid_url = gunicorn("app:create_app()", env)
+            servers.append(paid)
+            headers = {**req_headers, "Authorization": f"Bearer {key}"}
+            for c in (1, 16):
+                result = wrk(
+                    f"{paid_url}/v2/models/{model_id}/infer", body, headers, c, args.seconds, work
+                )
+                rows.append((name, c, result, baseline[c]))
+            stop(paid)
+    finally:
+        for proc in servers:
+            if proc.poll() is None:
+                stop(proc)
+        node.stop()
+        if pg:
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(pg[1]),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(pg[1].parent, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        "gateway under gunicorn (2 workers x 8 threads), iris model, wrk, "
+        f"{args.seconds} s per cell"
+    )
+    print(
+        f"{'database':<11}{'conns':>6}{'paid rps':>10}{'unpaid rps':>12}{'ratio':>7}"
+        f"{'paid p50':>10}{'unpaid p50':>12}{'added p50':>11}{'paid p99':>10}"
+        f"{'unpaid p99':>12}{'non-2xx':>9}"
+    )
+    for name, c, (rps, p50, p99, bad), (b_rps, b_p50, b_p99, _b_bad) in rows:
+        print(
+            f"{name:<11}{c:>6}{rps:>10,.0f}{b_rps:>12,.0f}{rps / b_rps:>7.2f}"
+            f"{p50:>9.2f}m{b_p50:>11.2f}m{p50 - b_p50:>10.2f}m{p99:>9.2f}m{b_p99:>11.2f}m"
+            f"{bad:>9}"
+        )
+    print()
+    for name in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == name]
+        ratio = min(r[2][0] / r[3][0] for r in mine)
+        added = max(r[2][1] - r[3][1] for r in mine)
+        print(
+            f"goal: paid_vs_unpaid_throughput_{name} = {ratio:.2f} (target >= 0.85) "
+            f"{'met' if ratio >= 0.85 else 'missed'}"
+        )
+        print(
+            f"goal: added_p50_ms_{name} = {added:.2f} (target <= 1.0) "
+            f"{'met' if added <= 1.0 else 'missed'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
