@@ -56,8 +56,7 @@ def require_key() -> ApiKey:
 
 def the_listing(model_id: int) -> Listing:
     """A listed model (404 otherwise)."""
-    with current_gateway().sessions() as session:
-        listing = session.get(Listing, model_id)
+    listing = current_gateway().listing(model_id)
     if listing is None:
         raise errors.NotFound(f"model {model_id} is not listed")
     return listing

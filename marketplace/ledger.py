@@ -7,7 +7,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -229,6 +229,19 @@ def complete(session: Session, inference_id: str, latency_ms: float) -> None:
     """Mark a call served."""
     session.execute(
         update(Usage).where(Usage.id == inference_id).values(status="ok", latency_ms=latency_ms)
+    )
+
+
+def complete_many(session: Session, done: list[tuple[str, float]]) -> None:
+    """Mark many calls served (inference id, latency ms), in one statement."""
+    # Core UPDATE on the table (not the ORM entity): an executemany with its own WHERE
+    table = Usage.__table__
+    assert isinstance(table, Table)
+    session.connection().execute(
+        update(table)
+        .where(table.c.id == bindparam("iid"), table.c.status == "running")
+        .values(status="ok", latency_ms=bindparam("ms")),
+        [{"iid": iid, "ms": ms} for iid, ms in done],
     )
 
 

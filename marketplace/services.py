@@ -3,6 +3,8 @@ Settings, once, for the CLI and the app factory."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from alembic import command
@@ -12,6 +14,7 @@ from inference.sessions import RuntimeSettings, SessionCache
 from marketplace import chain, db, devstack
 from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.indexer import Indexer
+from marketplace.models import Listing
 from storage.cache import ModelCache
 from storage.store import open_store
 
@@ -71,6 +74,24 @@ class Gateway:
         )
         self._market: chain.Marketplace | None = None
         self.payments: Any = None  # the app factory plugs in the payment method
+        self._listings: dict[int, tuple[float, Listing]] = {}
+        self._listings_lock = threading.Lock()
+
+    def listing(self, model_id: int, max_age: float = 5.0) -> Listing | None:
+        """A listing, from an in-process cache at most `max_age` seconds old. What a paid
+        call needs of it (the model CID) never changes; price and active state may lag a
+        few seconds, which only the 402 body shows."""
+        now = time.monotonic()
+        with self._listings_lock:
+            hit = self._listings.get(model_id)
+        if hit is not None and now - hit[0] < max_age:
+            return hit[1]
+        with self.sessions() as session:
+            listing = session.get(Listing, model_id)
+        if listing is not None:
+            with self._listings_lock:
+                self._listings[model_id] = (now, listing)
+        return listing
 
     @property
     def market(self) -> chain.Marketplace:
