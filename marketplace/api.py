@@ -50,7 +50,7 @@ def require_key() -> ApiKey:
     """The caller's live API key (401 otherwise)."""
     header = request.headers.get("Authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
-    with current_gateway().sessions() as session:
+    with current_gateway().reads() as session:
         return auth.authenticate(session, bearer)
 
 

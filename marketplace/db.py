@@ -32,11 +32,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # take the write lock up front: no read-then-upgrade deadlocks between writers
+            # Transactions take the write lock up front (no read-then-upgrade deadlocks
+            # between writers); plain reads run in autocommit and take no lock at all.
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for single reads: autocommit, no transaction, no lock (a request's key
+    and listing lookups)."""
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -54,6 +54,7 @@ class Gateway:
         self.settings = settings
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.session_factory(self.engine)
+        self.reads = db.read_session_factory(self.engine)
         self.store = open_store(
             settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout
         )
@@ -86,7 +87,7 @@ class Gateway:
             hit = self._listings.get(model_id)
         if hit is not None and now - hit[0] < max_age:
             return hit[1]
-        with self.sessions() as session:
+        with self.reads() as session:
             listing = session.get(Listing, model_id)
         if listing is not None:
             with self._listings_lock:
