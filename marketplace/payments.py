@@ -81,13 +81,14 @@ class PrepaidCredits:
 
     def __init__(self, sessions: sessionmaker[Session], accepts: AcceptsFn) -> None:
         self.sessions = sessions
+        self.engine = sessions.kw["bind"]
         self.accepts = accepts
         self.usage = UsageRecorder(sessions)
 
     def begin(self, key: ApiKey, listing: Listing) -> Payment:
         """Take one credit (atomically); PaymentRequired with how to pay when none is left."""
         try:
-            with self.sessions() as s, s.begin():
+            with self.engine.begin() as s:
                 inference_id, left = ledger.consume(
                     s, key_id=key.id, buyer=key.address, model_id=listing.model_id
                 )
