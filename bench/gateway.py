@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 import requests
 
-from bench.indexer import PG_BIN, start_postgres
+from bench.indexer import PG_BIN, start_postgres, stop_postgres
 from inference import codecs
 from inference.demos import DEMO_DIR
 from marketplace import auth, chain, db, devstack, ledger, services
@@ -190,24 +190,7 @@ def main() -> int:
                 stop(proc)
         node.stop()
         if pg:
-            subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    str(PG_BIN / "pg_ctl"),
-                    "-D",
-                    str(pg[1]),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-                capture_output=True,
-                check=False,
-            )
-            shutil.rmtree(pg[1].parent, ignore_errors=True)
+            stop_postgres(pg[1])
         shutil.rmtree(work, ignore_errors=True)
 
     print(

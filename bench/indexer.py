@@ -74,6 +74,28 @@ def start_postgres(root: Path) -> tuple[str, Path] | None:
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", root / "data"
 
 
+def stop_postgres(data: Path) -> None:
+    """Stop a cluster started by `start_postgres` and remove it."""
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000)
@@ -150,24 +172,7 @@ def main() -> int:
     finally:
         node.stop()
         if pg:
-            subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    str(PG_BIN / "pg_ctl"),
-                    "-D",
-                    str(pg[1]),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-                capture_output=True,
-                check=False,
-            )
-            shutil.rmtree(pg[1].parent, ignore_errors=True)
+            stop_postgres(pg[1])
         shutil.rmtree(work, ignore_errors=True)
 
     n = len(logs)
