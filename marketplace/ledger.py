@@ -39,59 +39,25 @@ def credit(
 ) -> bool:
     """Record a purchase and add its calls to (buyer, model). Returns False, changing
     nothing, when this (tx_hash, log_index) was already recorded."""
-    credited = calls if 0 < calls <= MAX_CREDITED_CALLS else 0
-    inserted = session.execute(
-        _insert(session, Purchase)
-        .values(
-            tx_hash=tx_hash.lower(),
-            log_index=log_index,
-            buyer=buyer.lower(),
-            model_id=model_id,
-            calls=credited,
-            amount=amount,
-            fee=fee,
-            block_number=block_number,
-            block_hash=block_hash.lower(),
-            state="credited" if credited else "too_large",
-            source=source,
-        )
-        .on_conflict_do_nothing(index_elements=["tx_hash", "log_index"])
-        .returning(Purchase.id)
-    ).scalar_one_or_none()
-    if inserted is None:
-        # Seen before. Only a purchase orphaned by a reorg and mined again counts again.
-        revived = session.execute(
-            update(Purchase)
-            .where(
-                Purchase.tx_hash == tx_hash.lower(),
-                Purchase.log_index == log_index,
-                Purchase.state == "orphaned",
-            )
-            .values(state="credited", block_number=block_number, block_hash=block_hash.lower())
-            .returning(Purchase.calls)
-        ).scalar_one_or_none()
-        if revived is None:
-            return False
-        credited = int(revived)
-    if credited:
-        stmt = _insert(session, Credit).values(
-            buyer=buyer.lower(), model_id=model_id, remaining=credited, purchased=credited
-        )
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["buyer", "model_id"],
-                set_={
-                    "remaining": Credit.remaining + stmt.excluded.remaining,
-                    "purchased": Credit.purchased + stmt.excluded.purchased,
-                },
-            )
-        )
-    return True
+    purchase = {
+        "tx_hash": tx_hash,
+        "log_index": log_index,
+        "buyer": buyer,
+        "model_id": model_id,
+        "calls": calls,
+        "amount": amount,
+        "fee": fee,
+        "block_number": block_number,
+        "block_hash": block_hash,
+        "source": source,
+    }
+    return credit_many(session, [purchase]) == 1
 
 
 def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
     """`credit` for many purchases in a few statements (the indexer's catch-up path).
-    Each dict has credit's keyword arguments. Returns how many were newly credited."""
+    Each dict has credit's keyword arguments. Returns how many were newly recorded (or,
+    orphaned by a reorg and mined again, credited again)."""
     if not purchases:
         return 0
     rows = []
@@ -132,6 +98,7 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
         if calls:
             totals[(buyer, model_id)] = totals.get((buyer, model_id), 0) + int(calls)
     # seen before: only purchases orphaned by a reorg and mined again count again
+    again = 0
     for row in rows:
         if (row["tx_hash"], row["log_index"]) not in new:
             revived = session.execute(
@@ -146,7 +113,8 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
                 )
                 .returning(Purchase.calls)
             ).scalar_one_or_none()
-            if revived:
+            if revived is not None:
+                again += 1
                 key = (row["buyer"], row["model_id"])
                 totals[key] = totals.get(key, 0) + int(revived)
     if totals:
@@ -164,7 +132,7 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
                 for (b, m), n in sorted(totals.items())
             ],
         )
-    return len(new)
+    return len(new) + again
 
 
 def revoke(session: Session, tx_hash: str, log_index: int) -> bool:
