@@ -23,7 +23,6 @@ import numpy as np
 import orjson
 import requests
 
-from bench.indexer import PG_BIN, start_postgres, stop_postgres
 from inference import codecs
 from inference.demos import DEMO_DIR
 from marketplace import auth, chain, db, devstack, ledger, services
@@ -136,10 +135,9 @@ def main() -> int:
         market = chain.Marketplace(w3, dep, ARTIFACTS)
         model_id, _ = market.list_model(seller, model_cid, card, 1000)
         databases = {"sqlite": base.db_url}
-        pg_root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        pg = start_postgres(pg_root) if (PG_BIN / "initdb").exists() else None
-        if pg:
-            databases["postgresql"] = pg[0]
+        if (devstack.PG_BIN / "initdb").exists():
+            pg = devstack.start_postgres()
+            databases["postgresql"] = pg.url
         body, req_headers = codecs.encode_request(
             {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
         )
@@ -190,7 +188,7 @@ def main() -> int:
                 stop(proc)
         node.stop()
         if pg:
-            stop_postgres(pg[1])
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(

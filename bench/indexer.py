@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from marketplace.indexer import Indexer, _EventSpec
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PER_TX = 500
 BATCH = 2000
 GOAL = 2000.0
@@ -37,63 +35,6 @@ def migrate(url: str) -> None:
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
     cfg.set_main_option("sqlalchemy.url", url)
     command.upgrade(cfg, "head")
-
-
-def start_postgres(root: Path) -> tuple[str, Path] | None:
-    if not (PG_BIN / "initdb").exists():
-        return None
-    shutil.chown(root, "postgres", "postgres")
-    port = devstack.free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
-        )
-
-    run(
-        str(PG_BIN / "initdb"),
-        "-D",
-        str(root / "data"),
-        "-U",
-        "postgres",
-        "-A",
-        "trust",
-        "--no-sync",
-    )
-    run(
-        str(PG_BIN / "pg_ctl"),
-        "-D",
-        str(root / "data"),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-        "start",
-    )
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", root / "data"
-
-
-def stop_postgres(data: Path) -> None:
-    """Stop a cluster started by `start_postgres` and remove it."""
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ],
-        capture_output=True,
-        check=False,
-    )
-    shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def main() -> int:
@@ -155,9 +96,9 @@ def main() -> int:
 
         results = {}
         targets = {"sqlite": f"sqlite:///{work / 'bench.db'}"}
-        pg = start_postgres(Path(tempfile.mkdtemp(prefix="bench-pg-")))
-        if pg:
-            targets["postgresql"] = pg[0]
+        if (devstack.PG_BIN / "initdb").exists():
+            pg = devstack.start_postgres()
+            targets["postgresql"] = pg.url
         for name, url in targets.items():
             migrate(url)
             engine = db.make_engine(url)
@@ -172,7 +113,7 @@ def main() -> int:
     finally:
         node.stop()
         if pg:
-            stop_postgres(pg[1])
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     n = len(logs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,8 +82,6 @@ def jsipfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsIpfs]:
 
 # ----------------------------------------------------------------- databases
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
 
 def migrate(url: str) -> None:
     """Bring a database to the head migration with Alembic (what deployments run)."""
@@ -97,44 +94,12 @@ def migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real PostgreSQL 15 (Debian's binaries, run as the postgres user since initdb
-    refuses root) on a free loopback port; yields an admin URL for a fresh cluster."""
-    import shutil
-    import subprocess
-
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail("PostgreSQL 15 is not installed; run make setup")
-    root = Path(tempfile.mkdtemp(prefix="mm-pg-"))
-    shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    port = devstack.free_port()
-
-    def as_postgres(*args: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
-        )
-
-    as_postgres(
-        str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"
-    )
-    as_postgres(
-        str(PG_BIN / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        " -c synchronous_commit=off -c full_page_writes=off",
-        "start",
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL 15 (Debian's binaries, as the postgres user), fsync off; yields
+    an admin URL for a fresh cluster."""
+    cluster = devstack.start_postgres(durable=False)
+    yield cluster.url
+    cluster.stop()
 
 
 @pytest.fixture
