@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -53,10 +51,3 @@ def read_session_factory(engine: Engine) -> sessionmaker[Session]:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to `engine` that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on error."""
-    with factory() as session, session.begin():
-        yield session

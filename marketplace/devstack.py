@@ -31,15 +31,16 @@ DEMO_TOKENS = 1_000_000 * 10**18
 ANVIL_CHAIN_ID = 31337
 
 
+def dev_key(index: int) -> str:
+    """The 0x-hex key of anvil's dev account `index` (public test keys, play money)."""
+    Account.enable_unaudited_hdwallet_features()
+    acct = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + str(acct.key.hex()).removeprefix("0x")
+
+
 def dev_signers(count: int = DEMO_ACCOUNTS) -> list[chain.Signer]:
     """Signers for anvil's first `count` dev accounts."""
-    Account.enable_unaudited_hdwallet_features()
-    return [
-        chain.Signer(
-            Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex()
-        )
-        for i in range(count)
-    ]
+    return [chain.Signer(dev_key(i)) for i in range(count)]
 
 
 def free_port() -> int:

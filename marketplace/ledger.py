@@ -211,13 +211,6 @@ def consume(
     return inference_id, int(left)
 
 
-def complete(session: Session, inference_id: str, latency_ms: float) -> None:
-    """Mark a call served."""
-    session.execute(
-        update(Usage).where(Usage.id == inference_id).values(status="ok", latency_ms=latency_ms)
-    )
-
-
 def complete_many(session: Session, done: list[tuple[str, float]]) -> None:
     """Mark many calls served (inference id, latency ms), in one statement."""
     # Core UPDATE on the table (not the ORM entity): an executemany with its own WHERE

@@ -17,7 +17,7 @@ def test_deploy_script_to_any_rpc_url(tmp_path):
     node = devstack.start_anvil(ANVIL_BIN)
     try:
         deployer = devstack.dev_signers(2)[1]
-        key = _dev_key(1)
+        key = devstack.dev_key(1)
         out = tmp_path / "deployment.json"
         proc = subprocess.run(
             [str(PROJECT_ROOT / "contracts/brownie.sh"), "deploy", node.rpc_url, str(out)],
@@ -37,11 +37,3 @@ def test_deploy_script_to_any_rpc_url(tmp_path):
         assert market.listing(model_id).price_per_call == 7
     finally:
         node.stop()
-
-
-def _dev_key(index: int) -> str:
-    from eth_account import Account
-
-    Account.enable_unaudited_hdwallet_features()
-    acct = Account.from_mnemonic(devstack.DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-    return "0x" + acct.key.hex().removeprefix("0x")

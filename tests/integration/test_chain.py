@@ -239,18 +239,18 @@ def test_unmined_transaction_times_out(signers):
 
 
 def test_key_never_shown(w3, market, signers, listed, caplog):
-    key_hex = devstack_key(1)
+    key_hex = devstack.dev_key(1)
     stranger = chain.Signer(key_hex)
     assert key_hex[2:] not in repr(stranger) and key_hex[2:] not in str(stranger)
     with pytest.raises(TypeError):
         pickle.dumps(stranger)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(errors.NotSeller) as info:
-        market.set_price(chain.Signer(devstack_key(3)), listed, 1)
+        market.set_price(chain.Signer(devstack.dev_key(3)), listed, 1)
     market.approve(stranger, PRICE)  # a successful send, logged at DEBUG by web3
     text = " ".join([str(info.value), repr(info.value), caplog.text])
     for i in (1, 3):
-        assert devstack_key(i)[2:].lower() not in text.lower()
+        assert devstack.dev_key(i)[2:].lower() not in text.lower()
 
 
 def test_bad_key_error_does_not_echo_it():
@@ -259,16 +259,6 @@ def test_bad_key_error_does_not_echo_it():
         chain.Signer(bad)
     assert "zz" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
-
-
-def devstack_key(index: int) -> str:
-    """A dev account's key as hex (for checking it never leaks)."""
-    from eth_account import Account
-
-    Account.enable_unaudited_hdwallet_features()
-    return "0x" + Account.from_mnemonic(
-        devstack.DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}"
-    ).key.hex().removeprefix("0x")
 
 
 def test_deployment_record_round_trip(tmp_path, deployment):

@@ -46,12 +46,6 @@ class World:
         services.make_indexer(self.settings).run_once()
 
 
-def dev_key(i: int) -> str:
-    Account.enable_unaudited_hdwallet_features()
-    acct = Account.from_mnemonic(devstack.DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
-    return "0x" + acct.key.hex().removeprefix("0x")
-
-
 @pytest.fixture
 def world(tmp_path) -> Iterator[World]:
     anvil = devstack.start_anvil(ANVIL_BIN)
@@ -79,7 +73,7 @@ def world(tmp_path) -> Iterator[World]:
             settings,
             market,
             signers,
-            [dev_key(i) for i in range(5)],
+            [devstack.dev_key(i) for i in range(5)],
             create_app(settings).test_client(),
             model_id,
         )
