@@ -56,20 +56,25 @@ class IpfsStore:
         # 1 MiB upload pieces: the 8 KiB default spends ~15% of an add in Python loops.
         self._client = ipfshttpclient.Client(api, timeout=timeout, chunk_size=1 << 20)
 
+    def _timeout(self, what: str, limit: float | None) -> StoreTimeout:
+        return StoreTimeout(
+            f"the IPFS node at {self.api} did not answer {what} within {limit or self.timeout:g} s"
+        )
+
     def _call(
         self, what: str, fn: Any, *args: Any, limit: float | None = None, **kwargs: Any
     ) -> Any:
         try:
             return fn(*args, **kwargs)
         except (ipfs_errors.TimeoutError, requests.exceptions.Timeout):
-            raise StoreTimeout(
-                f"the IPFS node at {self.api} did not answer {what} within"
-                f" {limit or self.timeout:g} s"
-            ) from None
+            raise self._timeout(what, limit) from None
         except (ipfs_errors.ConnectionError, requests.exceptions.ConnectionError):
             raise StoreUnavailable(f"cannot reach the IPFS node at {self.api}") from None
         except ipfs_errors.ErrorResponse as exc:
             text = str(exc)
+            if any(word in text.lower() for word in ("timed out", "timeout", "deadline")):
+                # the node's own `timeout=` option fired first: the same timeout as ours
+                raise self._timeout(what, limit) from None
             if "not found" in text.lower() or "no link named" in text.lower():
                 raise ContentNotFound(f"the IPFS node has no {what}: {text}") from None
             raise StoreUnavailable(f"the IPFS node refused {what}: {text}") from None
@@ -137,11 +142,6 @@ class IpfsStore:
             )
         except (ContentNotFound, StoreTimeout):
             return False
-        except StoreUnavailable as exc:
-            text = exc.message.lower()
-            if any(word in text for word in ("timeout", "timed out", "deadline")):
-                return False
-            raise
         return True
 
     def pin(self, cid_text: str) -> None:
