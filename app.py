@@ -20,7 +20,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
     app = Flask(__name__)
     gateway = Gateway(settings or Settings())
-    gateway.payments = PrepaidCredits(gateway.sessions, api.accepts)
+    gateway.payments = PrepaidCredits(
+        gateway.engine,
+        api.accepts,
+        lease_size=gateway.settings.credit_lease_size,
+        ttl=gateway.settings.credit_lease_ttl,
+    )
     app.extensions["modelmarket"] = gateway
 
     @app.errorhandler(Exception)

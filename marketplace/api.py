@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 from spectree import Response as Responses
 from sqlalchemy import or_, select
 
-from marketplace import auth, chain, errors, receipts
+from marketplace import auth, chain, errors, ledger, receipts
 from marketplace.models import ApiKey, Credit, Listing
 from marketplace.openapi import spec
 from marketplace.services import Gateway
@@ -50,8 +50,7 @@ def require_key() -> ApiKey:
     """The caller's live API key (401 otherwise)."""
     header = request.headers.get("Authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
-    with current_gateway().reads() as session:
-        return auth.authenticate(session, bearer)
+    return current_gateway().keys.authenticate(bearer)
 
 
 def the_listing(model_id: int) -> Listing:
@@ -221,8 +220,10 @@ def keys() -> Response:
 def revoke(key_id: str) -> Response:
     """Revoke one of the caller's keys."""
     key = require_key()
-    with current_gateway().sessions() as s, s.begin():
+    gateway = current_gateway()
+    with gateway.sessions() as s, s.begin():
         auth.revoke_key(s, key.address, key_id)
+    gateway.keys.forget(key_id)
     return json_response({"key_id": key_id, "revoked": True})
 
 
@@ -337,11 +338,14 @@ def post_receipt() -> Response:
 def credits() -> Response:
     """The caller's calls left, per model."""
     key = require_key()
-    with current_gateway().sessions() as s:
+    gateway = current_gateway()
+    gateway.payments.flush()  # this worker's latest calls count too
+    with gateway.sessions() as s:
         rows = s.execute(select(Credit).where(Credit.buyer == key.address)).scalars().all()
+        left = ledger.remaining_by_model(s, key.address)
         return json_response(
             [
-                {"model_id": c.model_id, "remaining": c.remaining, "purchased": c.purchased}
+                {"model_id": c.model_id, "remaining": left[c.model_id], "purchased": c.purchased}
                 for c in rows
             ]
         )

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import warnings
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from marketplace import errors
 from marketplace.models import ApiKey, Nonce
@@ -102,19 +103,56 @@ def create_key(session: Session, address: str, name: str) -> tuple[ApiKey, str]:
     return row, f"{KEY_PREFIX}{key_id}_{secret}"
 
 
-def authenticate(session: Session, bearer: str | None) -> ApiKey:
-    """The live key behind an `Authorization: Bearer mm_<id>_<secret>` value."""
+def _parse(bearer: str | None) -> tuple[str, str]:
     if not bearer:
         raise errors.Unauthenticated("send an API key: Authorization: Bearer mm_...")
     if not bearer.startswith(KEY_PREFIX) or bearer.count("_") < 2:
         raise errors.Unauthenticated("the API key is malformed")
     key_id, secret = bearer[len(KEY_PREFIX) :].split("_", 1)
-    row = session.get(ApiKey, key_id)
+    return key_id, secret
+
+
+def _check(row: ApiKey | None, secret: str) -> ApiKey:
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
         raise errors.Unauthenticated("the API key is not valid")
     if row.revoked_at is not None:
         raise errors.Unauthenticated("the API key was revoked")
     return row
+
+
+def authenticate(session: Session, bearer: str | None) -> ApiKey:
+    """The live key behind an `Authorization: Bearer mm_<id>_<secret>` value."""
+    key_id, secret = _parse(bearer)
+    return _check(session.get(ApiKey, key_id), secret)
+
+
+class KeyCache:
+    """`authenticate` from keys read at most `ttl` seconds ago, so a paid call does not
+    read the database. A key revoked through this process stops at once; through
+    another process (another gateway worker), within `ttl`."""
+
+    def __init__(self, reads: sessionmaker[Session], ttl: float) -> None:
+        self.reads, self.ttl = reads, ttl
+        self._rows: dict[str, tuple[float, ApiKey]] = {}
+
+    def authenticate(self, bearer: str | None) -> ApiKey:
+        """As `authenticate`."""
+        key_id, secret = _parse(bearer)
+        now = time.monotonic()
+        hit = self._rows.get(key_id)  # a dict read is atomic; no lock on the hot path
+        if hit is None or now - hit[0] >= self.ttl:
+            with self.reads() as session:
+                row = session.get(ApiKey, key_id)
+            if row is None:
+                self._rows.pop(key_id, None)
+                return _check(None, secret)
+            hit = (now, row)
+            self._rows[key_id] = hit
+        return _check(hit[1], secret)
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key (it was revoked here): the next call reads it again."""
+        self._rows.pop(key_id, None)
 
 
 def list_keys(session: Session, address: str) -> list[ApiKey]:

@@ -95,6 +95,24 @@ class Settings(BaseSettings):
     inference_memory_bytes: int = Field(
         default=4 << 30, gt=0, description="Process-wide cap on onnxruntime's CPU arena."
     )
+    key_cache_ttl: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a gateway worker trusts an API key it read (revocation "
+        "through another worker takes this long to reach it).",
+    )
+    credit_lease_size: int = Field(
+        default=128,
+        gt=0,
+        description="Most calls a gateway worker takes from a credit in one statement "
+        "(1 = one database write per paid call).",
+    )
+    credit_lease_ttl: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds after which a silent worker's leased calls go back to the "
+        "buyer (a crashed worker's unspent calls return after this).",
+    )
 
     @property
     def db_url(self) -> str:

@@ -9,8 +9,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -374,3 +377,67 @@ def start_postgres(*, durable: bool = True) -> Postgres:
         "start",
     )
     return Postgres(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", root)
+
+
+@dataclass
+class Gunicorn:
+    """A running gunicorn master and its workers."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def worker_pids(self) -> list[int]:
+        """The master's worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(p) for p in children.read_text().split()]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop (workers finish their calls and run their exit hooks)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_gunicorn(
+    app: str,
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    log: Path | None = None,
+    ready_path: str = "/",
+    ready_timeout: float = 60.0,
+) -> Gunicorn:
+    """gunicorn serving `app` ("module:factory()") on a free loopback port, in its own
+    process group, once it answers HTTP on `ready_path`."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
+    command += ["--threads", str(threads), "-b", f"127.0.0.1:{port}", app]
+    with open(log or os.devnull, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    server = Gunicorn(process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            # http on loopback, a URL we built
+            urllib.request.urlopen(server.url + ready_path, timeout=5).close()  # noqa: S310
+            return server
+        except urllib.error.HTTPError:
+            return server  # it answers
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"gunicorn {app} did not start (log: {log})")
+        time.sleep(0.1)

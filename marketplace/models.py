@@ -109,8 +109,34 @@ class Credit(Base):
 
     buyer: Mapped[str] = mapped_column(String(42), primary_key=True)
     model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    remaining: Mapped[int] = mapped_column(BigInteger, default=0)
+    remaining: Mapped[int] = mapped_column(BigInteger, default=0)  # not counting leases
     purchased: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Scratch: the size of the latest lease, set by the same UPDATE that takes it, so
+    # RETURNING (which sees only new values) can tell how many calls were granted.
+    last_lease: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class CreditLease(Base):
+    """Calls a gateway worker took from a credit in one statement, to spend in memory.
+    Until settled, `granted - used` of them belong to the lease; settling gives the
+    rest back to the credit, once."""
+
+    __tablename__ = "credit_leases"
+    __table_args__ = (
+        Index("ix_credit_leases_credit", "buyer", "model_id"),
+        Index("ix_credit_leases_holder", "holder"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    buyer: Mapped[str] = mapped_column(String(42))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(64))  # host:pid:random of the worker
+    granted: Mapped[int] = mapped_column(BigInteger)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # epoch seconds (the holder's clock); a lease not heard from for the TTL is swept
+    heartbeat_at: Mapped[float]
+    recall: Mapped[bool] = mapped_column(default=False)  # another worker needs the calls
+    settled_at: Mapped[float | None]
 
 
 class ChainEvent(Base):
@@ -183,7 +209,8 @@ class Usage(Base):
     key_id: Mapped[str] = mapped_column(String(16), index=True)
     buyer: Mapped[str] = mapped_column(String(42), index=True)
     model_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    status: Mapped[str] = mapped_column(String(16))  # running, ok, failed
+    status: Mapped[str] = mapped_column(String(16))  # ok, failed
+    lease_id: Mapped[str | None] = mapped_column(String(32), index=True)
     error: Mapped[str | None] = mapped_column(String(64))
     latency_ms: Mapped[float | None]
     charged: Mapped[bool] = mapped_column(default=True)

@@ -1,110 +1,300 @@
 """How a paid call is paid for, as snet-daemon's PaymentHandler does it: begin (take the
 money) -> run -> complete, or complete after error (give it back). Prepaid credits are
-the first method; vouchers, x402 or free trials would be new classes of this shape."""
+the first method; vouchers, x402 or free trials would be new classes of this shape.
+
+Prepaid credits are spent from leases so that a paid call costs no database round trip:
+a worker takes up to `lease_size` calls of a (buyer, model) credit in one conditional
+UPDATE (`ledger.lease`), spends them in memory, and a background thread writes the
+finished calls' usage rows and lease counts every `FLUSH_INTERVAL` (`ledger.
+record_calls`). A lease goes back (`ledger.settle`: its unspent calls return to the
+credit, once) when it runs dry, sits idle, is recalled by a worker that found the credit
+empty, or the worker stops; a worker that dies without settling is swept by the others
+after `ttl`. A call is never served from a lease its holder has not kept alive within
+ttl/2, so a swept lease is never spent.
+
+What it costs: a hard crash of a worker (SIGKILL, power) gives back the calls it served
+in its last FLUSH_INTERVAL, because they were not written yet; other workers may show a
+few calls' stale X-Credits-Remaining; and the last calls of a credit pay the round trip
+(leases shrink to single calls near the end, so no worker holds calls another needs).
+"""
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from marketplace import errors, ledger
 from marketplace.models import ApiKey, Listing
 
 AcceptsFn = Callable[[Listing], list[dict[str, object]]]
+FLUSH_INTERVAL = 0.1  # seconds between writes of finished calls
+IDLE_SECONDS = 2.0  # a lease unused this long goes back
+RECALL_WAIT = 1.5  # how long a worker that found the credit empty waits for recalled calls
+
+log = logging.getLogger("modelmarket")
 
 
-@dataclass
+@dataclass(eq=False)
+class _Lease:
+    id: str
+    buyer: str
+    model_id: int
+    left: int  # calls not handed out yet
+    outside: int  # calls left in the credit outside any lease, when this one was taken
+    alive_at: float  # monotonic time the database last confirmed the lease open
+    last_used: float
+    in_flight: int = 0  # calls handed out and not finished
+    closed: bool = False  # no longer spent from; settled once nothing is in flight
+
+
+@dataclass(eq=False)
 class Payment:
     """One begun payment."""
 
     inference_id: str
-    buyer: str
-    model_id: int
+    key_id: str
+    lease: _Lease
     remaining: int
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
+    done: bool = False
+
+    @property
+    def buyer(self) -> str:
+        return self.lease.buyer
+
+    @property
+    def model_id(self) -> int:
+        return self.lease.model_id
 
     @property
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
 
-class UsageRecorder:
-    """Marks served calls in the usage table in batches, off the request path: the
-    credit was already taken synchronously (that is what must be exactly once); a row
-    still "running" after a crash says honestly that the outcome is unknown."""
-
-    def __init__(self, sessions: sessionmaker[Session], interval: float = 0.2) -> None:
-        self.sessions = sessions
-        self.interval = interval
-        self._pending: list[tuple[str, float]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="usage-recorder", daemon=True)
-        self._thread.start()
-        atexit.register(self.flush)
-
-    def record(self, inference_id: str, latency_ms: float) -> None:
-        with self._lock:
-            self._pending.append((inference_id, latency_ms))
-
-    def flush(self) -> None:
-        """Write every pending completion now."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if batch:
-            try:
-                with self.sessions() as s, s.begin():
-                    ledger.complete_many(s, batch)
-            except Exception:
-                with self._lock:  # keep them for the next round
-                    self._pending = batch + self._pending
-                raise
-
-    def _run(self) -> None:
-        while not self._wake.wait(self.interval):
-            try:
-                self.flush()
-            except Exception:  # the next round retries; never kill the thread
-                logging.getLogger("modelmarket").exception("usage flush failed")
-
-
 class PrepaidCredits:
-    """Calls bought on-chain in advance; one credit per call."""
+    """Calls bought on-chain in advance; one credit per call, spent from leases."""
 
     name = "prepaid"
 
-    def __init__(self, sessions: sessionmaker[Session], accepts: AcceptsFn) -> None:
-        self.sessions = sessions
-        self.engine = sessions.kw["bind"]
+    def __init__(
+        self, engine: Engine, accepts: AcceptsFn, *, lease_size: int = 128, ttl: float = 30.0
+    ) -> None:
+        self.engine = engine
         self.accepts = accepts
-        self.usage = UsageRecorder(sessions)
+        self.lease_size = lease_size
+        self.ttl = ttl
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        # Per process (gunicorn may build the app before forking its workers), once:
+        # two sets of locks over the same leases would spend a call twice.
+        with self._start_lock:
+            if self._pid != os.getpid():
+                self._start_here()
+
+    def _start_here(self) -> None:
+        pid = os.getpid()
+        self.holder = f"{socket.gethostname()[:40]}:{pid}:{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._refill_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._open: dict[tuple[str, int], _Lease] = {}
+        self._closing: list[_Lease] = []
+        self._done: list[dict[str, Any]] = []
+        self._next_sweep = 0.0
+        self._stop = threading.Event()
+        self._pid = pid  # after the state: other threads wait on _start_lock until now
+        self._thread = threading.Thread(target=self._run, name="credit-leases", daemon=True)
+        self._thread.start()
 
     def begin(self, key: ApiKey, listing: Listing) -> Payment:
-        """Take one credit (atomically); PaymentRequired with how to pay when none is left."""
-        try:
-            with self.engine.begin() as s:
-                inference_id, left = ledger.consume(
-                    s, key_id=key.id, buyer=key.address, model_id=listing.model_id
+        """Take one call; PaymentRequired with how to pay when none is left."""
+        if self._pid != os.getpid():
+            self._start()
+        credit = (key.address, listing.model_id)
+        now = time.monotonic()
+        with self._lock:
+            payment = self._spend(credit, key, now)
+        if payment is not None:
+            return payment
+        with self._lock:
+            refill = self._refill_locks.setdefault(credit, threading.Lock())
+        with refill:  # one lease at a time per credit and worker
+            return self._lease_and_spend(credit, key, listing)
+
+    def _spend(self, credit: tuple[str, int], key: ApiKey, now: float) -> Payment | None:
+        lease = self._open.get(credit)
+        if (
+            lease is None
+            or lease.closed
+            or lease.left <= 0
+            or now - lease.alive_at >= self.ttl / 2  # might be swept: never spend it
+        ):
+            return None
+        lease.left -= 1
+        lease.in_flight += 1
+        lease.last_used = now
+        return Payment(secrets.token_hex(16), key.id, lease, lease.left + lease.outside)
+
+    def _lease_and_spend(self, credit: tuple[str, int], key: ApiKey, listing: Listing) -> Payment:
+        deadline = time.monotonic() + RECALL_WAIT
+        while True:
+            with self._lock:
+                payment = self._spend(credit, key, time.monotonic())
+            if payment is not None:
+                return payment
+            lease_id = secrets.token_hex(16)
+            with self.engine.begin() as conn:
+                got = ledger.lease(
+                    conn,
+                    lease_id=lease_id,
+                    holder=self.holder,
+                    buyer=credit[0],
+                    model_id=credit[1],
+                    want=self.lease_size,
+                    now=time.time(),
                 )
-        except ledger.NoCredit:
-            raise errors.PaymentRequired(
-                f"no calls left on model {listing.model_id}: buy some, then post the receipt",
-                self.accepts(listing),
-            ) from None
-        return Payment(inference_id, key.address, listing.model_id, left)
+                elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
+            if got is not None:
+                now = time.monotonic()
+                lease = _Lease(lease_id, credit[0], credit[1], got[0], got[1], now, now)
+                with self._lock:
+                    self._retire(self._open.get(credit))
+                    self._open[credit] = lease
+                continue
+            if not elsewhere or time.monotonic() > deadline:
+                raise errors.PaymentRequired(
+                    f"no calls left on model {listing.model_id}: buy some, then post the receipt",
+                    self.accepts(listing),
+                )
+            time.sleep(FLUSH_INTERVAL / 4)  # other workers are giving their calls back
+
+    def _retire(self, lease: _Lease | None) -> None:
+        """Stop spending `lease`; the next flush settles it. Holds self._lock."""
+        if lease is not None and not lease.closed:
+            lease.closed = True
+            self._closing.append(lease)
+            if self._open.get((lease.buyer, lease.model_id)) is lease:
+                del self._open[(lease.buyer, lease.model_id)]
 
     def complete(self, payment: Payment) -> None:
-        """The call was served: keep the credit (recorded in the next batch)."""
-        self.usage.record(payment.inference_id, payment.elapsed_ms)
+        """The call was served: the call is spent (written in the next flush)."""
+        self._finish(payment, "ok", None)
 
     def complete_after_error(self, payment: Payment, code: str) -> int:
-        """The call failed: give the credit back (once). Returns the calls left."""
-        with self.sessions() as s, s.begin():
-            left = ledger.refund(s, payment.inference_id, code, payment.elapsed_ms)
-        return payment.remaining if left is None else left
+        """The call failed: give it back (once). Returns the calls left."""
+        self._finish(payment, "failed", code)
+        return payment.lease.left + payment.lease.outside
+
+    def _finish(self, payment: Payment, status: str, error: str | None) -> None:
+        refunded = status != "ok"
+        with self._lock:
+            if payment.done:
+                return
+            payment.done = True
+            payment.lease.in_flight -= 1
+            if refunded and not payment.lease.closed:
+                # a closed lease's settle will count this call as unspent
+                payment.lease.left += 1
+            self._done.append(
+                {
+                    "id": payment.inference_id,
+                    "key_id": payment.key_id,
+                    "buyer": payment.buyer,
+                    "model_id": payment.model_id,
+                    "lease_id": payment.lease.id,
+                    "status": status,
+                    "error": error[:64] if error else None,
+                    "latency_ms": payment.elapsed_ms,
+                    "charged": True,
+                    "refunded": refunded,
+                    "created_at": payment.created_at,
+                }
+            )
+
+    def flush(self) -> None:
+        """Write finished calls, settle leases that are done, keep the rest alive, and
+        now and then sweep leases whose holder went silent."""
+        if self._pid != os.getpid():
+            return  # nothing begun in this process
+        with self._tick_lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        started = time.monotonic()
+        with self._lock:
+            done, self._done = self._done, []
+            for lease in list(self._open.values()):
+                if started - lease.last_used > IDLE_SECONDS or lease.left <= 0:
+                    self._retire(lease)
+            # Settling gives back what is not counted as used: a call still running
+            # would be given back and served too. Wait for it.
+            closing = [lease for lease in self._closing if lease.in_flight == 0]
+            open_now = list(self._open.values())
+            alive = [lease.id for lease in open_now]
+        now = time.time()
+        try:
+            with self.engine.begin() as conn:
+                touched = {c["lease_id"] for c in done} | {lease.id for lease in closing}
+                ledger.lock_leases(conn, sorted(touched | set(alive)))
+                ledger.record_calls(conn, done, now)
+                for lease in sorted(closing, key=lambda lease: lease.id):
+                    ledger.settle(conn, lease.id, now)
+                still_open = ledger.heartbeat(conn, alive, now)
+                recalled = set(ledger.recalled(conn, self.holder)) if alive else set()
+            if started >= self._next_sweep:
+                with self.engine.begin() as conn:  # its own transaction: other holders' rows
+                    for lease_id in ledger.stale_leases(conn, now - self.ttl):
+                        ledger.settle(conn, lease_id, now)
+        except Exception:
+            with self._lock:  # keep them for the next round (record_calls is idempotent)
+                self._done = done + self._done
+            raise
+        if started >= self._next_sweep:
+            self._next_sweep = started + self.ttl / 3
+        with self._lock:
+            self._closing = [lease for lease in self._closing if lease not in closing]
+            for lease in open_now:
+                if lease.closed:
+                    continue
+                if lease.id not in still_open:  # swept or settled elsewhere
+                    self._retire(lease)
+                    self._closing.remove(lease)
+                elif lease.id in recalled:
+                    self._retire(lease)
+                else:
+                    lease.alive_at = started
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL):
+            try:
+                self.flush()
+            except Exception:  # the next round retries; never kill the thread
+                log.exception("writing paid calls failed")
+
+    def close(self) -> None:
+        """Write everything and give every lease back (the worker is stopping)."""
+        if self._pid != os.getpid():
+            return
+        self._stop.set()
+        with self._lock:
+            for lease in list(self._open.values()):
+                self._retire(lease)
+        try:
+            self.flush()
+        except Exception:  # the sweep of another worker gives them back after the TTL
+            log.exception("giving leased calls back failed")

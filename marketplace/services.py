@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 
 from inference.sessions import RuntimeSettings, SessionCache
-from marketplace import chain, db, devstack
+from marketplace import auth, chain, db, devstack
 from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.indexer import Indexer
 from marketplace.models import Listing
@@ -55,6 +55,7 @@ class Gateway:
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.session_factory(self.engine)
         self.reads = db.read_session_factory(self.engine)
+        self.keys = auth.KeyCache(self.reads, settings.key_cache_ttl)
         self.store = open_store(
             settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout
         )

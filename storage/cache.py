@@ -42,7 +42,8 @@ class ModelCache:
         self._inflight: dict[str, Future[Path]] = {}
         self.fetches = 0  # how many times content was fetched from the store
         for leftover in self._tmp.iterdir():  # a crash mid-download leaves these
-            leftover.unlink(missing_ok=True)
+            if not _alive(leftover.name.split("-", 1)[0]):  # gunicorn workers share it
+                leftover.unlink(missing_ok=True)
         existing = sorted(self._files.iterdir(), key=lambda p: p.stat().st_mtime)
         for path in existing:
             self._entries[path.name] = path.stat().st_size
@@ -89,7 +90,7 @@ class ModelCache:
 
     def _fetch(self, key: str, on_bytes: ProgressFn | None) -> Path:
         self.fetches += 1
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{os.getpid()}-")
         tmp = Path(tmp_name)
         reserved = 0
 
@@ -147,3 +148,14 @@ class ModelCache:
         with self._lock:
             if self._entries.pop(key, None) is not None:
                 (self._files / key).unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that named a download file is still running."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -4,13 +4,7 @@ usage table agrees."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +13,7 @@ from sqlalchemy import func, select
 
 from inference import codecs
 from marketplace import auth, db, devstack, ledger, services
-from marketplace.models import Credit, Usage
+from marketplace.models import Credit, CreditLease, Usage
 from tests.integration.test_gateway import PRICE
 
 pytestmark = pytest.mark.slow
@@ -52,42 +46,18 @@ def test_500_calls_on_100_credits(world, database, tmp_path):
         )
         _, key = auth.create_key(s, buyer, "load")
 
-    port = devstack.free_port()
     env = {
-        **os.environ,
         "MODELMARKET_DATA_DIR": str(settings.data_dir),
         "MODELMARKET_RPC_URL": str(settings.rpc_url),
         "MODELMARKET_DATABASE_URL": database,
         "MODELMARKET_DEPLOYMENT_FILE": str(settings.deployment_path),
     }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-w",
-            "2",
-            "--threads",
-            "4",
-            "-b",
-            f"127.0.0.1:{port}",
-            "app:create_app()",
-        ],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    log = tmp_path / "gunicorn.log"
+    server = devstack.start_gunicorn(
+        "app:create_app()", env, workers=2, threads=4, log=log, ready_path="/v2/health/ready"
     )
-    url = f"http://127.0.0.1:{port}"
+    url = server.url
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.1)
         body, headers = codecs.encode_request(
             {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
         )
@@ -101,12 +71,14 @@ def test_500_calls_on_100_credits(world, database, tmp_path):
         with ThreadPoolExecutor(max_workers=32) as pool:
             codes = list(pool.map(call, range(500)))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-    assert codes.count(200) == 100, {c: codes.count(c) for c in set(codes)}
-    assert codes.count(402) == 400
+        server.stop()
+    counts = {c: codes.count(c) for c in set(codes)}
+    assert counts == {200: 100, 402: 400}, log.read_text()[-3000:]
     with sessions() as s:
         assert s.scalar(select(Credit.remaining).where(Credit.buyer == buyer.lower())) == 0
+        # the workers gave back every lease when they stopped
+        open_leases = select(func.count()).where(CreditLease.settled_at.is_(None))
+        assert s.scalar(open_leases) == 0
         served = s.scalar(
             select(func.count())
             .select_from(Usage)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
+from sqlalchemy import select
 
 from marketplace import db, ledger
+from marketplace.models import Usage
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,21 +48,86 @@ def test_credit_once_revoke_once_and_credit_again_when_re_mined(sessions):
         assert ledger.remaining(s, buyer, 7) == 5
 
 
-def test_consume_and_refund(sessions):
-    buyer = "0x" + "bb" * 20
+BUYER = "0x" + "bb" * 20
+
+
+def _lease(s, lease_id: str, want: int, holder: str = "w1"):  # type: ignore[no-untyped-def]
+    return ledger.lease(
+        s.connection(),
+        lease_id=lease_id,
+        holder=holder,
+        buyer=BUYER,
+        model_id=7,
+        want=want,
+        now=1.0,
+    )
+
+
+def _call(iid: str, lease_id: str, refunded: bool = False) -> dict[str, object]:
+    return {
+        "id": iid,
+        "key_id": "k",
+        "buyer": BUYER,
+        "model_id": 7,
+        "lease_id": lease_id,
+        "status": "failed" if refunded else "ok",
+        "error": None,
+        "latency_ms": 1.0,
+        "charged": True,
+        "refunded": refunded,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def test_leases_shrink_near_the_end_of_a_credit_and_never_overdraw(sessions):
     with sessions() as s, s.begin():
-        ledger.credit(s, **_purchase(calls=2))
+        ledger.credit(s, **_purchase(calls=300))
+    sizes = []
     with sessions() as s, s.begin():
-        first, left = ledger.consume(s, key_id="k", buyer=buyer, model_id=7)
-        assert left == 1
-        _, left = ledger.consume(s, key_id="k", buyer=buyer, model_id=7)
-        assert left == 0
-        with pytest.raises(ledger.NoCredit):
-            ledger.consume(s, key_id="k", buyer=buyer, model_id=7)
+        while (got := _lease(s, f"l{len(sizes)}", want=50)) is not None:
+            sizes.append(got)
+    # 50 while at least 4 leases' worth is left, then a quarter of what is left, then ones
+    expected = [50, 50, 50, 37, 28, 21, 16, 12, 9, 6, 5, 4, 3, 2] + [1] * 7
+    assert [g for g, _ in sizes] == expected
+    assert sum(g for g, _ in sizes) == 300 and sizes[-1][1] == 0
+    with sessions() as s:
+        assert ledger.remaining(s, BUYER, 7) == 300  # leased calls are still the buyer's
+
+
+def test_a_lease_counts_served_calls_and_settles_once(sessions):
     with sessions() as s, s.begin():
-        assert ledger.refund(s, first, "inference_failed", 1.0) == 1
-        assert ledger.refund(s, first, "inference_failed", 1.0) is None  # once
-        assert ledger.remaining(s, buyer, 7) == 1
+        ledger.credit(s, **_purchase(calls=100))
+        assert _lease(s, "a", want=10) == (10, 90)
+    with sessions() as s, s.begin():
+        calls = [_call("i1", "a"), _call("i2", "a"), _call("i3", "a", refunded=True)]
+        ledger.record_calls(s.connection(), calls, now=2.0)
+        ledger.record_calls(s.connection(), calls, now=2.0)  # a retry: nothing twice
+    with sessions() as s, s.begin():
+        assert ledger.remaining(s, BUYER, 7) == 98
+        assert ledger.settle(s.connection(), "a", now=3.0) == 8
+        assert ledger.settle(s.connection(), "a", now=3.0) == 0  # once
+        assert ledger.remaining(s, BUYER, 7) == 98
+        # a call that finished after its lease was settled is charged to the credit
+        ledger.record_calls(s.connection(), [_call("i4", "a")], now=4.0)
+        assert ledger.remaining(s, BUYER, 7) == 97
+        rows = s.execute(select(Usage.status, Usage.refunded)).all()
+        assert sorted(rows) == [("failed", True), ("ok", False), ("ok", False), ("ok", False)]
+
+
+def test_silent_leases_are_swept_and_recalls_reach_their_holder(sessions):
+    with sessions() as s, s.begin():
+        ledger.credit(s, **_purchase(calls=100))
+        _lease(s, "a", want=10, holder="w1")  # heartbeat at t=1
+        _lease(s, "b", want=10, holder="w2")
+    with sessions() as s, s.begin():
+        conn = s.connection()
+        assert ledger.heartbeat(conn, ["b"], now=50.0) == {"b"}
+        assert ledger.stale_leases(conn, older_than=20.0) == ["a"]
+        assert ledger.recall(conn, BUYER, 7, holder="w1") == 1  # w2's lease, not its own
+        assert ledger.recalled(conn, "w2") == ["b"] and ledger.recalled(conn, "w1") == []
+        assert ledger.settle(conn, "a", now=51.0) == 10
+        assert ledger.heartbeat(conn, ["a", "b"], now=52.0) == {"b"}  # a is closed
+        assert ledger.remaining(s, BUYER, 7) == 100
 
 
 def test_a_huge_purchase_is_recorded_but_not_credited(sessions):

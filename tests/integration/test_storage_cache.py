@@ -4,6 +4,8 @@ the byte bound held, state kept across restarts."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import threading
 
 import pytest
@@ -158,3 +160,15 @@ def test_dead_store_is_a_clear_error(tmp_path):
     with pytest.raises(StoreUnavailable, match="cannot reach the IPFS node"):
         cache.get(content)
     assert leftovers(cache) == []
+
+
+def test_a_new_worker_cleans_dead_downloads_but_not_a_live_workers(local, tmp_path):
+    """gunicorn workers share the cache folder: a worker starting must not delete the
+    download another worker is writing, only what a dead process left behind."""
+    cache = ModelCache(tmp_path / "cache", local, 10 * MiB)
+    child = subprocess.Popen(["true"])  # its pid: a process that is gone
+    child.wait()
+    (cache.root / "tmp" / f"{child.pid}-partial").write_bytes(b"x")
+    (cache.root / "tmp" / f"{os.getpid()}-writing").write_bytes(b"y")
+    ModelCache(tmp_path / "cache", local, 10 * MiB)  # another worker starts
+    assert leftovers(cache) == [f"{os.getpid()}-writing"]
