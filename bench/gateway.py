@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import orjson
-import requests
 
 from inference import codecs
 from inference.demos import DEMO_DIR
@@ -34,39 +29,16 @@ ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
 MODEL = DEMO_DIR / "iris-classifier.onnx"
 
 
-def gunicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = devstack.free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-w",
-            "2",
-            "--threads",
-            "8",
-            "-b",
-            f"127.0.0.1:{port}",
-            app,
-        ],
-        env={**os.environ, **env},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+THREADS = 8
+
+
+def gunicorn(app: str, env: dict[str, str], log: Path) -> devstack.Gunicorn:
+    """2 workers x THREADS threads; each worker takes at most THREADS connections, so
+    wrk's keep-alive connections split evenly instead of by who accepted first (which
+    made runs bimodal: one worker holding most connections while the other idled)."""
+    return devstack.start_gunicorn(
+        app, env, workers=2, threads=THREADS, connections=THREADS, log=log
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url + "/", timeout=5)
-            return proc, url
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.1)
-    raise RuntimeError(f"gunicorn {app} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
 
 
 def wrk(
@@ -116,7 +88,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     node = devstack.start_anvil(ANVIL)
     pg = None
-    servers: list[subprocess.Popen[bytes]] = []
+    servers: list[devstack.Gunicorn] = []
     rows = []
     try:
         w3 = chain.connect(node.rpc_url)
@@ -142,12 +114,14 @@ def main() -> int:
             {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
         )
 
-        unpaid, unpaid_url = gunicorn("bench.unpaid_app:create_app()", {"BENCH_MODEL": str(MODEL)})
+        unpaid = gunicorn(
+            "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(MODEL)}, work / "unpaid.log"
+        )
         servers.append(unpaid)
         baseline = {
-            c: wrk(unpaid_url + "/infer", body, req_headers, c, args.seconds, work) for c in (1, 16)
+            c: wrk(unpaid.url + "/infer", body, req_headers, c, args.seconds, work) for c in (1, 16)
         }
-        stop(unpaid)
+        unpaid.stop()
         for name, url in databases.items():
             settings = base.model_copy(update={"database_url": url})
             services.migrate(settings)
@@ -173,26 +147,25 @@ def main() -> int:
                 "MODELMARKET_RPC_URL": node.rpc_url,
                 "MODELMARKET_DATABASE_URL": url,
             }
-            paid, paid_url = gunicorn("app:create_app()", env)
+            paid = gunicorn("app:create_app()", env, work / f"paid-{name}.log")
             servers.append(paid)
             headers = {**req_headers, "Authorization": f"Bearer {key}"}
             for c in (1, 16):
                 result = wrk(
-                    f"{paid_url}/v2/models/{model_id}/infer", body, headers, c, args.seconds, work
+                    f"{paid.url}/v2/models/{model_id}/infer", body, headers, c, args.seconds, work
                 )
                 rows.append((name, c, result, baseline[c]))
-            stop(paid)
+            paid.stop()
     finally:
-        for proc in servers:
-            if proc.poll() is None:
-                stop(proc)
+        for server in servers:
+            server.stop()
         node.stop()
         if pg:
             pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        "gateway under gunicorn (2 workers x 8 threads), iris model, wrk, "
+        f"gateway under gunicorn (2 workers x {THREADS} threads), iris model, wrk, "
         f"{args.seconds} s per cell"
     )
     print(

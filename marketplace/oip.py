@@ -14,20 +14,20 @@ from sqlalchemy import text
 from inference import codecs
 from marketplace import errors
 from marketplace.api import current_gateway, json_response, require_key, the_listing
-from marketplace.openapi import spec
+from marketplace.openapi import documented
 
 blueprint = Blueprint("oip", __name__, url_prefix="/v2")
 
 
 @blueprint.get("/health/live")
-@spec.validate(tags=["inference"])
+@documented(tags=["inference"])
 def live() -> Response:
     """The server process is up."""
     return json_response({"live": True})
 
 
 @blueprint.get("/health/ready")
-@spec.validate(tags=["inference"])
+@documented(tags=["inference"])
 def ready() -> Response:
     """The server can take paid calls (its database answers)."""
     gateway = current_gateway()
@@ -44,7 +44,7 @@ def _loaded(model_id: int):  # type: ignore[no-untyped-def]
 
 
 @blueprint.get("/models/<int:model_id>")
-@spec.validate(tags=["inference"])
+@documented(tags=["inference"])
 def metadata(model_id: int) -> Response:
     """Model metadata (inputs, outputs) from the ONNX signature."""
     _listing, model = _loaded(model_id)
@@ -52,7 +52,7 @@ def metadata(model_id: int) -> Response:
 
 
 @blueprint.get("/models/<int:model_id>/ready")
-@spec.validate(tags=["inference"])
+@documented(tags=["inference"])
 def model_ready(model_id: int) -> Response:
     """Whether the model is loaded and can serve."""
     _loaded(model_id)  # delisted models still serve buyers who hold credits
@@ -60,7 +60,7 @@ def model_ready(model_id: int) -> Response:
 
 
 @blueprint.post("/models/<int:model_id>/infer")
-@spec.validate(tags=["inference"])
+@documented(tags=["inference"])
 def infer(model_id: int) -> Response:
     """A paid inference call (JSON tensors, or the binary tensor extension)."""
     gateway = current_gateway()

@@ -21,6 +21,7 @@ few calls' stale X-Credits-Remaining; and the last calls of a credit pay the rou
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import secrets
@@ -50,8 +51,8 @@ class _Lease:
     id: str
     buyer: str
     model_id: int
+    granted: int
     left: int  # calls not handed out yet
-    outside: int  # calls left in the credit outside any lease, when this one was taken
     alive_at: float  # monotonic time the database last confirmed the lease open
     last_used: float
     in_flight: int = 0  # calls handed out and not finished
@@ -109,14 +110,24 @@ class PrepaidCredits:
     def _start_here(self) -> None:
         pid = os.getpid()
         self.holder = f"{socket.gethostname()[:40]}:{pid}:{secrets.token_hex(4)}"
+        self._id_prefix = secrets.token_hex(10)
         self._lock = threading.Lock()
         self._tick_lock = threading.Lock()
         self._refill_locks: dict[tuple[str, int], threading.Lock] = {}
         self._open: dict[tuple[str, int], _Lease] = {}
+        # the next lease of a busy credit, taken in the background before the open one
+        # runs dry, so that a paid call does not wait for the database
+        self._standby: dict[tuple[str, int], _Lease] = {}
+        self._wanted: set[tuple[str, int]] = set()
+        self._outside: dict[tuple[str, int], int] = {}  # calls left outside leases, last seen
+        self._wake = threading.Event()
         self._closing: list[_Lease] = []
         self._done: list[dict[str, Any]] = []
         self._next_sweep = 0.0
         self._stop = threading.Event()
+        # inference ids: unique, not secret (usage is only shown to the key's owner);
+        # os.urandom per call cost as much as the rest of the payment
+        self._ids = (f"{self._id_prefix}{n:012x}" for n in itertools.count())
         self._pid = pid  # after the state: other threads wait on _start_lock until now
         self._thread = threading.Thread(target=self._run, name="credit-leases", daemon=True)
         self._thread.start()
@@ -131,24 +142,51 @@ class PrepaidCredits:
             payment = self._spend(credit, key, now)
         if payment is not None:
             return payment
-        with self._lock:
-            refill = self._refill_locks.setdefault(credit, threading.Lock())
-        with refill:  # one lease at a time per credit and worker
+        with self._refill_lock(credit):
             return self._lease_and_spend(credit, key, listing)
 
+    def _refill_lock(self, credit: tuple[str, int]) -> threading.Lock:
+        """One lease taken at a time per credit and worker (a call that finds the lease
+        dry waits for the standby being taken rather than taking another)."""
+        with self._lock:
+            return self._refill_locks.setdefault(credit, threading.Lock())
+
+    def _usable(self, lease: _Lease | None, now: float) -> bool:
+        return (
+            lease is not None
+            and not lease.closed
+            and lease.left > 0
+            and now - lease.alive_at < self.ttl / 2  # might be swept: never spend it
+        )
+
     def _spend(self, credit: tuple[str, int], key: ApiKey, now: float) -> Payment | None:
+        """Hand out one call of the open lease (or of the standby one). Holds self._lock."""
         lease = self._open.get(credit)
-        if (
-            lease is None
-            or lease.closed
-            or lease.left <= 0
-            or now - lease.alive_at >= self.ttl / 2  # might be swept: never spend it
-        ):
-            return None
+        if not self._usable(lease, now):
+            standby = self._standby.pop(credit, None)
+            if standby is None or not self._usable(standby, now):
+                self._retire(standby)
+                return None
+            self._retire(lease)
+            self._open[credit] = lease = standby
+        assert lease is not None
         lease.left -= 1
         lease.in_flight += 1
         lease.last_used = now
-        return Payment(secrets.token_hex(16), key.id, lease, lease.left + lease.outside)
+        wanted = credit not in self._standby and credit not in self._wanted
+        if wanted and lease.left * 4 < lease.granted:
+            self._wanted.add(credit)
+            self._wake.set()
+        return Payment(next(self._ids), key.id, lease, self._remaining(credit))
+
+    def _remaining(self, credit: tuple[str, int]) -> int:
+        """Calls left as this worker knows them (another worker's recent calls show up
+        when this one next takes a lease). Holds self._lock."""
+        held = (self._open.get(credit), self._standby.get(credit), *self._closing)
+        leased = sum(
+            lease.left for lease in held if lease and (lease.buyer, lease.model_id) == credit
+        )
+        return leased + self._outside.get(credit, 0)
 
     def _lease_and_spend(self, credit: tuple[str, int], key: ApiKey, listing: Listing) -> Payment:
         deadline = time.monotonic() + RECALL_WAIT
@@ -171,10 +209,11 @@ class PrepaidCredits:
                 elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
             if got is not None:
                 now = time.monotonic()
-                lease = _Lease(lease_id, credit[0], credit[1], got[0], got[1], now, now)
+                lease = _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now)
                 with self._lock:
                     self._retire(self._open.get(credit))
                     self._open[credit] = lease
+                    self._outside[credit] = got[1]
                 continue
             if not elsewhere or time.monotonic() > deadline:
                 raise errors.PaymentRequired(
@@ -188,8 +227,11 @@ class PrepaidCredits:
         if lease is not None and not lease.closed:
             lease.closed = True
             self._closing.append(lease)
-            if self._open.get((lease.buyer, lease.model_id)) is lease:
-                del self._open[(lease.buyer, lease.model_id)]
+            credit = (lease.buyer, lease.model_id)
+            if self._open.get(credit) is lease:
+                del self._open[credit]
+            if self._standby.get(credit) is lease:
+                del self._standby[credit]
 
     def complete(self, payment: Payment) -> None:
         """The call was served: the call is spent (written in the next flush)."""
@@ -198,7 +240,8 @@ class PrepaidCredits:
     def complete_after_error(self, payment: Payment, code: str) -> int:
         """The call failed: give it back (once). Returns the calls left."""
         self._finish(payment, "failed", code)
-        return payment.lease.left + payment.lease.outside
+        with self._lock:
+            return self._remaining((payment.buyer, payment.model_id))
 
     def _finish(self, payment: Payment, status: str, error: str | None) -> None:
         refunded = status != "ok"
@@ -207,8 +250,7 @@ class PrepaidCredits:
                 return
             payment.done = True
             payment.lease.in_flight -= 1
-            if refunded and not payment.lease.closed:
-                # a closed lease's settle will count this call as unspent
+            if refunded:  # a closed lease's settle gives it back to the credit
                 payment.lease.left += 1
             self._done.append(
                 {
@@ -238,13 +280,20 @@ class PrepaidCredits:
         started = time.monotonic()
         with self._lock:
             done, self._done = self._done, []
-            for lease in list(self._open.values()):
-                if started - lease.last_used > IDLE_SECONDS or lease.left <= 0:
+            for credit, lease in list(self._open.items()):
+                idle = started - lease.last_used > IDLE_SECONDS
+                if idle or lease.left <= 0:
+                    self._retire(lease)
+                    standby = self._standby.pop(credit, None)
+                    if standby is not None and not idle:
+                        self._open[credit] = standby
+            for credit, lease in list(self._standby.items()):
+                if credit not in self._open:  # its credit went idle
                     self._retire(lease)
             # Settling gives back what is not counted as used: a call still running
             # would be given back and served too. Wait for it.
             closing = [lease for lease in self._closing if lease.in_flight == 0]
-            open_now = list(self._open.values())
+            open_now = [*self._open.values(), *self._standby.values()]
             alive = [lease.id for lease in open_now]
         now = time.time()
         try:
@@ -252,8 +301,10 @@ class PrepaidCredits:
                 touched = {c["lease_id"] for c in done} | {lease.id for lease in closing}
                 ledger.lock_leases(conn, sorted(touched | set(alive)))
                 ledger.record_calls(conn, done, now)
-                for lease in sorted(closing, key=lambda lease: lease.id):
-                    ledger.settle(conn, lease.id, now)
+                returned = {
+                    lease.id: ledger.settle(conn, lease.id, now)
+                    for lease in sorted(closing, key=lambda lease: lease.id)
+                }
                 still_open = ledger.heartbeat(conn, alive, now)
                 recalled = set(ledger.recalled(conn, self.holder)) if alive else set()
             if started >= self._next_sweep:
@@ -268,6 +319,9 @@ class PrepaidCredits:
             self._next_sweep = started + self.ttl / 3
         with self._lock:
             self._closing = [lease for lease in self._closing if lease not in closing]
+            for lease in closing:
+                credit = (lease.buyer, lease.model_id)
+                self._outside[credit] = self._outside.get(credit, 0) + returned[lease.id]
             for lease in open_now:
                 if lease.closed:
                     continue
@@ -279,9 +333,48 @@ class PrepaidCredits:
                 else:
                     lease.alive_at = started
 
+    def _prefetch(self) -> None:
+        """Take the standby leases that busy credits asked for."""
+        with self._lock:
+            wanted, self._wanted = self._wanted, set()
+        for credit in sorted(wanted):
+            with self._refill_lock(credit):
+                self._take_standby(credit)
+
+    def _take_standby(self, credit: tuple[str, int]) -> None:
+        if credit not in self._open or credit in self._standby:
+            return  # went idle, or a call took the next lease meanwhile
+        lease_id = secrets.token_hex(16)
+        with self.engine.begin() as conn:
+            got = ledger.lease(
+                conn,
+                lease_id=lease_id,
+                holder=self.holder,
+                buyer=credit[0],
+                model_id=credit[1],
+                want=self.lease_size,
+                now=time.time(),
+            )
+        if got is None:
+            return  # nothing left outside leases: the open lease's calls are the last
+        now = time.monotonic()
+        lease = _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now)
+        with self._lock:
+            self._outside[credit] = got[1]
+            if credit in self._open and credit not in self._standby:
+                self._standby[credit] = lease
+            else:  # the credit went idle meanwhile
+                lease.closed = True
+                self._closing.append(lease)
+
     def _run(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL):
+        while True:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                self._prefetch()
                 self.flush()
             except Exception:  # the next round retries; never kill the thread
                 log.exception("writing paid calls failed")
@@ -291,8 +384,9 @@ class PrepaidCredits:
         if self._pid != os.getpid():
             return
         self._stop.set()
+        self._wake.set()
         with self._lock:
-            for lease in list(self._open.values()):
+            for lease in [*self._open.values(), *self._standby.values()]:
                 self._retire(lease)
         try:
             self.flush()

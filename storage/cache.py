@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from storage import cid
 from storage.errors import ContentTooLarge
 from storage.store import ContentStore, ProgressFn
+
+TOUCH_EVERY = 60.0  # seconds: how stale a file's on-disk recency may get
 
 
 class ModelCache:
@@ -40,6 +43,7 @@ class ModelCache:
         self._entries: OrderedDict[str, int] = OrderedDict()  # cid -> size, oldest first
         self._reserved = 0  # bytes of downloads in progress
         self._inflight: dict[str, Future[Path]] = {}
+        self._hot: dict[str, tuple[Path, float]] = {}  # cid -> (path, last os.utime)
         self.fetches = 0  # how many times content was fetched from the store
         for leftover in self._tmp.iterdir():  # a crash mid-download leaves these
             if not _alive(leftover.name.split("-", 1)[0]):  # gunicorn workers share it
@@ -66,8 +70,12 @@ class ModelCache:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
-                path = self._files / key
-                os.utime(path)  # recency survives a restart
+                path, touched = self._hot.get(key) or (self._files / key, 0.0)
+                now = time.monotonic()
+                if now - touched > TOUCH_EVERY:  # a syscall per hit costs a small model's run
+                    os.utime(path)  # recency survives a restart
+                    touched = now
+                self._hot[key] = (path, touched)
                 return path
             future = self._inflight.get(key)
             leader = future is None
@@ -139,6 +147,7 @@ class ModelCache:
         total = sum(self._entries.values())
         while self._entries and total > budget:
             victim, size = self._entries.popitem(last=False)
+            self._hot.pop(victim, None)
             (self._files / victim).unlink(missing_ok=True)
             total -= size
 
@@ -146,6 +155,7 @@ class ModelCache:
         """Forget one entry (its file is removed)."""
         key = cid.normalize(content)
         with self._lock:
+            self._hot.pop(key, None)
             if self._entries.pop(key, None) is not None:
                 (self._files / key).unlink(missing_ok=True)
 

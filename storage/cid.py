@@ -7,6 +7,7 @@ The hashing is aleph-cid's (Rust, releases the GIL, golden-tested against Kubo);
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
@@ -52,6 +53,7 @@ def decode(cid: str) -> bytes:
     return b"\x01" + _varint(int(parts["codec"])) + multihash
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and on every paid call
 def normalize(cid: str) -> str:
     """`cid` as CIDv1 base32 text (the form this project stores and compares)."""
     raw = decode(cid)
