@@ -102,10 +102,11 @@ class Settings(BaseSettings):
         "through another worker takes this long to reach it).",
     )
     credit_lease_size: int = Field(
-        default=128,
+        default=4096,
         gt=0,
         description="Most calls a gateway worker takes from a credit in one statement "
-        "(1 = one database write per paid call).",
+        "(leases start at 16 and double while a buyer spends one within a second; "
+        "1 = one database write per paid call).",
     )
     credit_lease_ttl: float = Field(
         default=30.0,

@@ -249,31 +249,45 @@ def record_calls(conn: Connection, calls: list[dict[str, Any]], now: float) -> N
     credit directly, so no call is ever free or paid twice."""
     if not calls:
         return
-    # a retry after a commit whose answer was lost must not count calls twice
-    written = set(
+    conn.execute(_insert(conn, _usage).on_conflict_do_nothing(index_elements=["id"]), calls)
+    # A lease's `used` is recounted from its usage rows rather than incremented, so a
+    # retry after a commit whose answer was lost counts nothing twice. (Asking the
+    # INSERT which rows it wrote, with RETURNING, cost 5x the insert on PostgreSQL.)
+    lease_ids = sorted({c["lease_id"] for c in calls})
+    served: dict[str, int] = {
+        lease_id: int(n)
+        for lease_id, n in conn.execute(
+            select(_usage.c.lease_id, func.count())
+            .where(
+                _usage.c.lease_id.in_(lease_ids),
+                _usage.c.charged.is_(True),
+                _usage.c.refunded.is_(False),
+            )
+            .group_by(_usage.c.lease_id)
+        )
+    }
+    leases = conn.execute(
+        select(
+            _leases.c.id, _leases.c.used, _leases.c.settled_at, _leases.c.buyer, _leases.c.model_id
+        )
+        .where(_leases.c.id.in_(lease_ids))
+        .order_by(_leases.c.id)
+        .with_for_update()
+    ).all()
+    for lease_id, used, settled_at, buyer, model_id in leases:
+        new = served.get(lease_id, 0) - int(used)
+        if not new:
+            continue
         conn.execute(
-            _insert(conn, _usage)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(_usage.c.id, sort_by_parameter_order=True),
-            calls,
-        ).scalars()
-    )
-    used: dict[str, int] = {}
-    for call in calls:
-        if call["id"] in written and call["charged"] and not call["refunded"]:
-            used[call["lease_id"]] = used.get(call["lease_id"], 0) + 1
-    for lease_id, n in sorted(used.items()):
-        counted = conn.execute(
             update(_leases)
-            .where(_leases.c.id == lease_id, _leases.c.settled_at.is_(None))
-            .values(used=_leases.c.used + n, heartbeat_at=now)
-        ).rowcount
-        if not counted:
-            first = next(c for c in calls if c["lease_id"] == lease_id)
+            .where(_leases.c.id == lease_id)
+            .values(used=served[lease_id], heartbeat_at=now)
+        )
+        if settled_at is not None:
             conn.execute(
                 update(_credits)
-                .where(_credits.c.buyer == first["buyer"], _credits.c.model_id == first["model_id"])
-                .values(remaining=_credits.c.remaining - n)
+                .where(_credits.c.buyer == buyer, _credits.c.model_id == model_id)
+                .values(remaining=_credits.c.remaining - new)
             )
 
 

@@ -40,6 +40,8 @@ from marketplace.models import ApiKey, Listing
 
 AcceptsFn = Callable[[Listing], list[dict[str, object]]]
 FLUSH_INTERVAL = 0.1  # seconds between writes of finished calls
+MIN_LEASE = 16  # a credit's first lease; busy credits' leases double up to lease_size
+LEASE_SECONDS = 1.0  # a busy credit's lease should last about this long
 IDLE_SECONDS = 2.0  # a lease unused this long goes back
 RECALL_WAIT = 1.5  # how long a worker that found the credit empty waits for recalled calls
 
@@ -55,6 +57,7 @@ class _Lease:
     left: int  # calls not handed out yet
     alive_at: float  # monotonic time the database last confirmed the lease open
     last_used: float
+    taken: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # calls handed out and not finished
     closed: bool = False  # no longer spent from; settled once nothing is in flight
 
@@ -90,7 +93,7 @@ class PrepaidCredits:
     name = "prepaid"
 
     def __init__(
-        self, engine: Engine, accepts: AcceptsFn, *, lease_size: int = 128, ttl: float = 30.0
+        self, engine: Engine, accepts: AcceptsFn, *, lease_size: int = 4096, ttl: float = 30.0
     ) -> None:
         self.engine = engine
         self.accepts = accepts
@@ -119,6 +122,7 @@ class PrepaidCredits:
         # runs dry, so that a paid call does not wait for the database
         self._standby: dict[tuple[str, int], _Lease] = {}
         self._wanted: set[tuple[str, int]] = set()
+        self._want: dict[tuple[str, int], int] = {}  # the next lease's size, per credit
         self._outside: dict[tuple[str, int], int] = {}  # calls left outside leases, last seen
         self._wake = threading.Event()
         self._closing: list[_Lease] = []
@@ -167,6 +171,8 @@ class PrepaidCredits:
             if standby is None or not self._usable(standby, now):
                 self._retire(standby)
                 return None
+            if lease is not None:
+                self._resize(credit, lease, now)
             self._retire(lease)
             self._open[credit] = lease = standby
         assert lease is not None
@@ -174,10 +180,22 @@ class PrepaidCredits:
         lease.in_flight += 1
         lease.last_used = now
         wanted = credit not in self._standby and credit not in self._wanted
-        if wanted and lease.left * 4 < lease.granted:
+        if wanted and lease.left * 2 < lease.granted:  # half the lease of runway
             self._wanted.add(credit)
             self._wake.set()
         return Payment(next(self._ids), key.id, lease, self._remaining(credit))
+
+    def _resize(self, credit: tuple[str, int], spent: _Lease, now: float) -> None:
+        """Size the next lease so that a busy credit's lease lasts about LEASE_SECONDS:
+        few database round trips at any rate, small leases for slow buyers. Holds
+        self._lock."""
+        want = self._want.get(credit, MIN_LEASE)
+        lasted = now - spent.taken
+        if spent.left <= 0 and lasted < LEASE_SECONDS:
+            want = min(want * 2, self.lease_size)
+        elif lasted > 10 * LEASE_SECONDS:
+            want = max(want // 2, MIN_LEASE)
+        self._want[credit] = want
 
     def _remaining(self, credit: tuple[str, int]) -> int:
         """Calls left as this worker knows them (another worker's recent calls show up
@@ -203,7 +221,7 @@ class PrepaidCredits:
                     holder=self.holder,
                     buyer=credit[0],
                     model_id=credit[1],
-                    want=self.lease_size,
+                    want=self._want.get(credit, MIN_LEASE),
                     now=time.time(),
                 )
                 elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
@@ -211,7 +229,10 @@ class PrepaidCredits:
                 now = time.monotonic()
                 lease = _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now)
                 with self._lock:
-                    self._retire(self._open.get(credit))
+                    old = self._open.get(credit)
+                    if old is not None:
+                        self._resize(credit, old, now)
+                    self._retire(old)
                     self._open[credit] = lease
                     self._outside[credit] = got[1]
                 continue
@@ -283,6 +304,7 @@ class PrepaidCredits:
             for credit, lease in list(self._open.items()):
                 idle = started - lease.last_used > IDLE_SECONDS
                 if idle or lease.left <= 0:
+                    self._resize(credit, lease, started)
                     self._retire(lease)
                     standby = self._standby.pop(credit, None)
                     if standby is not None and not idle:
@@ -352,7 +374,7 @@ class PrepaidCredits:
                 holder=self.holder,
                 buyer=credit[0],
                 model_id=credit[1],
-                want=self.lease_size,
+                want=self._want.get(credit, MIN_LEASE),
                 now=time.time(),
             )
         if got is None:
