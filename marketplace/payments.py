@@ -101,6 +101,7 @@ class PrepaidCredits:
         self.ttl = ttl
         self._pid = -1
         self._start_lock = threading.Lock()
+        self._next_sweep = 0.0
         atexit.register(self.close)
 
     def _start(self) -> None:
@@ -127,7 +128,6 @@ class PrepaidCredits:
         self._wake = threading.Event()
         self._closing: list[_Lease] = []
         self._done: list[dict[str, Any]] = []
-        self._next_sweep = 0.0
         self._stop = threading.Event()
         # inference ids: unique, not secret (usage is only shown to the key's owner);
         # os.urandom per call cost as much as the rest of the payment
@@ -292,10 +292,22 @@ class PrepaidCredits:
     def flush(self) -> None:
         """Write finished calls, settle leases that are done, keep the rest alive, and
         now and then sweep leases whose holder went silent."""
-        if self._pid != os.getpid():
-            return  # nothing begun in this process
+        if self._pid != os.getpid():  # nothing begun in this process: only the sweep
+            self._sweep(time.monotonic())
+            return
         with self._tick_lock:
             self._flush()
+
+    def _sweep(self, started: float) -> None:
+        """Settle other workers' leases not heard from for the TTL (a crashed worker's),
+        every TTL/3."""
+        if started < self._next_sweep:
+            return
+        now = time.time()
+        with self.engine.begin() as conn:  # its own transaction: other holders' rows
+            for lease_id in ledger.stale_leases(conn, now - self.ttl):
+                ledger.settle(conn, lease_id, now)
+        self._next_sweep = started + self.ttl / 3
 
     def _flush(self) -> None:
         started = time.monotonic()
@@ -329,16 +341,10 @@ class PrepaidCredits:
                 }
                 still_open = ledger.heartbeat(conn, alive, now)
                 recalled = set(ledger.recalled(conn, self.holder)) if alive else set()
-            if started >= self._next_sweep:
-                with self.engine.begin() as conn:  # its own transaction: other holders' rows
-                    for lease_id in ledger.stale_leases(conn, now - self.ttl):
-                        ledger.settle(conn, lease_id, now)
         except Exception:
             with self._lock:  # keep them for the next round (record_calls is idempotent)
                 self._done = done + self._done
             raise
-        if started >= self._next_sweep:
-            self._next_sweep = started + self.ttl / 3
         with self._lock:
             self._closing = [lease for lease in self._closing if lease not in closing]
             for lease in closing:
@@ -354,6 +360,7 @@ class PrepaidCredits:
                     self._retire(lease)
                 else:
                     lease.alive_at = started
+        self._sweep(started)
 
     def _prefetch(self) -> None:
         """Take the standby leases that busy credits asked for."""
@@ -403,7 +410,8 @@ class PrepaidCredits:
 
     def close(self) -> None:
         """Write everything and give every lease back (the worker is stopping)."""
-        if self._pid != os.getpid():
+        atexit.unregister(self.close)
+        if self._pid != os.getpid() or self._stop.is_set():
             return
         self._stop.set()
         self._wake.set()

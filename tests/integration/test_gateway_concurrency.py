@@ -1,9 +1,12 @@
 """Exactly once under concurrency: 500 concurrent paid calls against 2 gunicorn workers
 on 100 credits -> exactly 100 served and 400 x 402, on SQLite and on PostgreSQL, and the
-usage table agrees."""
+usage table agrees; and workers killed while holding leased calls give them back."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,7 +27,9 @@ def database(request) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-def test_500_calls_on_100_credits(world, database, tmp_path):
+def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no-untyped-def]
+    """The world's listing in `database`, `calls` credits for signer 2 and a key, and
+    the gateway under gunicorn (2 workers x 4 threads): (server, key, buyer, log)."""
     settings = world.settings.model_copy(update={"database_url": database})
     services.migrate(settings)
     services.make_indexer(settings).run_once()  # the listing, into this database
@@ -37,25 +42,31 @@ def test_500_calls_on_100_credits(world, database, tmp_path):
             log_index=0,
             buyer=buyer,
             model_id=world.model_id,
-            calls=100,
-            amount=100 * PRICE,
+            calls=calls,
+            amount=calls * PRICE,
             fee=0,
             block_number=1,
             block_hash="0x" + "22" * 32,
             source="receipt",
         )
         _, key = auth.create_key(s, buyer, "load")
-
     env = {
         "MODELMARKET_DATA_DIR": str(settings.data_dir),
         "MODELMARKET_RPC_URL": str(settings.rpc_url),
         "MODELMARKET_DATABASE_URL": database,
         "MODELMARKET_DEPLOYMENT_FILE": str(settings.deployment_path),
+        **env,
     }
     log = tmp_path / "gunicorn.log"
     server = devstack.start_gunicorn(
         "app:create_app()", env, workers=2, threads=4, log=log, ready_path="/v2/health/ready"
     )
+    return server, key, buyer, log
+
+
+def test_500_calls_on_100_credits(world, database, tmp_path):
+    server, key, buyer, log = serve(world, database, tmp_path, 100)
+    sessions = db.session_factory(db.make_engine(database))
     url = server.url
     try:
         body, headers = codecs.encode_request(
@@ -86,3 +97,52 @@ def test_500_calls_on_100_credits(world, database, tmp_path):
         )
         assert served == 100
         assert s.scalar(select(func.count()).select_from(Usage)) == 100
+
+
+def test_a_killed_worker_gives_its_unspent_calls_back_after_the_ttl(world, database, tmp_path):
+    """SIGKILL both workers while they hold leases: their unspent calls come back to the
+    buyer once the lease TTL passes (swept by the workers gunicorn starts instead), and
+    the calls they served stay paid."""
+    ttl = 2.0
+    server, key, buyer, log = serve(
+        world, database, tmp_path, 100, MODELMARKET_CREDIT_LEASE_TTL=str(ttl)
+    )
+    auth_header = {"Authorization": f"Bearer {key}"}
+    sessions = db.session_factory(db.make_engine(database))
+    open_leases = select(func.count()).where(CreditLease.settled_at.is_(None))
+    try:
+        body, headers = codecs.encode_request(
+            {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+        )
+        url = f"{server.url}/v2/models/{world.model_id}/infer"
+        for _ in range(20):
+            r = requests.post(url, data=body, headers={**headers, **auth_header}, timeout=30)
+            assert r.status_code == 200, log.read_text()[-3000:]
+        time.sleep(0.5)  # the served calls are written (every 0.1 s)
+        with sessions() as s:
+            assert s.scalar(open_leases) >= 1  # calls sit in leases of the running workers
+        killed = server.worker_pids()
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not set(server.worker_pids()) - set(killed) or any(
+            p in killed for p in server.worker_pids()
+        ):
+            assert time.monotonic() < deadline, "gunicorn did not replace its workers"
+            time.sleep(0.1)
+        left = None
+        deadline = time.monotonic() + 10 * ttl
+        while left != 80:
+            assert time.monotonic() < deadline, f"calls not given back: {left} left"
+            time.sleep(0.2)
+            r = requests.get(f"{server.url}/api/v1/credits", headers=auth_header, timeout=30)
+            assert r.status_code == 200, r.text
+            left = r.json()[0]["remaining"]
+            assert left <= 80, "a call served before the crash was given back"
+    finally:
+        server.stop()
+    with sessions() as s:
+        assert s.scalar(select(Credit.remaining).where(Credit.buyer == buyer.lower())) == 80
+        assert s.scalar(open_leases) == 0
+        served = select(func.count()).select_from(Usage).where(Usage.status == "ok")
+        assert s.scalar(served) == 20
