@@ -46,16 +46,16 @@ def parse(model: type[M]) -> M:
         raise errors.BadRequest("the body must be JSON") from None
 
 
-def require_key() -> ApiKey:
+def require_key(gateway: Gateway | None = None) -> ApiKey:
     """The caller's live API key (401 otherwise)."""
     header = request.headers.get("Authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
-    return current_gateway().keys.authenticate(bearer)
+    return (gateway or current_gateway()).keys.authenticate(bearer)
 
 
-def the_listing(model_id: int) -> Listing:
+def the_listing(model_id: int, gateway: Gateway | None = None) -> Listing:
     """A listed model (404 otherwise)."""
-    listing = current_gateway().listing(model_id)
+    listing = (gateway or current_gateway()).listing(model_id)
     if listing is None:
         raise errors.NotFound(f"model {model_id} is not listed")
     return listing

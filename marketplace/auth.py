@@ -133,26 +133,26 @@ class KeyCache:
 
     def __init__(self, reads: sessionmaker[Session], ttl: float) -> None:
         self.reads, self.ttl = reads, ttl
-        self._rows: dict[str, tuple[float, ApiKey]] = {}
+        self._verified: dict[str, tuple[float, ApiKey]] = {}  # key text -> (read at, row)
 
     def authenticate(self, bearer: str | None) -> ApiKey:
         """As `authenticate`."""
-        key_id, secret = _parse(bearer)
         now = time.monotonic()
-        hit = self._rows.get(key_id)  # a dict read is atomic; no lock on the hot path
-        if hit is None or now - hit[0] >= self.ttl:
-            with self.reads() as session:
-                row = session.get(ApiKey, key_id)
-            if row is None:
-                self._rows.pop(key_id, None)
-                return _check(None, secret)
-            hit = (now, row)
-            self._rows[key_id] = hit
-        return _check(hit[1], secret)
+        # a dict read is atomic: no lock on the hot path
+        hit = self._verified.get(bearer) if bearer else None
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]  # this exact key text passed the checks below moments ago
+        key_id, secret = _parse(bearer)
+        with self.reads() as session:
+            row = _check(session.get(ApiKey, key_id), secret)
+        self._verified[str(bearer)] = (now, row)
+        return row
 
     def forget(self, key_id: str) -> None:
         """Drop a key (it was revoked here): the next call reads it again."""
-        self._rows.pop(key_id, None)
+        for bearer, (_at, row) in list(self._verified.items()):
+            if row.id == key_id:
+                self._verified.pop(bearer, None)
 
 
 def list_keys(session: Session, address: str) -> list[ApiKey]:

@@ -240,68 +240,67 @@ def lease(
     return granted, left
 
 
-def record_calls(conn: Connection, calls: list[dict[str, Any]], now: float) -> None:
-    """Write finished calls' usage rows and count the charged ones against their leases.
-
-    Each dict has the usage columns (id, key_id, buyer, model_id, status, lease_id,
-    error, latency_ms, charged, refunded, created_at). A charged call whose lease was
-    already settled (its unspent calls went back to the credit) is charged to the
-    credit directly, so no call is ever free or paid twice."""
-    if not calls:
-        return
-    conn.execute(_insert(conn, _usage).on_conflict_do_nothing(index_elements=["id"]), calls)
-    # A lease's `used` is recounted from its usage rows rather than incremented, so a
-    # retry after a commit whose answer was lost counts nothing twice. (Asking the
-    # INSERT which rows it wrote, with RETURNING, cost 5x the insert on PostgreSQL.)
-    lease_ids = sorted({c["lease_id"] for c in calls})
-    served: dict[str, int] = {
-        lease_id: int(n)
-        for lease_id, n in conn.execute(
-            select(_usage.c.lease_id, func.count())
-            .where(
-                _usage.c.lease_id.in_(lease_ids),
-                _usage.c.charged.is_(True),
-                _usage.c.refunded.is_(False),
-            )
-            .group_by(_usage.c.lease_id)
-        )
-    }
-    leases = conn.execute(
-        select(
-            _leases.c.id, _leases.c.used, _leases.c.settled_at, _leases.c.buyer, _leases.c.model_id
-        )
-        .where(_leases.c.id.in_(lease_ids))
-        .order_by(_leases.c.id)
-        .with_for_update()
-    ).all()
-    for lease_id, used, settled_at, buyer, model_id in leases:
-        new = served.get(lease_id, 0) - int(used)
-        if not new:
-            continue
-        conn.execute(
-            update(_leases)
-            .where(_leases.c.id == lease_id)
-            .values(used=served[lease_id], heartbeat_at=now)
-        )
-        if settled_at is not None:
-            conn.execute(
-                update(_credits)
-                .where(_credits.c.buyer == buyer, _credits.c.model_id == model_id)
-                .values(remaining=_credits.c.remaining - new)
-            )
+def record_calls(conn: Connection, calls: list[dict[str, Any]]) -> None:
+    """Write finished calls' usage rows (once: a retry after a commit whose answer was
+    lost writes nothing twice). Each dict has the usage columns (id, key_id, buyer,
+    model_id, status, lease_id, error, latency_ms, charged, refunded, created_at).
+    `sync` then counts them against their leases."""
+    if calls:
+        conn.execute(_insert(conn, _usage).on_conflict_do_nothing(index_elements=["id"]), calls)
 
 
-def heartbeat(conn: Connection, lease_ids: list[str], now: float) -> set[str]:
-    """Say the holder of these leases is alive. Returns those that are still open."""
+def _served(lease_id: Any) -> Any:
+    """How many charged, unrefunded usage rows a lease has: its `used`, recounted rather
+    than incremented so that nothing counts twice."""
+    return (
+        select(func.count())
+        .select_from(_usage)
+        .where(
+            _usage.c.lease_id == lease_id,
+            _usage.c.charged.is_(True),
+            _usage.c.refunded.is_(False),
+        )
+        .scalar_subquery()
+    )
+
+
+def sync(conn: Connection, lease_ids: list[str], now: float) -> dict[str, bool]:
+    """Bring open leases' `used` up to their usage rows and say their holder is alive,
+    in one statement. Returns each still-open lease's recall flag (lease ids missing
+    from the answer were settled: see `charge_settled`)."""
     if not lease_ids:
-        return set()
+        return {}
     rows = conn.execute(
         update(_leases)
         .where(_leases.c.id.in_(lease_ids), _leases.c.settled_at.is_(None))
-        .values(heartbeat_at=now)
-        .returning(_leases.c.id)
+        .values(used=_served(_leases.c.id), heartbeat_at=now)
+        .returning(_leases.c.id, _leases.c.recall)
     ).all()
-    return {r[0] for r in rows}
+    return {lease_id: bool(recall) for lease_id, recall in rows}
+
+
+def charge_settled(conn: Connection, lease_ids: list[str]) -> int:
+    """Calls that finished after their lease was settled (its unspent calls, these
+    among them, went back to the credit): charge them to the credit directly, so no
+    call is ever free or paid twice. Returns how many were charged."""
+    charged = 0
+    for lease_id in lease_ids:
+        row = conn.execute(
+            select(_leases.c.used, _served(lease_id), _leases.c.buyer, _leases.c.model_id)
+            .where(_leases.c.id == lease_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or row[1] == row[0]:
+            continue
+        late = int(row[1]) - int(row[0])
+        conn.execute(update(_leases).where(_leases.c.id == lease_id).values(used=row[1]))
+        conn.execute(
+            update(_credits)
+            .where(_credits.c.buyer == row[2], _credits.c.model_id == row[3])
+            .values(remaining=_credits.c.remaining - late)
+        )
+        charged += late
+    return charged
 
 
 def settle(conn: Connection, lease_id: str, now: float) -> int:
@@ -339,7 +338,7 @@ def stale_leases(conn: Connection, older_than: float) -> list[str]:
 def lock_leases(conn: Connection, lease_ids: list[str]) -> None:
     """Lock these lease rows in id order (PostgreSQL; SQLite's write lock is whole) so
     that transactions touching several leases never deadlock each other."""
-    if lease_ids:
+    if lease_ids and conn.dialect.name != "sqlite":
         conn.execute(
             select(_leases.c.id)
             .where(_leases.c.id.in_(lease_ids))
@@ -368,16 +367,3 @@ def recall(conn: Connection, buyer: str, model_id: int, holder: str) -> int:
     if ids:
         conn.execute(update(_leases).where(_leases.c.id.in_(ids)).values(recall=True))
     return len(ids)
-
-
-def recalled(conn: Connection, holder: str) -> list[str]:
-    """The open leases of `holder` that another worker asked back."""
-    return list(
-        conn.execute(
-            select(_leases.c.id).where(
-                _leases.c.holder == holder,
-                _leases.c.recall.is_(True),
-                _leases.c.settled_at.is_(None),
-            )
-        ).scalars()
-    )

@@ -64,8 +64,8 @@ def model_ready(model_id: int) -> Response:
 def infer(model_id: int) -> Response:
     """A paid inference call (JSON tensors, or the binary tensor extension)."""
     gateway = current_gateway()
-    key = require_key()
-    listing = the_listing(model_id)
+    key = require_key(gateway)
+    listing = the_listing(model_id, gateway)
     length = request.headers.get(codecs.HEADER_LENGTH)
     try:
         header_length = int(length) if length is not None else None
@@ -90,8 +90,7 @@ def infer(model_id: int) -> Response:
         exc.inference_id = payment.inference_id  # type: ignore[attr-defined]
         raise
     gateway.payments.complete(payment)
-    response = Response(body, headers=headers)
-    response.headers["X-Credits-Remaining"] = str(payment.remaining)
-    response.headers["X-Model-CID"] = listing.model_cid
-    response.headers["X-Inference-Id"] = payment.inference_id
-    return response
+    headers["X-Credits-Remaining"] = str(payment.remaining)
+    headers["X-Model-CID"] = listing.model_cid
+    headers["X-Inference-Id"] = payment.inference_id
+    return Response(body, headers=headers)

@@ -332,15 +332,15 @@ class PrepaidCredits:
         now = time.time()
         try:
             with self.engine.begin() as conn:
-                touched = {c["lease_id"] for c in done} | {lease.id for lease in closing}
-                ledger.lock_leases(conn, sorted(touched | set(alive)))
-                ledger.record_calls(conn, done, now)
+                counted = {c["lease_id"] for c in done} | {lease.id for lease in closing}
+                ledger.lock_leases(conn, sorted(counted | set(alive)))
+                ledger.record_calls(conn, done)
+                synced = ledger.sync(conn, sorted(counted | set(alive)), now)
+                ledger.charge_settled(conn, sorted(counted - synced.keys()))
                 returned = {
                     lease.id: ledger.settle(conn, lease.id, now)
                     for lease in sorted(closing, key=lambda lease: lease.id)
                 }
-                still_open = ledger.heartbeat(conn, alive, now)
-                recalled = set(ledger.recalled(conn, self.holder)) if alive else set()
         except Exception:
             with self._lock:  # keep them for the next round (record_calls is idempotent)
                 self._done = done + self._done
@@ -353,10 +353,10 @@ class PrepaidCredits:
             for lease in open_now:
                 if lease.closed:
                     continue
-                if lease.id not in still_open:  # swept or settled elsewhere
+                if lease.id not in synced:  # swept or settled elsewhere
                     self._retire(lease)
                     self._closing.remove(lease)
-                elif lease.id in recalled:
+                elif synced[lease.id]:  # recalled
                     self._retire(lease)
                 else:
                     lease.alive_at = started

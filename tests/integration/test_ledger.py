@@ -100,15 +100,20 @@ def test_a_lease_counts_served_calls_and_settles_once(sessions):
         assert _lease(s, "a", want=10) == (10, 90)
     with sessions() as s, s.begin():
         calls = [_call("i1", "a"), _call("i2", "a"), _call("i3", "a", refunded=True)]
-        ledger.record_calls(s.connection(), calls, now=2.0)
-        ledger.record_calls(s.connection(), calls, now=2.0)  # a retry: nothing twice
+        ledger.record_calls(s.connection(), calls)
+        assert ledger.sync(s.connection(), ["a"], now=2.0) == {"a": False}
+        ledger.record_calls(s.connection(), calls)  # a retry: nothing twice
+        assert ledger.sync(s.connection(), ["a"], now=2.0) == {"a": False}
     with sessions() as s, s.begin():
         assert ledger.remaining(s, BUYER, 7) == 98
         assert ledger.settle(s.connection(), "a", now=3.0) == 8
         assert ledger.settle(s.connection(), "a", now=3.0) == 0  # once
         assert ledger.remaining(s, BUYER, 7) == 98
         # a call that finished after its lease was settled is charged to the credit
-        ledger.record_calls(s.connection(), [_call("i4", "a")], now=4.0)
+        ledger.record_calls(s.connection(), [_call("i4", "a")])
+        assert ledger.sync(s.connection(), ["a"], now=4.0) == {}  # settled: not synced
+        assert ledger.charge_settled(s.connection(), ["a"]) == 1
+        assert ledger.charge_settled(s.connection(), ["a"]) == 0  # once
         assert ledger.remaining(s, BUYER, 7) == 97
         rows = s.execute(select(Usage.status, Usage.refunded)).all()
         assert sorted(rows) == [("failed", True), ("ok", False), ("ok", False), ("ok", False)]
@@ -121,12 +126,12 @@ def test_silent_leases_are_swept_and_recalls_reach_their_holder(sessions):
         _lease(s, "b", want=10, holder="w2")
     with sessions() as s, s.begin():
         conn = s.connection()
-        assert ledger.heartbeat(conn, ["b"], now=50.0) == {"b"}
+        assert ledger.sync(conn, ["b"], now=50.0) == {"b": False}
         assert ledger.stale_leases(conn, older_than=20.0) == ["a"]
         assert ledger.recall(conn, BUYER, 7, holder="w1") == 1  # w2's lease, not its own
-        assert ledger.recalled(conn, "w2") == ["b"] and ledger.recalled(conn, "w1") == []
+        assert ledger.sync(conn, ["b"], now=50.0) == {"b": True}  # w2 learns it
         assert ledger.settle(conn, "a", now=51.0) == 10
-        assert ledger.heartbeat(conn, ["a", "b"], now=52.0) == {"b"}  # a is closed
+        assert ledger.sync(conn, ["a", "b"], now=52.0) == {"b": True}  # a is closed
         assert ledger.remaining(s, BUYER, 7) == 100
 
 
