@@ -3,13 +3,15 @@ money) -> run -> complete, or complete after error (give it back). Prepaid credi
 the first method; vouchers, x402 or free trials would be new classes of this shape.
 
 Prepaid credits are spent from leases so that a paid call costs no database round trip:
-a worker takes up to `lease_size` calls of a (buyer, model) credit in one conditional
-UPDATE (`ledger.lease`), spends them in memory, and a background thread writes the
-finished calls' usage rows and lease counts every `FLUSH_INTERVAL` (`ledger.
-record_calls`). A lease goes back (`ledger.settle`: its unspent calls return to the
-credit, once) when it runs dry, sits idle, is recalled by a worker that found the credit
-empty, or the worker stops; a worker that dies without settling is swept by the others
-after `ttl`. A call is never served from a lease its holder has not kept alive within
+a worker takes a block of a (buyer, model) credit's calls in one conditional UPDATE
+(`ledger.lease`; 16 calls at first, doubling while a lease lasts under LEASE_SECONDS,
+up to `lease_size`), spends them in memory, takes the next lease in the background
+before the open one runs dry, and writes the finished calls' usage rows every
+FLUSH_INTERVAL (`ledger.record_calls`, `ledger.sync`). A lease goes back
+(`ledger.settle`: its unspent calls return to the credit, once) when it runs dry, sits
+idle, is recalled by a worker that found the credit empty, or the worker stops; never
+while one of its calls runs. A worker that dies without settling is swept by the others
+after `ttl`; a call is never served from a lease its holder has not kept alive within
 ttl/2, so a swept lease is never spent.
 
 What it costs: a hard crash of a worker (SIGKILL, power) gives back the calls it served
@@ -185,16 +187,20 @@ class PrepaidCredits:
             self._wake.set()
         return Payment(next(self._ids), key.id, lease, self._remaining(credit))
 
+    def _size(self, credit: tuple[str, int]) -> int:
+        """How many calls the next lease of `credit` asks for."""
+        return self._want.get(credit, min(MIN_LEASE, self.lease_size))
+
     def _resize(self, credit: tuple[str, int], spent: _Lease, now: float) -> None:
         """Size the next lease so that a busy credit's lease lasts about LEASE_SECONDS:
         few database round trips at any rate, small leases for slow buyers. Holds
         self._lock."""
-        want = self._want.get(credit, MIN_LEASE)
+        want = self._size(credit)
         lasted = now - spent.taken
         if spent.left <= 0 and lasted < LEASE_SECONDS:
             want = min(want * 2, self.lease_size)
         elif lasted > 10 * LEASE_SECONDS:
-            want = max(want // 2, MIN_LEASE)
+            want = max(want // 2, min(MIN_LEASE, self.lease_size))
         self._want[credit] = want
 
     def _remaining(self, credit: tuple[str, int]) -> int:
@@ -221,7 +227,7 @@ class PrepaidCredits:
                     holder=self.holder,
                     buyer=credit[0],
                     model_id=credit[1],
-                    want=self._want.get(credit, MIN_LEASE),
+                    want=self._size(credit),
                     now=time.time(),
                 )
                 elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
@@ -381,7 +387,7 @@ class PrepaidCredits:
                 holder=self.holder,
                 buyer=credit[0],
                 model_id=credit[1],
-                want=self._want.get(credit, MIN_LEASE),
+                want=self._size(credit),
                 now=time.time(),
             )
         if got is None:

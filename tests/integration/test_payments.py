@@ -121,3 +121,14 @@ def test_a_call_that_fails_in_one_worker_is_served_by_the_other(url, workers):
     with db.session_factory(db.make_engine(url))() as s:
         rows = s.execute(select(Usage.status, Usage.refunded).order_by(Usage.status)).all()
     assert rows == [("failed", True), ("ok", False)]
+
+
+def test_lease_size_one_takes_each_call_from_the_database(url):
+    worker = PrepaidCredits(db.make_engine(url), lambda _listing: [], lease_size=1)
+    credit(url, 10)
+    assert serve(worker, 5) == 5
+    worker.close()
+    with db.session_factory(db.make_engine(url))() as s:
+        granted = s.scalars(select(CreditLease.granted)).all()
+    assert granted == [1] * 5
+    assert state(url) == (5, 5, 0)
