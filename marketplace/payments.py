@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from marketplace import errors, ledger
 from marketplace.models import ApiKey, Listing
@@ -219,28 +219,18 @@ class PrepaidCredits:
                 payment = self._spend(credit, key, time.monotonic())
             if payment is not None:
                 return payment
-            lease_id = secrets.token_hex(16)
             with self.engine.begin() as conn:
-                got = ledger.lease(
-                    conn,
-                    lease_id=lease_id,
-                    holder=self.holder,
-                    buyer=credit[0],
-                    model_id=credit[1],
-                    want=self._size(credit),
-                    now=time.time(),
-                )
+                got = self._take_lease(conn, credit)
                 elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
             if got is not None:
-                now = time.monotonic()
-                lease = _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now)
+                lease, outside = got
                 with self._lock:
                     old = self._open.get(credit)
                     if old is not None:
-                        self._resize(credit, old, now)
+                        self._resize(credit, old, lease.taken)
                     self._retire(old)
                     self._open[credit] = lease
-                    self._outside[credit] = got[1]
+                    self._outside[credit] = outside
                 continue
             if not elsewhere or time.monotonic() > deadline:
                 raise errors.PaymentRequired(
@@ -248,6 +238,23 @@ class PrepaidCredits:
                     self.accepts(listing),
                 )
             time.sleep(FLUSH_INTERVAL / 4)  # other workers are giving their calls back
+
+    def _take_lease(self, conn: Connection, credit: tuple[str, int]) -> tuple[_Lease, int] | None:
+        """A new lease of `credit` and the calls left outside leases, or None."""
+        lease_id = secrets.token_hex(16)
+        got = ledger.lease(
+            conn,
+            lease_id=lease_id,
+            holder=self.holder,
+            buyer=credit[0],
+            model_id=credit[1],
+            want=self._size(credit),
+            now=time.time(),
+        )
+        if got is None:
+            return None
+        now = time.monotonic()
+        return _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now, taken=now), got[1]
 
     def _retire(self, lease: _Lease | None) -> None:
         """Stop spending `lease`; the next flush settles it. Holds self._lock."""
@@ -379,23 +386,13 @@ class PrepaidCredits:
     def _take_standby(self, credit: tuple[str, int]) -> None:
         if credit not in self._open or credit in self._standby:
             return  # went idle, or a call took the next lease meanwhile
-        lease_id = secrets.token_hex(16)
         with self.engine.begin() as conn:
-            got = ledger.lease(
-                conn,
-                lease_id=lease_id,
-                holder=self.holder,
-                buyer=credit[0],
-                model_id=credit[1],
-                want=self._size(credit),
-                now=time.time(),
-            )
+            got = self._take_lease(conn, credit)
         if got is None:
             return  # nothing left outside leases: the open lease's calls are the last
-        now = time.monotonic()
-        lease = _Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now)
+        lease, outside = got
         with self._lock:
-            self._outside[credit] = got[1]
+            self._outside[credit] = outside
             if credit in self._open and credit not in self._standby:
                 self._standby[credit] = lease
             else:  # the credit went idle meanwhile

@@ -10,33 +10,40 @@ import pytest
 from marketplace import auth, db, errors
 
 
-def test_a_cached_key_is_trusted_for_the_ttl_only(sqlite_url):
-    engine = db.make_engine(sqlite_url)
-    sessions = db.session_factory(engine)
-    with sessions() as s, s.begin():
-        row, key = auth.create_key(s, "0x" + "ab" * 20, "k")
+@pytest.fixture
+def engine(sqlite_url):  # type: ignore[no-untyped-def]
+    return db.make_engine(sqlite_url)
+
+
+def new_key(engine):  # type: ignore[no-untyped-def]
+    with db.session_factory(engine)() as s, s.begin():
+        return auth.create_key(s, "0x" + "ab" * 20, "k")
+
+
+def revoke(engine, row) -> None:  # type: ignore[no-untyped-def]
+    with db.session_factory(engine)() as s, s.begin():
+        auth.revoke_key(s, row.address, row.id)
+
+
+def test_a_cached_key_is_trusted_for_the_ttl_only(engine):
+    row, key = new_key(engine)
     cache = auth.KeyCache(db.read_session_factory(engine), ttl=0.3)
     assert cache.authenticate(key).id == row.id
     forged = key[:-1] + ("A" if key[-1] != "A" else "B")  # the same key id, another secret
     with pytest.raises(errors.Unauthenticated, match="not valid"):
         cache.authenticate(forged)
-    with sessions() as s, s.begin():  # revoked through another worker
-        auth.revoke_key(s, row.address, row.id)
+    revoke(engine, row)  # through another worker
     assert cache.authenticate(key).id == row.id  # this worker learns it within the TTL
     time.sleep(0.35)
     with pytest.raises(errors.Unauthenticated, match="revoked"):
         cache.authenticate(key)
 
 
-def test_a_key_revoked_through_this_worker_stops_at_once(sqlite_url):
-    engine = db.make_engine(sqlite_url)
-    sessions = db.session_factory(engine)
-    with sessions() as s, s.begin():
-        row, key = auth.create_key(s, "0x" + "ab" * 20, "k")
+def test_a_key_revoked_through_this_worker_stops_at_once(engine):
+    row, key = new_key(engine)
     cache = auth.KeyCache(db.read_session_factory(engine), ttl=60)
     cache.authenticate(key)
-    with sessions() as s, s.begin():
-        auth.revoke_key(s, row.address, row.id)
+    revoke(engine, row)
     cache.forget(row.id)
     with pytest.raises(errors.Unauthenticated, match="revoked"):
         cache.authenticate(key)
