@@ -204,11 +204,14 @@ class Usage(Base):
     """One paid call: charged when it began, refunded once if it failed on our side."""
 
     __tablename__ = "usage"
+    # Written once per paid call: only the indexes a query uses (each one is paid for on
+    # every call): a lease's count, and a buyer's history, newest first.
+    __table_args__ = (Index("ix_usage_buyer_created", "buyer", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
-    key_id: Mapped[str] = mapped_column(String(16), index=True)
-    buyer: Mapped[str] = mapped_column(String(42), index=True)
-    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    key_id: Mapped[str] = mapped_column(String(16))
+    buyer: Mapped[str] = mapped_column(String(42))
+    model_id: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))  # ok, failed
     lease_id: Mapped[str | None] = mapped_column(String(32), index=True)
     error: Mapped[str | None] = mapped_column(String(64))
