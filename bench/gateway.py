@@ -27,6 +27,16 @@ from storage.local import LocalStore
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
 MODEL = DEMO_DIR / "iris-classifier.onnx"
+# The goals are on the small model; tiny-cnn (a 1x3x32x32 image, ~10x iris's run time)
+# shows how the paid path's fixed cost weighs on a model that does some work.
+MODELS = {
+    "iris": (MODEL, {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}, (1, 16)),
+    "tiny-cnn": (
+        DEMO_DIR / "tiny-cnn.onnx",
+        {"image": np.random.default_rng(0).random((1, 3, 32, 32), np.float32)},
+        (16,),
+    ),
+}
 
 
 THREADS = 8
@@ -107,46 +117,49 @@ def main() -> int:
         )
         dep.save(base.deployment_path)
         store = LocalStore(base.store_dir)
-        model_cid = store.add(io.BytesIO(MODEL.read_bytes()))
-        card = store.add(io.BytesIO(orjson.dumps({"name": "iris"})))
         market = chain.Marketplace(w3, dep, ARTIFACTS)
-        model_id, _ = market.list_model(seller, model_cid, card, 1000)
+        model_ids = {}
+        for label, (path, _inputs, _conns) in MODELS.items():
+            model_cid = store.add(io.BytesIO(path.read_bytes()))
+            card = store.add(io.BytesIO(orjson.dumps({"name": label})))
+            model_ids[label], _ = market.list_model(seller, model_cid, card, 1000)
+        bodies = {label: codecs.encode_request(inputs) for label, (_, inputs, _) in MODELS.items()}
         databases = {"sqlite": base.db_url}
         if (devstack.PG_BIN / "initdb").exists():
             pg = devstack.start_postgres()
             databases["postgresql"] = pg.url
-        body, req_headers = codecs.encode_request(
-            {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
-        )
-
-        unpaid = gunicorn(
-            "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(MODEL)}, work / "unpaid.log"
-        )
-        servers.append(unpaid)
-        baseline = {
-            c: best_of(args.runs, unpaid.url + "/infer", body, req_headers, c, args.seconds, work)
-            for c in (1, 16)
-        }
-        unpaid.stop()
+        baseline = {}
+        for label, (path, _inputs, conns) in MODELS.items():
+            unpaid = gunicorn(
+                "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)}, work / "unpaid.log"
+            )
+            servers.append(unpaid)
+            body, req_headers = bodies[label]
+            for c in conns:
+                baseline[label, c] = best_of(
+                    args.runs, unpaid.url + "/infer", body, req_headers, c, args.seconds, work
+                )
+            unpaid.stop()
         for name, url in databases.items():
             settings = base.model_copy(update={"database_url": url})
             services.migrate(settings)
             services.make_indexer(settings).run_once()
             sessions = db.session_factory(db.make_engine(url))
             with sessions() as s, s.begin():
-                ledger.credit(
-                    s,
-                    tx_hash="0x" + "ab" * 32,
-                    log_index=0,
-                    buyer=buyer.address,
-                    model_id=model_id,
-                    calls=10**12,
-                    amount=1,
-                    fee=0,
-                    block_number=1,
-                    block_hash="0x" + "cd" * 32,
-                    source="receipt",
-                )
+                for i, model_id in enumerate(model_ids.values()):
+                    ledger.credit(
+                        s,
+                        tx_hash="0x" + "ab" * 32,
+                        log_index=i,
+                        buyer=buyer.address,
+                        model_id=model_id,
+                        calls=10**12,
+                        amount=1,
+                        fee=0,
+                        block_number=1,
+                        block_hash="0x" + "cd" * 32,
+                        source="receipt",
+                    )
                 _, key = auth.create_key(s, buyer.address, "bench")
             env = {
                 "MODELMARKET_DATA_DIR": str(settings.data_dir),
@@ -155,18 +168,20 @@ def main() -> int:
             }
             paid = gunicorn("app:create_app()", env, work / f"paid-{name}.log")
             servers.append(paid)
-            headers = {**req_headers, "Authorization": f"Bearer {key}"}
-            for c in (1, 16):
-                result = best_of(
-                    args.runs,
-                    f"{paid.url}/v2/models/{model_id}/infer",
-                    body,
-                    headers,
-                    c,
-                    args.seconds,
-                    work,
-                )
-                rows.append((name, c, result, baseline[c]))
+            for label, (_path, _inputs, conns) in MODELS.items():
+                body, req_headers = bodies[label]
+                headers = {**req_headers, "Authorization": f"Bearer {key}"}
+                for c in conns:
+                    result = best_of(
+                        args.runs,
+                        f"{paid.url}/v2/models/{model_ids[label]}/infer",
+                        body,
+                        headers,
+                        c,
+                        args.seconds,
+                        work,
+                    )
+                    rows.append((label, name, c, result, baseline[label, c]))
             paid.stop()
     finally:
         for server in servers:
@@ -177,25 +192,25 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"gateway under gunicorn (2 workers x {THREADS} threads), iris model, wrk, "
+        f"gateway under gunicorn (2 workers x {THREADS} threads), wrk, "
         f"best of {args.runs} runs of {args.seconds} s per cell"
     )
     print(
-        f"{'database':<11}{'conns':>6}{'paid rps':>10}{'unpaid rps':>12}{'ratio':>7}"
+        f"{'model':<10}{'database':<11}{'conns':>6}{'paid rps':>10}{'unpaid rps':>12}{'ratio':>7}"
         f"{'paid p50':>10}{'unpaid p50':>12}{'added p50':>11}{'paid p99':>10}"
         f"{'unpaid p99':>12}{'non-2xx':>9}"
     )
-    for name, c, (rps, p50, p99, bad), (b_rps, b_p50, b_p99, _b_bad) in rows:
+    for label, name, c, (rps, p50, p99, bad), (b_rps, b_p50, b_p99, _b_bad) in rows:
         print(
-            f"{name:<11}{c:>6}{rps:>10,.0f}{b_rps:>12,.0f}{rps / b_rps:>7.2f}"
+            f"{label:<10}{name:<11}{c:>6}{rps:>10,.0f}{b_rps:>12,.0f}{rps / b_rps:>7.2f}"
             f"{p50:>9.2f}m{b_p50:>11.2f}m{p50 - b_p50:>10.2f}m{p99:>9.2f}m{b_p99:>11.2f}m"
             f"{bad:>9}"
         )
     print()
-    for name in dict.fromkeys(r[0] for r in rows):
-        mine = [r for r in rows if r[0] == name]
-        ratio = min(r[2][0] / r[3][0] for r in mine)
-        added = max(r[2][1] - r[3][1] for r in mine)
+    for name in dict.fromkeys(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == name and r[0] == "iris"]  # the goals' model
+        ratio = min(r[3][0] / r[4][0] for r in mine)
+        added = max(r[3][1] - r[4][1] for r in mine)
         print(
             f"goal: paid_vs_unpaid_throughput_{name} = {ratio:.2f} (target >= 0.85) "
             f"{'met' if ratio >= 0.85 else 'missed'}"
