@@ -43,15 +43,16 @@ THREADS = 8
 
 
 def gunicorn(app: str, env: dict[str, str], log: Path) -> devstack.Gunicorn:
-    """2 workers x THREADS threads (gthread), gunicorn's defaults otherwise."""
-    return devstack.start_gunicorn(app, env, workers=2, threads=THREADS, log=log)
+    """2 workers x THREADS threads (gthread), each with its own SO_REUSEPORT socket (the
+    kernel spreads connections over the workers; with one shared socket the first
+    worker to wake often took all of wrk's connections)."""
+    return devstack.start_gunicorn(app, env, workers=2, threads=THREADS, reuse_port=True, log=log)
 
 
 def best_of(runs: int, *args: object) -> tuple[float, float, float, int]:
-    """The wrk run with the most requests/s of `runs`. Which worker accepts each of
-    wrk's keep-alive connections is decided once per run, and a run where one worker
-    got most of them is much slower (capping connections per worker evens that out
-    but slows gthread itself by ~30%); the best of a few runs is the even split."""
+    """The wrk run with the most requests/s of `runs`: which worker gets each of wrk's
+    keep-alive connections is decided once per run (by the kernel's hash), and an
+    uneven split is slower; the best of a few runs is the even one."""
     return max((wrk(*args) for _ in range(runs)), key=lambda r: r[0])  # type: ignore[arg-type]
 
 

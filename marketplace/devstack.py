@@ -409,18 +409,23 @@ def start_gunicorn(
     workers: int = 2,
     threads: int = 4,
     connections: int | None = None,
+    reuse_port: bool = False,
     log: Path | None = None,
     ready_path: str = "/",
     ready_timeout: float = 60.0,
 ) -> Gunicorn:
     """gunicorn serving `app` ("module:factory()") on a free loopback port, in its own
     process group, once it answers HTTP on `ready_path`. `connections` caps each
-    worker's open connections (a worker at the cap leaves new ones to the others)."""
+    worker's open connections (a worker at the cap leaves new ones to the others);
+    `reuse_port` gives each worker its own SO_REUSEPORT socket, so the kernel spreads
+    new connections over the workers instead of the first to wake taking them."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
     command += ["--threads", str(threads), "-b", f"127.0.0.1:{port}", app]
     if connections:
         command[-1:-1] = ["--worker-connections", str(connections)]
+    if reuse_port:
+        command[-1:-1] = ["--reuse-port"]
     with open(log or os.devnull, "ab") as out:
         process = subprocess.Popen(
             command,
