@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -123,8 +124,20 @@ class CreditLease(Base):
 
     __tablename__ = "credit_leases"
     __table_args__ = (
-        Index("ix_credit_leases_credit", "buyer", "model_id"),
-        Index("ix_credit_leases_holder", "holder"),
+        # Settled leases stay as history; every lookup is of open ones (partial indexes).
+        Index(
+            "ix_credit_leases_open_credit",
+            "buyer",
+            "model_id",
+            sqlite_where=text("settled_at IS NULL"),
+            postgresql_where=text("settled_at IS NULL"),
+        ),
+        Index(
+            "ix_credit_leases_open_heartbeat",
+            "heartbeat_at",
+            sqlite_where=text("settled_at IS NULL"),
+            postgresql_where=text("settled_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -205,8 +218,7 @@ class Usage(Base):
 
     __tablename__ = "usage"
     # Written once per paid call: only the indexes a query uses (each one is paid for on
-    # every call): a lease's count, and a buyer's history, newest first.
-    __table_args__ = (Index("ix_usage_buyer_created", "buyer", "created_at"),)
+    # every call; today only a lease's count, on lease_id).
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
     key_id: Mapped[str] = mapped_column(String(16))
