@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -240,67 +241,113 @@ def lease(
     return granted, left
 
 
-def record_calls(conn: Connection, calls: list[dict[str, Any]]) -> None:
-    """Write finished calls' usage rows (once: a retry after a commit whose answer was
-    lost writes nothing twice). Each dict has the usage columns (id, key_id, buyer,
-    model_id, status, lease_id, error, latency_ms, charged, refunded, created_at).
-    `sync` then counts them against their leases."""
-    if calls:
-        conn.execute(_insert(conn, _usage).on_conflict_do_nothing(index_elements=["id"]), calls)
+# A finished call's usage row, as the tuple the paid path builds (cheaper than a dict).
+USAGE_COLUMNS = (
+    "id",
+    "key_id",
+    "buyer",
+    "model_id",
+    "status",
+    "lease_id",
+    "error",
+    "latency_ms",
+    "charged",
+    "refunded",
+    "created_at",
+)
+_LEASE_ID, _CHARGED, _REFUNDED, _CREATED = 5, 8, 9, 10
 
 
-def _served(lease_id: Any) -> Any:
-    """How many charged, unrefunded usage rows a lease has: its `used`, recounted rather
-    than incremented so that nothing counts twice."""
-    return (
-        select(func.count())
-        .select_from(_usage)
-        .where(
-            _usage.c.lease_id == lease_id,
-            _usage.c.charged.is_(True),
-            _usage.c.refunded.is_(False),
-        )
-        .scalar_subquery()
-    )
+_USAGE_SQL = ", ".join(USAGE_COLUMNS)
+# PostgreSQL: one statement over the rows as one JSON text (orjson writes it in C; the
+# server parses it in C). psycopg's per-row executemany, or its array adaptation, cost
+# 10-15 us a row in Python.
+_USAGE_PG = (
+    f"INSERT INTO usage ({_USAGE_SQL}) SELECT {_USAGE_SQL}"  # noqa: S608 (constants only)
+    " FROM json_populate_recordset(NULL::usage, %s::json) ON CONFLICT (id) DO NOTHING"
+)
+_USAGE_SQLITE = (
+    f"INSERT INTO usage ({_USAGE_SQL}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"  # noqa: S608
+    " ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _write_usage(conn: Connection, calls: list[tuple[Any, ...]]) -> int:
+    """Insert usage rows at the driver level; returns how many were new.
+
+    A row per paid call: SQLAlchemy's per-row parameter processing cost ~4x the
+    driver's own work (measured: ~9 us against ~2 us a row on SQLite), so rows go to
+    the driver as they are stored (SQLite: SQLAlchemy's DATETIME text and 0/1)."""
+    if conn.dialect.name == "sqlite":
+        rows = [
+            (
+                *call[:_CHARGED],
+                int(call[_CHARGED]),
+                int(call[_REFUNDED]),
+                # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
+                call[_CREATED].isoformat(" ", "microseconds")[:26],
+            )
+            for call in calls
+        ]
+        return int(conn.exec_driver_sql(_USAGE_SQLITE, rows).rowcount)
+    text = orjson.dumps([dict(zip(USAGE_COLUMNS, call, strict=True)) for call in calls])
+    return int(conn.exec_driver_sql(_USAGE_PG, (text.decode(),)).rowcount)
+
+
+def record_calls(conn: Connection, calls: list[tuple[Any, ...]], now: float) -> None:
+    """Write finished calls' usage rows (tuples in USAGE_COLUMNS order) and count the
+    charged, unrefunded ones against their leases, once: a retry after a commit whose
+    answer was lost finds the rows written and counts nothing (the insert's row count).
+    A call whose lease was already settled (its unspent calls, this one among them,
+    went back to the credit) is charged to the credit directly, so no call is ever free
+    or paid twice."""
+    if not calls:
+        return
+    served: dict[str, list[tuple[Any, ...]]] = {}
+    others = []
+    for call in calls:
+        if call[_CHARGED] and not call[_REFUNDED]:
+            served.setdefault(call[_LEASE_ID], []).append(call)
+        else:
+            others.append(call)
+    if others:
+        _write_usage(conn, others)
+    for lease_id, rows in sorted(served.items()):
+        new = _write_usage(conn, rows)
+        if not new:
+            continue
+        counted = conn.execute(
+            update(_leases)
+            .where(_leases.c.id == lease_id, _leases.c.settled_at.is_(None))
+            .values(used=_leases.c.used + new, heartbeat_at=now)
+            .returning(_leases.c.id)
+        ).first()
+        if counted is None:
+            conn.execute(
+                update(_leases).where(_leases.c.id == lease_id).values(used=_leases.c.used + new)
+            )
+            buyer, model_id = conn.execute(
+                select(_leases.c.buyer, _leases.c.model_id).where(_leases.c.id == lease_id)
+            ).one()
+            conn.execute(
+                update(_credits)
+                .where(_credits.c.buyer == buyer, _credits.c.model_id == model_id)
+                .values(remaining=_credits.c.remaining - new)
+            )
 
 
 def sync(conn: Connection, lease_ids: list[str], now: float) -> dict[str, bool]:
-    """Bring open leases' `used` up to their usage rows and say their holder is alive,
-    in one statement. Returns each still-open lease's recall flag (lease ids missing
-    from the answer were settled: see `charge_settled`)."""
+    """Say the holder of these leases is alive. Returns each still-open lease's recall
+    flag (another worker asks for its calls); settled ones are missing."""
     if not lease_ids:
         return {}
     rows = conn.execute(
         update(_leases)
         .where(_leases.c.id.in_(lease_ids), _leases.c.settled_at.is_(None))
-        .values(used=_served(_leases.c.id), heartbeat_at=now)
+        .values(heartbeat_at=now)
         .returning(_leases.c.id, _leases.c.recall)
     ).all()
     return {lease_id: bool(recall) for lease_id, recall in rows}
-
-
-def charge_settled(conn: Connection, lease_ids: list[str]) -> int:
-    """Calls that finished after their lease was settled (its unspent calls, these
-    among them, went back to the credit): charge them to the credit directly, so no
-    call is ever free or paid twice. Returns how many were charged."""
-    charged = 0
-    for lease_id in lease_ids:
-        row = conn.execute(
-            select(_leases.c.used, _served(lease_id), _leases.c.buyer, _leases.c.model_id)
-            .where(_leases.c.id == lease_id)
-            .with_for_update()
-        ).one_or_none()
-        if row is None or row[1] == row[0]:
-            continue
-        late = int(row[1]) - int(row[0])
-        conn.execute(update(_leases).where(_leases.c.id == lease_id).values(used=row[1]))
-        conn.execute(
-            update(_credits)
-            .where(_credits.c.buyer == row[2], _credits.c.model_id == row[3])
-            .values(remaining=_credits.c.remaining - late)
-        )
-        charged += late
-    return charged
 
 
 def settle(conn: Connection, lease_id: str, now: float) -> int:

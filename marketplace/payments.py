@@ -129,7 +129,7 @@ class PrepaidCredits:
         self._outside: dict[tuple[str, int], int] = {}  # calls left outside leases, last seen
         self._wake = threading.Event()
         self._closing: list[_Lease] = []
-        self._done: list[dict[str, Any]] = []
+        self._done: list[tuple[Any, ...]] = []
         self._stop = threading.Event()
         # inference ids: unique, not secret (usage is only shown to the key's owner);
         # os.urandom per call cost as much as the rest of the payment
@@ -286,20 +286,20 @@ class PrepaidCredits:
             payment.lease.in_flight -= 1
             if refunded:  # a closed lease's settle gives it back to the credit
                 payment.lease.left += 1
-            self._done.append(
-                {
-                    "id": payment.inference_id,
-                    "key_id": payment.key_id,
-                    "buyer": payment.buyer,
-                    "model_id": payment.model_id,
-                    "lease_id": payment.lease.id,
-                    "status": status,
-                    "error": error[:64] if error else None,
-                    "latency_ms": payment.elapsed_ms,
-                    "charged": True,
-                    "refunded": refunded,
-                    "created_at": payment.created_at,
-                }
+            self._done.append(  # ledger.USAGE_COLUMNS
+                (
+                    payment.inference_id,
+                    payment.key_id,
+                    payment.buyer,
+                    payment.model_id,
+                    status,
+                    payment.lease.id,
+                    error[:64] if error else None,
+                    payment.elapsed_ms,
+                    True,
+                    refunded,
+                    payment.created_at,
+                )
             )
 
     def flush(self) -> None:
@@ -345,11 +345,10 @@ class PrepaidCredits:
         now = time.time()
         try:
             with self.engine.begin() as conn:
-                counted = {c["lease_id"] for c in done} | {lease.id for lease in closing}
-                ledger.lock_leases(conn, sorted(counted | set(alive)))
-                ledger.record_calls(conn, done)
-                synced = ledger.sync(conn, sorted(counted | set(alive)), now)
-                ledger.charge_settled(conn, sorted(counted - synced.keys()))
+                touched = {c[5] for c in done} | {lease.id for lease in closing}
+                ledger.lock_leases(conn, sorted(touched | set(alive)))
+                ledger.record_calls(conn, done, now)
+                synced = ledger.sync(conn, alive, now)
                 returned = {
                     lease.id: ledger.settle(conn, lease.id, now)
                     for lease in sorted(closing, key=lambda lease: lease.id)

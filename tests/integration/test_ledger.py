@@ -63,8 +63,8 @@ def _lease(s, lease_id: str, want: int, holder: str = "w1"):  # type: ignore[no-
     )
 
 
-def _call(iid: str, lease_id: str, refunded: bool = False) -> dict[str, object]:
-    return {
+def _call(iid: str, lease_id: str, refunded: bool = False) -> tuple[object, ...]:
+    row = {
         "id": iid,
         "key_id": "k",
         "buyer": BUYER,
@@ -77,6 +77,7 @@ def _call(iid: str, lease_id: str, refunded: bool = False) -> dict[str, object]:
         "refunded": refunded,
         "created_at": datetime.now(UTC),
     }
+    return tuple(row[c] for c in ledger.USAGE_COLUMNS)
 
 
 def test_leases_shrink_near_the_end_of_a_credit_and_never_overdraw(sessions):
@@ -100,21 +101,23 @@ def test_a_lease_counts_served_calls_and_settles_once(sessions):
         assert _lease(s, "a", want=10) == (10, 90)
     with sessions() as s, s.begin():
         calls = [_call("i1", "a"), _call("i2", "a"), _call("i3", "a", refunded=True)]
-        ledger.record_calls(s.connection(), calls)
-        assert ledger.sync(s.connection(), ["a"], now=2.0) == {"a": False}
-        ledger.record_calls(s.connection(), calls)  # a retry: nothing twice
-        assert ledger.sync(s.connection(), ["a"], now=2.0) == {"a": False}
+        ledger.record_calls(s.connection(), calls, now=2.0)
+        ledger.record_calls(s.connection(), calls, now=2.0)  # a retry: nothing twice
     with sessions() as s, s.begin():
         assert ledger.remaining(s, BUYER, 7) == 98
         assert ledger.settle(s.connection(), "a", now=3.0) == 8
         assert ledger.settle(s.connection(), "a", now=3.0) == 0  # once
         assert ledger.remaining(s, BUYER, 7) == 98
         # a call that finished after its lease was settled is charged to the credit
-        ledger.record_calls(s.connection(), [_call("i4", "a")])
-        assert ledger.sync(s.connection(), ["a"], now=4.0) == {}  # settled: not synced
-        assert ledger.charge_settled(s.connection(), ["a"]) == 1
-        assert ledger.charge_settled(s.connection(), ["a"]) == 0  # once
+        ledger.record_calls(s.connection(), [_call("i4", "a")], now=4.0)
+        ledger.record_calls(s.connection(), [_call("i4", "a")], now=4.0)  # once
         assert ledger.remaining(s, BUYER, 7) == 97
+        assert ledger.sync(s.connection(), ["a"], now=4.0) == {}  # settled: not open
+        # written below the ORM: read back through it as the ORM writes them
+        stamp = s.scalar(select(Usage.created_at).where(Usage.id == "i1"))
+        assert isinstance(stamp, datetime)
+        assert abs(stamp.replace(tzinfo=None) - datetime.now(UTC).replace(tzinfo=None)).seconds < 60
+        assert s.scalar(select(Usage.latency_ms).where(Usage.id == "i1")) == 1.0
         rows = s.execute(select(Usage.status, Usage.refunded)).all()
         assert sorted(rows) == [("failed", True), ("ok", False), ("ok", False), ("ok", False)]
 
