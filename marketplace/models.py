@@ -217,15 +217,15 @@ class Usage(Base):
     """One paid call: charged when it began, refunded once if it failed on our side."""
 
     __tablename__ = "usage"
-    # Written once per paid call: only the indexes a query uses (each one is paid for on
-    # every call; today only a lease's count, on lease_id).
+    # Written once per paid call, and every index is paid for on every call: only the
+    # primary key until a query needs more (a buyer's usage history will).
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
     key_id: Mapped[str] = mapped_column(String(16))
     buyer: Mapped[str] = mapped_column(String(42))
     model_id: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))  # ok, failed
-    lease_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    lease_id: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(String(64))
     latency_ms: Mapped[float | None]
     charged: Mapped[bool] = mapped_column(default=True)

@@ -342,6 +342,9 @@ class PrepaidCredits:
             closing = [lease for lease in self._closing if lease.in_flight == 0]
             open_now = [*self._open.values(), *self._standby.values()]
             alive = [lease.id for lease in open_now]
+        if not (done or closing or alive):
+            self._sweep(started)
+            return  # idle: no write lock taken
         now = time.time()
         try:
             with self.engine.begin() as conn:

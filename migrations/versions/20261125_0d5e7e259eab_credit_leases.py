@@ -50,8 +50,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("usage", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_id", sa.String(length=32), nullable=True))
-        batch_op.create_index(batch_op.f("ix_usage_lease_id"), ["lease_id"], unique=False)
-        # one row per paid call: keep only the indexes a query uses
+        # one row per paid call, each index paid on every call: none no query uses
         batch_op.drop_index("ix_usage_model_id")
         batch_op.drop_index("ix_usage_key_id")
         batch_op.drop_index("ix_usage_buyer")
@@ -65,7 +64,6 @@ def downgrade() -> None:
         batch_op.create_index("ix_usage_buyer", ["buyer"], unique=False)
         batch_op.create_index("ix_usage_key_id", ["key_id"], unique=False)
         batch_op.create_index("ix_usage_model_id", ["model_id"], unique=False)
-        batch_op.drop_index(batch_op.f("ix_usage_lease_id"))
         batch_op.drop_column("lease_id")
 
     with op.batch_alter_table("credits", schema=None) as batch_op:
