@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_LINK_MODE=copy \
-    MODELMARKET_DATA_DIR=/data
+    MODELMARKET_DATA_DIR=/data \
+    MODELMARKET_HTTP_HOST=0.0.0.0
 
 # Node runs the npm toolchain (anvil for the embedded chain). Debian's own versions
 # are what this image is tested with, so they are not pinned one by one.
@@ -26,7 +27,8 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 
-COPY app.py ./
+COPY app.py alembic.ini ./
+COPY migrations/ migrations/
 COPY marketplace/ marketplace/
 COPY storage/ storage/
 COPY inference/ inference/
@@ -38,5 +40,6 @@ RUN useradd --create-home --uid 10001 modelmarket \
     && chown modelmarket /data
 USER 10001
 VOLUME ["/data"]
+EXPOSE 8000
 
 CMD ["/app/.venv/bin/modelmarket", "run"]

@@ -16,6 +16,14 @@ from marketplace.services import Gateway
 log = logging.getLogger("modelmarket")
 
 
+def __getattr__(name: str) -> object:
+    """`gunicorn app:app`: the app is built on first access (in each worker), never at
+    import."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
     app = Flask(__name__)

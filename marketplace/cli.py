@@ -42,7 +42,8 @@ def main() -> None:
 @main.command()
 @domain_errors
 def run() -> None:
-    """Start the embedded default: anvil, contracts deployed, demo accounts funded.
+    """Start the embedded default: anvil, contracts deployed, demo accounts funded, the
+    indexer following the chain and the gateway (both API families) under gunicorn.
 
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
@@ -71,8 +72,24 @@ def run() -> None:
         worker.start()
         out.print(f"  database     {settings.db_url}")
         out.print("  indexer      following the chain in-process")
-        out.print("ready. Ctrl-C to stop.")
-        stop.wait()
+        gateway = devstack.start_gunicorn(
+            "app:create_app()",
+            {"MODELMARKET_DATA_DIR": str(settings.data_dir.resolve())},
+            workers=settings.http_workers,
+            threads=8,
+            reuse_port=True,
+            host=settings.http_host,
+            port=settings.http_port,
+            log=settings.data_dir / "gateway.log",
+            ready_path="/v2/health/ready",
+        )
+        try:
+            out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")
+            out.print(f"  openapi      {gateway.url}/api/v1/openapi.json")
+            out.print("ready. Ctrl-C to stop.")
+            stop.wait()
+        finally:
+            gateway.stop()  # its workers give their leased calls back on the way out
         worker.join(10)
         out.print("stopping…")
     out.print("stopped.")

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     anvil_port: int = Field(
         default=0, ge=0, le=65535, description="Port for the embedded anvil; 0 picks a free one."
     )
+    http_host: str = Field(
+        default="127.0.0.1", description="Address `modelmarket run` serves the gateway on."
+    )
+    http_port: int = Field(
+        default=8000, ge=0, le=65535, description="Port `modelmarket run` serves the gateway on."
+    )
+    http_workers: int = Field(
+        default=2, ge=1, description="gunicorn workers `modelmarket run` serves the gateway with."
+    )
     artifacts_dir: Path = Field(
         default=PROJECT_ROOT / "contracts/artifacts",
         description="Compiled contract artifacts (ABI, bytecode).",

@@ -410,18 +410,20 @@ def start_gunicorn(
     threads: int = 4,
     connections: int | None = None,
     reuse_port: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 0,
     log: Path | None = None,
     ready_path: str = "/",
     ready_timeout: float = 60.0,
 ) -> Gunicorn:
-    """gunicorn serving `app` ("module:factory()") on a free loopback port, in its own
-    process group, once it answers HTTP on `ready_path`. `connections` caps each
+    """gunicorn serving `app` ("module:factory()") on `host`:`port` (0: a free loopback
+    port), in its own process group, once it answers HTTP on `ready_path`. `connections` caps each
     worker's open connections (a worker at the cap leaves new ones to the others);
     `reuse_port` gives each worker its own SO_REUSEPORT socket, so the kernel spreads
     new connections over the workers instead of the first to wake taking them."""
-    port = free_port()
+    port = port or free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
-    command += ["--threads", str(threads), "-b", f"127.0.0.1:{port}", app]
+    command += ["--threads", str(threads), "-b", f"{host}:{port}", app]
     if connections:
         command[-1:-1] = ["--worker-connections", str(connections)]
     if reuse_port:
@@ -435,7 +437,8 @@ def start_gunicorn(
             stderr=out,
             start_new_session=True,
         )
-    server = Gunicorn(process, f"http://127.0.0.1:{port}")
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 (we connect, not bind)
+    server = Gunicorn(process, f"http://{reach}:{port}")
     deadline = time.monotonic() + ready_timeout
     while True:
         try:

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+import requests
+
 from marketplace import chain, devstack
 from marketplace.config import PROJECT_ROOT
 from tests.conftest import ARTIFACTS
@@ -49,7 +52,12 @@ def test_stale_deployment_record_is_replaced(settings):
 
 
 def test_make_run_command_starts_and_stops_cleanly(tmp_path):
-    env = {**os.environ, "MODELMARKET_DATA_DIR": str(tmp_path / "data")}
+    port = devstack.free_port()
+    env = {
+        **os.environ,
+        "MODELMARKET_DATA_DIR": str(tmp_path / "data"),
+        "MODELMARKET_HTTP_PORT": str(port),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "marketplace.cli", "run"],
         cwd=PROJECT_ROOT,
@@ -71,11 +79,21 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
     anvil_pid = int(text.split("(pid ")[1].split(")")[0])
     assert _alive(anvil_pid)
     assert "marketplace  0x" in text and "token (MMT)  0x" in text
+    # the gateway serves both API families on the configured port
+    gateway = f"http://127.0.0.1:{port}"
+    assert f"gateway      {gateway}/api/v1 and {gateway}/v2" in text
+    assert requests.get(f"{gateway}/v2/health/ready", timeout=10).json() == {"ready": True}
+    marketplace = text.split("marketplace  ")[1].split()[0]
+    assert requests.get(f"{gateway}/api/v1/deployment", timeout=10).json()["marketplace"] == (
+        marketplace
+    )
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=30)
+    rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert "stopped." in rest
     assert not _alive(anvil_pid)
+    with pytest.raises(requests.ConnectionError):  # the gateway stopped too
+        requests.get(f"{gateway}/v2/health/live", timeout=5)
 
 
 def test_missing_anvil_is_a_clear_cli_error(tmp_path):

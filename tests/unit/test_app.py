@@ -27,3 +27,13 @@ def test_missing_deployment_is_a_json_error(settings):
     body = resp.get_json()
     assert body["error"] == "configuration_error"
     assert "deploy first" in body["message"]
+
+
+def test_gunicorn_app_colon_app_builds_the_app_on_access(settings, monkeypatch):
+    """`gunicorn app:app` works, and importing the module builds nothing."""
+    import app as module
+
+    monkeypatch.setenv("MODELMARKET_DATA_DIR", str(settings.data_dir))
+    assert "app" not in vars(module)  # nothing built at import
+    built = module.app
+    assert built.name == "app" and "oip.infer" in built.view_functions

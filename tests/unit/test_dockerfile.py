@@ -25,5 +25,6 @@ def test_dockerfile_lints_clean():
 
 def test_image_copies_what_the_app_imports():
     text = (PROJECT_ROOT / "Dockerfile").read_text()
-    for part in ("app.py", "marketplace/", "storage/", "inference/", "contracts/artifacts/"):
+    for part in ("marketplace/", "storage/", "inference/", "contracts/artifacts/", "migrations/"):
         assert f"COPY {part}" in text
+    assert "COPY app.py alembic.ini ./" in text  # the app, and the migrations it runs at start
