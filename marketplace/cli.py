@@ -49,6 +49,10 @@ def run() -> None:
     Ctrl-C stops everything it started.
     """
     settings = Settings()
+    if not settings.rpc_url and "confirmations" not in settings.model_fields_set:
+        # The embedded anvil is one node that mines on each transaction and never
+        # reorgs: waiting for N more blocks would wait forever on a quiet dev chain.
+        settings = settings.model_copy(update={"confirmations": 0})
     stop = threading.Event()
     # SIGTERM too, so `kill <pid>` shuts down as cleanly as Ctrl-C.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,10 +75,14 @@ def run() -> None:
         worker = threading.Thread(target=_follow, args=(idx, stop), name="indexer", daemon=True)
         worker.start()
         out.print(f"  database     {settings.db_url}")
-        out.print("  indexer      following the chain in-process")
+        confirmations = f"{settings.confirmations} confirmations"
+        out.print(f"  indexer      following the chain in-process ({confirmations})")
         gateway = devstack.start_gunicorn(
             "app:create_app()",
-            {"MODELMARKET_DATA_DIR": str(settings.data_dir.resolve())},
+            {
+                "MODELMARKET_DATA_DIR": str(settings.data_dir.resolve()),
+                "MODELMARKET_CONFIRMATIONS": str(settings.confirmations),
+            },
             workers=settings.http_workers,
             threads=8,
             reuse_port=True,
