@@ -132,8 +132,9 @@ class PrepaidCredits:
         self._done: list[tuple[Any, ...]] = []
         self._stop = threading.Event()
         # inference ids: unique, not secret (usage is only shown to the key's owner);
-        # os.urandom per call cost as much as the rest of the payment
-        self._ids = (f"{self._id_prefix}{n:012x}" for n in itertools.count())
+        # os.urandom per call cost as much as the rest of the payment. next() on a
+        # count is atomic, so ids are made outside the lock.
+        self._ids = itertools.count()
         self._pid = pid  # after the state: other threads wait on _start_lock until now
         self._thread = threading.Thread(target=self._run, name="credit-leases", daemon=True)
         self._thread.start()
@@ -144,12 +145,12 @@ class PrepaidCredits:
             self._start()
         credit = (key.address, listing.model_id)
         now = time.monotonic()
-        with self._lock:
-            payment = self._spend(credit, key, now)
-        if payment is not None:
-            return payment
-        with self._refill_lock(credit):
-            return self._lease_and_spend(credit, key, listing)
+        with self._lock:  # as short as it can be: every paid call of the worker takes it
+            taken = self._spend(credit, now)
+        if taken is None:
+            with self._refill_lock(credit):
+                taken = self._lease_and_spend(credit, listing)
+        return Payment(f"{self._id_prefix}{next(self._ids):012x}", key.id, *taken)
 
     def _refill_lock(self, credit: tuple[str, int]) -> threading.Lock:
         """One lease taken at a time per credit and worker (a call that finds the lease
@@ -165,8 +166,9 @@ class PrepaidCredits:
             and now - lease.alive_at < self.ttl / 2  # might be swept: never spend it
         )
 
-    def _spend(self, credit: tuple[str, int], key: ApiKey, now: float) -> Payment | None:
-        """Hand out one call of the open lease (or of the standby one). Holds self._lock."""
+    def _spend(self, credit: tuple[str, int], now: float) -> tuple[_Lease, int] | None:
+        """Hand out one call of the open lease (or of the standby one): the lease and the
+        calls left after it. Holds self._lock."""
         lease = self._open.get(credit)
         if not self._usable(lease, now):
             standby = self._standby.pop(credit, None)
@@ -185,7 +187,7 @@ class PrepaidCredits:
         if wanted and lease.left * 2 < lease.granted:  # half the lease of runway
             self._wanted.add(credit)
             self._wake.set()
-        return Payment(next(self._ids), key.id, lease, self._remaining(credit))
+        return lease, self._remaining(credit)
 
     def _size(self, credit: tuple[str, int]) -> int:
         """How many calls the next lease of `credit` asks for."""
@@ -212,13 +214,14 @@ class PrepaidCredits:
         )
         return leased + self._outside.get(credit, 0)
 
-    def _lease_and_spend(self, credit: tuple[str, int], key: ApiKey, listing: Listing) -> Payment:
+    def _lease_and_spend(self, credit: tuple[str, int], listing: Listing) -> tuple[_Lease, int]:
         deadline = time.monotonic() + RECALL_WAIT
+        retried_empty = False
         while True:
             with self._lock:
-                payment = self._spend(credit, key, time.monotonic())
-            if payment is not None:
-                return payment
+                taken = self._spend(credit, time.monotonic())
+            if taken is not None:
+                return taken
             with self.engine.begin() as conn:
                 got = self._take_lease(conn, credit)
                 elsewhere = 0 if got else ledger.recall(conn, *credit, holder=self.holder)
@@ -231,6 +234,12 @@ class PrepaidCredits:
                     self._retire(old)
                     self._open[credit] = lease
                     self._outside[credit] = outside
+                continue
+            # Nothing held elsewhere either, but a lease settled while this transaction
+            # ran (PostgreSQL: the recall waited for its row lock) is only visible to
+            # the next one: 402 only after an empty try that began after that.
+            if not elsewhere and not retried_empty:
+                retried_empty = True
                 continue
             if not elsewhere or time.monotonic() > deadline:
                 raise errors.PaymentRequired(
@@ -279,28 +288,28 @@ class PrepaidCredits:
 
     def _finish(self, payment: Payment, status: str, error: str | None) -> None:
         refunded = status != "ok"
+        lease = payment.lease
+        row = (  # ledger.USAGE_COLUMNS, built before taking the lock
+            payment.inference_id,
+            payment.key_id,
+            lease.buyer,
+            lease.model_id,
+            status,
+            lease.id,
+            error[:64] if error else None,
+            payment.elapsed_ms,
+            True,
+            refunded,
+            payment.created_at,
+        )
         with self._lock:
             if payment.done:
                 return
             payment.done = True
-            payment.lease.in_flight -= 1
+            lease.in_flight -= 1
             if refunded:  # a closed lease's settle gives it back to the credit
-                payment.lease.left += 1
-            self._done.append(  # ledger.USAGE_COLUMNS
-                (
-                    payment.inference_id,
-                    payment.key_id,
-                    payment.buyer,
-                    payment.model_id,
-                    status,
-                    payment.lease.id,
-                    error[:64] if error else None,
-                    payment.elapsed_ms,
-                    True,
-                    refunded,
-                    payment.created_at,
-                )
-            )
+                lease.left += 1
+            self._done.append(row)
 
     def flush(self) -> None:
         """Write finished calls, settle leases that are done, keep the rest alive, and
