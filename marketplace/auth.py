@@ -142,9 +142,8 @@ class KeyCache:
         hit = self._verified.get(bearer) if bearer else None
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]  # this exact key text passed the checks below moments ago
-        key_id, secret = _parse(bearer)
         with self.reads() as session:
-            row = _check(session.get(ApiKey, key_id), secret)
+            row = authenticate(session, bearer)
         self._verified[str(bearer)] = (now, row)
         return row
 

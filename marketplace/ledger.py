@@ -255,7 +255,9 @@ USAGE_COLUMNS = (
     "refunded",
     "created_at",
 )
-_LEASE_ID, _CHARGED, _REFUNDED, _CREATED = 5, 8, 9, 10
+LEASE_ID = USAGE_COLUMNS.index("lease_id")
+_CHARGED, _REFUNDED = USAGE_COLUMNS.index("charged"), USAGE_COLUMNS.index("refunded")
+_CREATED = USAGE_COLUMNS.index("created_at")
 
 
 _USAGE_SQL = ", ".join(USAGE_COLUMNS)
@@ -307,7 +309,7 @@ def record_calls(conn: Connection, calls: list[tuple[Any, ...]], now: float) -> 
     others = []
     for call in calls:
         if call[_CHARGED] and not call[_REFUNDED]:
-            served.setdefault(call[_LEASE_ID], []).append(call)
+            served.setdefault(call[LEASE_ID], []).append(call)
         else:
             others.append(call)
     if others:

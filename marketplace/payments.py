@@ -357,7 +357,7 @@ class PrepaidCredits:
         now = time.time()
         try:
             with self.engine.begin() as conn:
-                touched = {c[5] for c in done} | {lease.id for lease in closing}
+                touched = {c[ledger.LEASE_ID] for c in done} | {lease.id for lease in closing}
                 ledger.lock_leases(conn, sorted(touched | set(alive)))
                 ledger.record_calls(conn, done, now)
                 synced = ledger.sync(conn, alive, now)
