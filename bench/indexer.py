@@ -22,7 +22,8 @@ from alembic.config import Config
 
 from marketplace import chain, db, devstack
 from marketplace.config import PROJECT_ROOT
-from marketplace.indexer import Indexer, _EventSpec
+from marketplace.events import EventDecoder
+from marketplace.indexer import Indexer
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -88,10 +89,11 @@ def main() -> int:
         for log in bought[:500]:  # web3's own decoder, sampled: it is slow
             event.process_log(log)
         t_web3 = (time.perf_counter() - start) * len(bought) / min(len(bought), 500)
-        spec = _EventSpec.of(chain.load_artifact(ARTIFACTS, "ModelMarketplace").abi, "Purchased")
+        decoder = EventDecoder(
+            chain.load_artifact(ARTIFACTS, "ModelMarketplace").abi, dep.marketplace
+        )
         start = time.perf_counter()
-        for log in bought:
-            spec.decode(log)
+        decoder.decode(bought, "Purchased")
         t_decode = time.perf_counter() - start
 
         results = {}

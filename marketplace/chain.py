@@ -31,10 +31,10 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
-from web3.logs import DISCARD
-from web3.types import EventData, TxParams, TxReceipt, Wei
+from web3.types import TxParams, TxReceipt, Wei
 
 from marketplace import errors
+from marketplace.events import Event, EventDecoder
 
 CONTRACT_NAMES = ("ModelMarketplace", "MarketToken")
 
@@ -377,11 +377,6 @@ def deploy(
     return to_checksum_address(address), receipt
 
 
-def events(contract: Contract, receipt: TxReceipt, name: str) -> list[EventData]:
-    """The `name` events `contract` emitted in `receipt` (other contracts' logs skipped)."""
-    return list(contract.events[name]().process_receipt(receipt, errors=DISCARD))
-
-
 # -------------------------------------------------------------- the contracts
 
 
@@ -446,10 +441,11 @@ class Marketplace:
         self.deployment = deployment
         self.artifacts_dir = artifacts_dir
         self.timeout = timeout
+        abi = load_artifact(artifacts_dir, "ModelMarketplace").abi
         self.contract = w3.eth.contract(
-            address=to_checksum_address(deployment.marketplace),
-            abi=load_artifact(artifacts_dir, "ModelMarketplace").abi,
+            address=to_checksum_address(deployment.marketplace), abi=abi
         )
+        self.events = EventDecoder(abi, self.contract.address)
         self._token_abi = load_artifact(artifacts_dir, "MarketToken").abi
         self.token = self.token_contract(deployment.token)
 
@@ -484,8 +480,8 @@ class Marketplace:
             ),
             signer,
         )
-        (event,) = events(self.contract, receipt, "ModelListed")
-        return int(event["args"]["modelId"]), receipt
+        (event,) = self.events.decode(receipt["logs"], "ModelListed")
+        return int(event.args["modelId"]), receipt
 
     def set_price(self, signer: Signer, model_id: int, price_per_call: int) -> TxReceipt:
         """Change a listing's price (its seller only)."""
@@ -618,6 +614,6 @@ class Marketplace:
         erc20 = self.token_contract(token) if token else self.token
         return int(self._call(erc20.functions.balanceOf(to_checksum_address(account))))
 
-    def purchases(self, receipt: TxReceipt) -> list[EventData]:
-        """The Purchased events in `receipt`."""
-        return events(self.contract, receipt, "Purchased")
+    def purchases(self, receipt: TxReceipt) -> list[Event]:
+        """The Purchased events the marketplace emitted in `receipt`."""
+        return self.events.decode(receipt["logs"], "Purchased")

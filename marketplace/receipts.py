@@ -60,11 +60,9 @@ def redeem(
     if receipt["status"] != 1:
         raise errors.ReceiptReverted(f"transaction {tx_hash} reverted; it bought nothing")
     ours = market.contract.address.lower()
-    if (receipt["to"] or "").lower() != ours and not any(
-        (log["address"] or "").lower() == ours for log in receipt["logs"]
-    ):
+    if not any(str(log["address"] or "").lower() == ours for log in receipt["logs"]):
         raise errors.ReceiptWrongContract(
-            f"transaction {tx_hash} did not touch the marketplace {market.contract.address}"
+            f"transaction {tx_hash} holds no event of the marketplace {market.contract.address}"
         )
     have = head - receipt["blockNumber"]
     if have < confirmations:
@@ -72,38 +70,36 @@ def redeem(
             f"transaction {tx_hash} has {have} confirmation(s); {confirmations} are needed,"
             " try again shortly"
         )
+    # Only logs the marketplace itself emitted count: a look-alike `Purchased` from any
+    # other contract in the same transaction is never read.
     events = market.purchases(receipt)
     if not events:
         raise errors.ReceiptNotPurchase(f"transaction {tx_hash} holds no purchase")
-    mine = [e for e in events if e["args"]["buyer"].lower() == caller.lower()]
+    mine = [e for e in events if e.args["buyer"] == caller.lower()]
     if not mine:
         raise errors.ReceiptNotBuyer(
             f"the purchase in {tx_hash} was made by another address, not {caller}"
         )
     redeemed = []
     for event in mine:
-        model_id = int(event["args"]["modelId"])
+        model_id = int(event.args["modelId"])
+        calls = int(event.args["calls"])
         new = ledger.credit(
             session,
-            tx_hash=tx_hash,
-            log_index=int(event["logIndex"]),
-            buyer=event["args"]["buyer"],
+            tx_hash=event.tx_hash,
+            log_index=event.log_index,
+            buyer=event.args["buyer"],
             model_id=model_id,
-            calls=int(event["args"]["calls"]),
-            amount=int(event["args"]["amount"]),
-            fee=int(event["args"]["fee"]),
-            block_number=int(event["blockNumber"]),
-            block_hash=HexBytes(event["blockHash"]).to_0x_hex(),
+            calls=calls,
+            amount=int(event.args["amount"]),
+            fee=int(event.args["fee"]),
+            block_number=event.block_number,
+            block_hash=event.block_hash,
             source="receipt",
         )
         if new:
             redeemed.append(
-                Redeemed(
-                    tx_hash,
-                    model_id,
-                    int(event["args"]["calls"]),
-                    ledger.remaining(session, caller, model_id),
-                )
+                Redeemed(tx_hash, model_id, calls, ledger.remaining(session, caller, model_id))
             )
     if not redeemed:
         raise errors.ReceiptAlreadyRedeemed(

@@ -42,8 +42,8 @@ def test_list_purchase_withdraw_walk(market, signers, listed):
     receipt = market.purchase(buyer, listed, 10, PRICE)
     (event,) = market.purchases(receipt)
     fee = 10 * PRICE * 250 // 10_000
-    assert event["args"]["buyer"] == buyer.address
-    assert (event["args"]["calls"], event["args"]["amount"], event["args"]["fee"]) == (
+    assert event.args["buyer"] == buyer.address.lower()
+    assert (event.args["calls"], event.args["amount"], event.args["fee"]) == (
         10,
         10 * PRICE,
         fee,
@@ -58,7 +58,7 @@ def test_purchase_with_permit_signed_locally(market, signers, listed):
     buyer = signers[4]
     before = market.token_balance(buyer.address)
     receipt = market.purchase_with_permit(buyer, listed, 3, PRICE, deadline=int(time.time()) + 3600)
-    assert market.purchases(receipt)[0]["args"]["calls"] == 3
+    assert market.purchases(receipt)[0].args["calls"] == 3
     assert market.token_balance(buyer.address) == before - 3 * PRICE
 
 

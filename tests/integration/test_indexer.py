@@ -201,15 +201,15 @@ def test_receipt_path_and_indexer_credit_once(node, sqlite_url):
     with idx.sessions() as s, s.begin():  # the receipt endpoint's path, first
         assert ledger.credit(
             s,
-            tx_hash=event["transactionHash"].to_0x_hex(),
-            log_index=event["logIndex"],
+            tx_hash=event.tx_hash,
+            log_index=event.log_index,
             buyer=buyer.address,
             model_id=model_id,
             calls=4,
             amount=4 * PRICE,
             fee=0,
-            block_number=event["blockNumber"],
-            block_hash=event["blockHash"].to_0x_hex(),
+            block_number=event.block_number,
+            block_hash=event.block_hash,
             source="receipt",
         )
     mine(market, CONFIRMATIONS)
