@@ -22,6 +22,8 @@ CONTRACTS = {
     "MarketToken": "src/MarketToken.sol",
     # benchmarks and tests only: many purchases in one transaction
     "BulkBuyer": "src/test/BulkBuyer.sol",
+    # tests only: logs shaped like the marketplace's, emitted by another contract
+    "EventForger": "src/test/EventForger.sol",
 }
 
 SETTINGS: dict[str, object] = {
