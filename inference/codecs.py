@@ -5,6 +5,7 @@ float32 input, ~7 ms against ~50 ms for the stdlib)."""
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from inference.errors import BadInput, InputTooLarge
 from inference.inspect import ModelInfo, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 32  # numpy holds up to 64; no served model takes more than a handful
 
 NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -62,6 +64,8 @@ class InferRequest:
 
 def _bytes_elements(raw: bytes, count: int, name: str) -> np.ndarray:
     """BYTES in the binary extension: each element a 4-byte little-endian length + bytes."""
+    if 4 * count > len(raw):  # before allocating `count` slots for a body that cannot fill them
+        raise BadInput(f"input '{name}': {len(raw)} bytes cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
@@ -115,12 +119,8 @@ def decode_request(
         datatype = item.get("datatype")
         if datatype not in NUMPY_TYPES:
             raise BadInput(f"input '{name}': datatype {datatype!r} is not supported")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise BadInput(f"input '{name}': 'shape' must be a list of non-negative integers")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        shape = _shape(item.get("shape"), name, max_elements)
+        count = math.prod(shape)  # exact (Python ints): numpy's int64 product wraps
         if count > max_elements:
             raise InputTooLarge(f"input '{name}' has {count} elements; the limit is {max_elements}")
         dtype = NUMPY_TYPES[datatype]
@@ -152,10 +152,16 @@ def decode_request(
     if offset != len(binary):
         raise BadInput(f"{len(binary) - offset} bytes of binary data belong to no input")
 
-    request = InferRequest(inputs=inputs, id=doc.get("id"))
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadInput("'id' must be a string")
+    request = InferRequest(inputs=inputs, id=request_id)
     params = doc.get("parameters") or {}
     request.binary_by_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
-    for out in doc.get("outputs") or []:
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadInput("'outputs' must be a list")
+    for out in outputs:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise BadInput("each requested output needs a 'name'")
         request.outputs.append(out["name"])
@@ -165,7 +171,35 @@ def decode_request(
     return request
 
 
+def _shape(shape: Any, name: str, max_elements: int) -> list[int]:
+    """A declared shape, refused unless numpy can hold it: rank and every dimension
+    bounded (a zero-size tensor with 2^32-long dimensions is not one numpy can make)."""
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise BadInput(
+            f"input '{name}': 'shape' must be a list of at most {MAX_RANK} non-negative integers"
+        )
+    if any(d > max_elements for d in shape):
+        raise InputTooLarge(
+            f"input '{name}': a dimension of {max(shape)} is over the limit of {max_elements}"
+        )
+    return shape
+
+
 def _json_array(data: Any, datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
+    try:
+        return _json_values(data, datatype, dtype, name)
+    except BadInput:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        # whatever numpy makes of hostile nesting or values; never a 500
+        raise BadInput(f"input '{name}': 'data' does not hold {datatype} values") from None
+
+
+def _json_values(data: Any, datatype: str, dtype: np.dtype[Any], name: str) -> np.ndarray:
     if datatype == "BYTES":
         flat = np.asarray(data, dtype=object).ravel()
         return np.array([_to_bytes(x, name) for x in flat], dtype=object)

@@ -3,6 +3,8 @@ JSON and binary agreeing, and bad requests named by input."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import orjson
 import pytest
@@ -179,3 +181,53 @@ def test_metadata_from_the_signature():
         ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
     }
+
+
+# Hostile request bodies: whatever the JSON says, the answer is a clear BadInput or
+# InputTooLarge (a 400/413 naming the problem), never another exception (a 500).
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=5)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+_dims = st.integers(min_value=-1, max_value=2**66) | st.sampled_from([0, 1, 2**32, 2**63])
+_input = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["x", "", 3]),
+        "datatype": st.sampled_from(["FP32", "INT64", "UINT64", "BOOL", "BYTES", "FP16", "X"]),
+        "shape": st.lists(_dims, max_size=70) | _json,
+    },
+    optional={"data": _json, "parameters": _json},
+)
+_doc = st.fixed_dictionaries(
+    {"inputs": st.lists(_input, min_size=1, max_size=3) | _json},
+    optional={"outputs": _json, "id": _json, "parameters": _json},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=_doc, binary=st.binary(max_size=64), header=st.booleans())
+def test_no_request_body_raises_anything_but_a_clear_error(doc, binary, header):
+    head = json.dumps(doc).encode()  # stdlib: integers past 64 bits, NaN
+    try:
+        codecs.decode_request(head + binary if header else head, len(head) if header else None)
+    except (BadInput, InputTooLarge) as exc:
+        assert exc.message
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[4294967296, 4294967296, 0], [2**63, 0], [0] * 33, [2**64, 0], [0, 2**40, 2**40]],
+)
+def test_absurd_shapes_with_no_data_are_refused(shape):
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]})
+    with pytest.raises((BadInput, InputTooLarge)) as info:
+        codecs.decode_request(body)
+    assert "shape" in info.value.message or "dimension" in info.value.message
