@@ -199,6 +199,10 @@ _REVERTS: dict[str, tuple[type[errors.ContractRevert], Callable[..., str]]] = {
         lambda p: f"a price per call must be above 0 and below 2**96, not {p}",
     ),
     "ZeroCalls": (errors.InvalidArgument, lambda: "a purchase must be for at least one call"),
+    "TooManyCalls": (
+        errors.InvalidArgument,
+        lambda calls, mx: f"a purchase may buy at most {mx} calls, not {calls}",
+    ),
     "EmptyCid": (errors.InvalidArgument, lambda: "the model and metadata CIDs must not be empty"),
     "ZeroAddress": (errors.InvalidArgument, lambda: "the zero address is not allowed here"),
     "FeeAboveCap": (

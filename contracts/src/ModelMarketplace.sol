@@ -21,6 +21,10 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
 
     /// @notice The highest protocol fee the owner can ever set, in basis points (10%).
     uint16 public constant MAX_FEE_BPS = 1_000;
+    /// @notice The most calls one purchase may buy (10**15). The off-chain ledger credits
+    ///         at most this many per `Purchased` event, so every purchase the chain
+    ///         accepts is one the gateway credits in full.
+    uint256 public constant MAX_CALLS_PER_PURCHASE = 1e15;
     uint256 private constant BPS = 10_000;
 
     // Declared first so it packs into the slot that holds Pausable's flag: `purchase`
@@ -101,6 +105,8 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
     error InvalidPrice(uint256 price);
     /// @notice A purchase must be for at least one call.
     error ZeroCalls();
+    /// @notice A purchase may buy at most `max` (`MAX_CALLS_PER_PURCHASE`) calls.
+    error TooManyCalls(uint256 calls, uint256 max);
     /// @notice A CID must not be empty.
     error EmptyCid();
     /// @notice The fee asked for is above the hard cap.
@@ -190,6 +196,8 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
 
     /// @notice Buys `calls` inference calls of `modelId`, paying `calls * pricePerCall`.
     ///         The caller must have approved this contract for that amount.
+    /// @param calls From 1 to `MAX_CALLS_PER_PURCHASE`; reverts with `ZeroCalls` or
+    ///        `TooManyCalls` outside that range.
     /// @param maxPricePerCall Reverts if the price is above this (a seller cannot raise
     ///        the price under a pending purchase).
     /// @return amount What was paid in total, fee included.
@@ -202,7 +210,8 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         return _purchase(modelId, calls, maxPricePerCall);
     }
 
-    /// @notice `purchase` with an EIP-2612 permit instead of a prior `approve`.
+    /// @notice `purchase` with an EIP-2612 permit instead of a prior `approve`. The same
+    ///         checks apply, `calls` from 1 to `MAX_CALLS_PER_PURCHASE` included.
     /// @dev A failed permit is ignored when the allowance is already in place, so a
     ///      front-run permit cannot grief the purchase.
     function purchaseWithPermit(
@@ -283,6 +292,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         if (seller == address(0)) revert UnknownModel(modelId);
         if (!listing.active) revert ListingInactive(modelId);
         if (calls == 0) revert ZeroCalls();
+        if (calls > MAX_CALLS_PER_PURCHASE) revert TooManyCalls(calls, MAX_CALLS_PER_PURCHASE);
         address token = listing.token;
         uint256 price = listing.pricePerCall;
         if (price > maxPricePerCall) revert PriceAboveMax(price, maxPricePerCall);

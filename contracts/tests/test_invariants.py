@@ -3,7 +3,7 @@ money and permission invariants checked after each step."""
 
 import brownie
 from brownie import chain
-from conftest import META_CID, MODEL_CID
+from conftest import MAX_CALLS, META_CID, MODEL_CID
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -13,7 +13,12 @@ ACTORS = 6  # accounts[2..7] are funded buyers and sellers alike
 
 actor = st.integers(0, ACTORS - 1)
 price = st.integers(1, 10**18) | st.integers(1, 10**6)
-calls = st.integers(1, 1_000)
+# mostly small; some at the on-chain cap (MAX_CALLS_PER_PURCHASE) and some above it
+calls = (
+    st.integers(1, 1_000)
+    | st.integers(MAX_CALLS - 2, MAX_CALLS + 2)
+    | st.integers(MAX_CALLS + 1, 2**256 - 1)
+)
 fee = st.integers(0, 2_000)  # half of these are above the cap
 pick = st.integers(0, 2**32)
 
@@ -59,12 +64,20 @@ class MarketMachine(RuleBasedStateMachine):
         who = self.people[actor]
         _, active, _, price, _, _ = self.market.getListing(mid)
         amount = price * calls
-        self.token.approve(self.market, amount, {"from": who})
-        if self.market.paused() or not active or self.token.balanceOf(who) < amount:
+        self.token.approve(self.market, min(amount, 2**256 - 1), {"from": who})
+        paused = self.market.paused()
+        if paused or not active or calls > MAX_CALLS or self.token.balanceOf(who) < amount:
             before = self.token.balanceOf(who)
-            with brownie.reverts():
+            held = self.token.balanceOf(self.market)
+            if not paused and active and calls > MAX_CALLS:
+                # above the cap: refused whatever the buyer holds, with the values
+                refused = brownie.reverts(revert_pattern=f"TooManyCalls: {calls}, {MAX_CALLS}")
+            else:
+                refused = brownie.reverts()
+            with refused:
                 self.market.purchase(mid, calls, price, {"from": who})
             assert self.token.balanceOf(who) == before
+            assert self.token.balanceOf(self.market) == held
             return
         tx = self.market.purchase(mid, calls, price, {"from": who})
         ev = tx.events["Purchased"]

@@ -3,7 +3,7 @@
 import brownie
 import pytest
 from brownie import ZERO_ADDRESS, chain
-from conftest import BUYER_FUNDS, FEE_BPS, META_CID, MODEL_CID, PRICE
+from conftest import BUYER_FUNDS, FEE_BPS, MAX_CALLS, META_CID, MODEL_CID, PRICE
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
@@ -239,9 +239,56 @@ def test_purchase_needs_allowance_and_balance(market, model_id, token, buyer, ac
 
 
 def test_purchase_overflow_reverts(market, token, seller, buyer):
+    # the calls cap comes before any arithmetic: no overflow is reachable
     mid = market.listModel(MODEL_CID, META_CID, token, 2**96 - 1, {"from": seller}).return_value
-    with brownie.reverts():
+    with reverts(f"TooManyCalls: {2**200}, {MAX_CALLS}"):
         market.purchase(mid, 2**200, 2**96, {"from": buyer})
+
+
+# ------------------------------------------------------------ calls cap
+
+
+@pytest.fixture
+def cheap_model(market, token, seller):
+    """A model at 1 wei per call, so MAX_CALLS calls cost MAX_CALLS wei."""
+    return market.listModel(MODEL_CID, META_CID, token, 1, {"from": seller}).return_value
+
+
+def test_max_calls_constant_matches_ledger(market):
+    assert market.MAX_CALLS_PER_PURCHASE() == MAX_CALLS
+
+
+def test_purchase_of_exactly_max_calls_succeeds(market, cheap_model, token, buyer, seller):
+    token.approve(market, MAX_CALLS, {"from": buyer})
+    tx = market.purchase(cheap_model, MAX_CALLS, 1, {"from": buyer})
+    assert tx.events["Purchased"]["calls"] == MAX_CALLS
+    assert tx.events["Purchased"]["amount"] == MAX_CALLS
+    assert token.balanceOf(buyer) == BUYER_FUNDS - MAX_CALLS
+    assert token.balanceOf(market) == MAX_CALLS
+
+
+def test_purchase_above_max_calls_reverts(market, cheap_model, token, buyer, seller):
+    token.approve(market, 2 * MAX_CALLS, {"from": buyer})
+    for calls in (MAX_CALLS + 1, 2**256 - 1):
+        with reverts(f"TooManyCalls: {calls}, {MAX_CALLS}"):
+            market.purchase(cheap_model, calls, 1, {"from": buyer})
+    assert token.balanceOf(buyer) == BUYER_FUNDS
+    assert token.balanceOf(market) == 0
+    assert token.allowance(buyer, market) == 2 * MAX_CALLS
+    assert market.earnings(seller, token) == 0
+    assert market.protocolFees(token) == 0
+
+
+def test_purchase_max_calls_at_max_price_does_not_overflow(market, token, seller, owner):
+    top = 2**96 - 1
+    mid = market.listModel(MODEL_CID, META_CID, token, top, {"from": seller}).return_value
+    rich = owner
+    token.mint(rich, MAX_CALLS * top, {"from": owner})
+    token.approve(market, MAX_CALLS * top, {"from": rich})
+    tx = market.purchase(mid, MAX_CALLS, top, {"from": rich})
+    amount = MAX_CALLS * top
+    assert tx.events["Purchased"]["amount"] == amount
+    assert tx.events["Purchased"]["fee"] == amount * FEE_BPS // 10_000
 
 
 def test_disallowed_token_keeps_existing_listing_selling(market, model_id, token, buyer, owner):
@@ -336,6 +383,40 @@ def test_purchase_with_expired_or_forged_permit(market, model_id, token, permit_
     with reverts("ERC20InsufficientAllowance"):
         market.purchaseWithPermit(model_id, 1, PRICE, amount, deadline, v, r, s, {"from": buyer})
     assert token.balanceOf(permit_buyer) == 100 * PRICE
+
+
+def test_purchase_with_permit_of_exactly_max_calls_succeeds(
+    market, cheap_model, token, permit_buyer
+):
+    deadline = chain.time() + 3600
+    v, r, s = _permit(token, permit_buyer, market, MAX_CALLS, deadline)
+    before = token.balanceOf(permit_buyer)
+    tx = market.purchaseWithPermit(
+        cheap_model, MAX_CALLS, 1, MAX_CALLS, deadline, v, r, s, {"from": permit_buyer}
+    )
+    assert tx.events["Purchased"]["calls"] == MAX_CALLS
+    assert token.balanceOf(permit_buyer) == before - MAX_CALLS
+    assert token.allowance(permit_buyer, market) == 0
+
+
+def test_purchase_with_permit_above_max_calls_reverts(
+    market, cheap_model, token, permit_buyer, seller
+):
+    calls = MAX_CALLS + 1
+    deadline = chain.time() + 3600
+    v, r, s = _permit(token, permit_buyer, market, calls, deadline)
+    before = token.balanceOf(permit_buyer)
+    nonce = token.nonces(permit_buyer)
+    with reverts(f"TooManyCalls: {calls}, {MAX_CALLS}"):
+        market.purchaseWithPermit(
+            cheap_model, calls, 1, calls, deadline, v, r, s, {"from": permit_buyer}
+        )
+    # nothing moved, and the permit was rolled back with the purchase
+    assert token.balanceOf(permit_buyer) == before
+    assert token.balanceOf(market) == 0
+    assert token.allowance(permit_buyer, market) == 0
+    assert token.nonces(permit_buyer) == nonce
+    assert market.earnings(seller, token) == 0
 
 
 def test_purchase_with_permit_unknown_model(market, token, permit_buyer):

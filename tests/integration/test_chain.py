@@ -11,7 +11,7 @@ import time
 import pytest
 from web3 import Web3
 
-from marketplace import chain, devstack, errors
+from marketplace import chain, devstack, errors, ledger
 from tests.conftest import ANVIL_BIN, ARTIFACTS
 
 MODEL_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -121,6 +121,11 @@ def test_paused(market, signers, listed):
             errors.InvalidArgument,
             "at least one call",
         ),
+        (
+            lambda m, s, i: m.purchase(s[2], i, ledger.MAX_CREDITED_CALLS + 1, PRICE),
+            errors.InvalidArgument,
+            f"at most {ledger.MAX_CREDITED_CALLS} calls, not {ledger.MAX_CREDITED_CALLS + 1}",
+        ),
         (lambda m, s, i: m.set_fee(s[3], 10), errors.NotOwner, "only the marketplace owner"),
         (
             lambda m, s, i: m.set_fee(s[0], 5000),
@@ -149,6 +154,7 @@ def test_paused(market, signers, listed):
         "unknown-model",
         "no-allowance",
         "zero-calls",
+        "too-many-calls",
         "not-owner",
         "fee-cap",
         "nothing",
@@ -163,6 +169,12 @@ def test_reverts_become_domain_errors(market, signers, listed, action, error, te
         action(market, signers, listed)
     assert text in info.value.message
     assert_human(info.value)
+
+
+def test_the_chain_and_the_ledger_cap_calls_alike(market):
+    # no purchase the chain accepts is one the ledger refuses to credit
+    cap = market.contract.functions.MAX_CALLS_PER_PURCHASE().call()
+    assert cap == ledger.MAX_CREDITED_CALLS
 
 
 def test_insufficient_balance(market, signers, listed):
