@@ -77,3 +77,32 @@ class InferenceFailed(InferenceError):
     """onnxruntime failed the run for another reason."""
 
     code = "inference_failed"
+
+
+class LoadSizeTooLarge(InvalidModel):
+    """What the model materialises at load (sparse tensors densified, local functions
+    inlined at every call) exceeds a limit, however small the file."""
+
+    code = "load_size_too_large"
+
+
+class ModelLoadRefused(InvalidModel):
+    """The load probe refused the model: creating its session cost too much or failed."""
+
+    code = "model_load_refused"
+
+
+class ModelLoadTooCostly(ModelLoadRefused):
+    code = "model_load_too_costly"
+
+
+class ModelLoadTimeout(ModelLoadRefused):
+    code = "model_load_timeout"
+
+
+class ModelLoadCrashed(ModelLoadRefused):
+    code = "model_load_crashed"
+
+
+class ModelLoadFailed(ModelLoadRefused):
+    code = "model_load_failed"

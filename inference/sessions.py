@@ -1,6 +1,7 @@
-"""onnxruntime sessions: a cache keyed by CID and bounded in bytes (LRU), one load per
-model under concurrency, thread settings, a per-call time limit, input size limits and a
-process-wide memory cap so one call cannot exhaust the machine."""
+"""onnxruntime sessions: a cache keyed by CID and bounded by the memory sessions really
+hold (LRU), one load per model under concurrency, thread settings, a per-call time limit,
+input size limits, a process-wide memory cap so one call cannot exhaust the machine, and
+memory given back after a run that grew it, so a worker returns near its baseline."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
+from inference import memory
 from inference.errors import (
     InferenceFailed,
     InferenceTimeout,
@@ -22,42 +26,21 @@ from inference.errors import (
     ResourceExhausted,
 )
 from inference.inspect import Limits, ModelInfo, inspect_bytes
+from inference.runtime import RuntimeSettings, cap_process_memory, create_session
 
-_arena_lock = threading.Lock()
-_arena_bytes: int | None = None
+__all__ = ["LoadedModel", "RuntimeSettings", "SessionCache", "cap_process_memory"]
 
-
-def cap_process_memory(max_bytes: int) -> None:
-    """Register one CPU arena capped at `max_bytes` for the whole process (sessions opt in
-    with `session.use_env_allocators`). The first call wins: onnxruntime allows one."""
-    global _arena_bytes
-    with _arena_lock:
-        if _arena_bytes is not None:
-            return
-        cfg = ort.OrtArenaCfg(
-            {"max_mem": max_bytes, "arena_extend_strategy": 1, "initial_chunk_size_bytes": 1 << 20}
-        )
-        info = ort.OrtMemoryInfo(
-            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-        )
-        ort.create_and_register_allocator(info, cfg)
-        _arena_bytes = max_bytes
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """How sessions run; the gateway fills these from its Settings."""
-
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    time_limit_s: float = 10.0
-    max_input_elements: int = 1 << 24
-    arena_max_bytes: int = 4 << 30
+# A run shorter than this cannot have grown resident memory much: the kernel zeroes every
+# page it hands out (~10-30 GB/s), so 1 ms is 10-30 MB at most. Faster runs skip the check
+# (even its ~1 us read of /proc), and fast failures (bad input, refused allocations: free
+# to the caller, whose credit comes back) do not pay for a release.
+_SLOW_RUN_S = 0.001
 
 
 @dataclass
 class LoadedModel:
-    """A ready session and the signature it was checked against."""
+    """A ready session and the signature it was checked against. `size` is what the
+    session holds (see SessionCache._load), not the file's size (`info.size`)."""
 
     key: str
     session: ort.InferenceSession
@@ -70,7 +53,7 @@ class LoadedModel:
 
 
 class SessionCache:
-    """InferenceSessions by key (the model's CID), at most `max_bytes` of model files."""
+    """InferenceSessions by key (the model's CID), holding at most `max_bytes` of memory."""
 
     def __init__(
         self, max_bytes: int, runtime: RuntimeSettings | None = None, limits: Limits | None = None
@@ -80,9 +63,13 @@ class SessionCache:
         self.limits = limits or Limits()
         cap_process_memory(self.runtime.arena_max_bytes)
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._entries: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, Future[LoadedModel]] = {}
         self.loads = 0
+        self.releases = 0
+        _shrinker()  # the process's first session sets up onnxruntime: not a model's cost
+        self._release_above = memory.rss_bytes() + self.runtime.release_above_bytes
 
     @property
     def used_bytes(self) -> int:
@@ -93,8 +80,9 @@ class SessionCache:
         with self._lock:
             return key in self._entries
 
-    def get(self, key: str, path: Path) -> LoadedModel:
-        """The session for `key`, loading `path` once however many callers ask at once."""
+    def get(self, key: str, path: Path, size_hint: int | None = None) -> LoadedModel:
+        """The session for `key`, loading `path` once however many callers ask at once.
+        `size_hint`: what loading it cost in the load probe (its peak), if known."""
         with self._lock:
             loaded = self._entries.get(key)
             if loaded is not None:
@@ -108,7 +96,7 @@ class SessionCache:
         if not leader:
             return future.result()
         try:
-            loaded = self._load(key, path)
+            loaded = self._load(key, path, size_hint or 0)
             with self._lock:
                 self._entries[key] = loaded
                 self._evict()
@@ -121,21 +109,27 @@ class SessionCache:
             with self._lock:
                 self._loading.pop(key, None)
 
-    def _load(self, key: str, path: Path) -> LoadedModel:
+    def _load(self, key: str, path: Path, size_hint: int) -> LoadedModel:
+        """Inspect and load; the entry counts max(file size, resident memory the load
+        added, `size_hint`): a 111-byte model can hold 1 GiB once loaded."""
         data = path.read_bytes()
         info = inspect_bytes(data, self.limits)  # never run what would not be listed
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.runtime.intra_op_threads
-        options.inter_op_num_threads = self.runtime.inter_op_threads
-        options.add_session_config_entry("session.use_env_allocators", "1")
-        try:
-            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise InferenceFailed(
-                f"onnxruntime cannot load the model: {_first_line(exc)}"
-            ) from None
+        # One load at a time, so the growth measured is this load's (concurrent runs
+        # still add noise; the probe's peak, passed as `size_hint`, has none).
+        with self._load_lock:
+            memory.trim_heap()  # what inspection freed (~50 MB for MiniLM) is not the load's
+            before = memory.rss_bytes()
+            try:
+                session = create_session(data, self.runtime)
+            except Exception as exc:
+                raise InferenceFailed(
+                    f"onnxruntime cannot load the model: {_first_line(exc)}"
+                ) from None
+            memory.trim_heap()  # load-time transients (parsed protobufs) are not held
+            after = memory.rss_bytes()
+            self._release_above = after + self.runtime.release_above_bytes
         self.loads += 1
-        return LoadedModel(key, session, info, len(data))
+        return LoadedModel(key, session, info, max(len(data), after - before, size_hint))
 
     def _evict(self) -> None:
         total = sum(m.size for m in self._entries.values())
@@ -155,23 +149,76 @@ class SessionCache:
         names = outputs or model.output_names
         options = ort.RunOptions()
         token = _watchdog.watch(options, self.runtime.time_limit_s)
+        start = time.perf_counter()
         try:
             results = model.session.run(names, inputs, options)
         except Exception as exc:
-            text = str(exc)
-            if options.terminate or "terminate" in text.lower():
-                raise InferenceTimeout(
-                    f"the run took longer than {self.runtime.time_limit_s:g} s and was stopped"
-                ) from None
-            if "Available memory of" in text or "bad_alloc" in text:
-                raise ResourceExhausted(
-                    "the run asked for more memory than the gateway allows"
-                    f" ({self.runtime.arena_max_bytes} bytes)"
-                ) from None
-            raise InferenceFailed(f"onnxruntime failed the run: {_first_line(exc)}") from None
+            error = self._run_error(exc, options)
+            if self.runtime.release_memory:
+                self._after_run(start, failed=True)
+            raise error from None
         finally:
             _watchdog.cancel(token)
+        if self.runtime.release_memory:
+            self._after_run(start, failed=False)
         return dict(zip(names, results, strict=True))
+
+    def _after_run(self, start: float, *, failed: bool) -> None:
+        """Release memory after a slow run that failed (a stopped run leaves its growth in
+        the arena) or left resident memory far above its level after load. Not on every
+        run: shrinking costs +2-3 us on a 10 us call, and a fast run cannot have grown."""
+        if time.perf_counter() - start < _SLOW_RUN_S:
+            return
+        if failed or memory.rss_bytes() > self._release_above:
+            self.release_memory()
+
+    def release_memory(self) -> None:
+        """Give the arena's free chunks and the C heap's free pages back to the OS (a
+        growing Loop stopped at the time limit otherwise leaves the worker at its peak)."""
+        _shrink_arena()
+        memory.trim_heap()
+        self.releases += 1
+        self._release_above = memory.rss_bytes() + self.runtime.release_above_bytes
+
+    def _run_error(self, exc: Exception, options: ort.RunOptions) -> Exception:
+        text = str(exc)
+        if options.terminate or "terminate" in text.lower():
+            return InferenceTimeout(
+                f"the run took longer than {self.runtime.time_limit_s:g} s and was stopped"
+            )
+        if "Available memory of" in text or "bad_alloc" in text:
+            return ResourceExhausted(
+                "the run asked for more memory than the gateway allows"
+                f" ({self.runtime.arena_max_bytes} bytes)"
+            )
+        return InferenceFailed(f"onnxruntime failed the run: {_first_line(exc)}")
+
+
+@cache
+def _shrinker() -> tuple[ort.InferenceSession, ort.RunOptions]:
+    """A one-node session on the shared arena whose runs shrink it. Shrinking is a run
+    option applied as a run ends; running this after the fact frees what another run left
+    in the shared arena, so only the runs that need it pay."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "shrink",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = create_session(model.SerializeToString(), RuntimeSettings())
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return session, options
+
+
+_shrink_input = {"x": np.zeros(1, np.float32)}
+
+
+def _shrink_arena() -> None:
+    session, options = _shrinker()
+    session.run(None, _shrink_input, options)
 
 
 class _Watchdog:

@@ -3,13 +3,16 @@ keeps serving the next call."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inference import errors
-from inference.inspect import inspect_bytes
+from inference.demos import DEMO_DIR
+from inference.inspect import Limits, ModelInfo, inspect_bytes
+from inference.probe import probe_load
 from inference.sessions import RuntimeSettings, SessionCache
 from tests.fixtures import hostile_models as hm
 
@@ -91,3 +94,89 @@ def test_hostile_file_never_loads_into_a_session(sessions, tmp_path):
     with pytest.raises(errors.ExternalData):
         sessions.get("ext", _file(tmp_path, hm.external_data()))
     assert "ext" not in sessions
+
+
+# Load-time bombs: tiny files onnxruntime would expand at session creation.
+
+LOAD_BOMBS = [
+    (hm.sparse_constant, "densifies to [1073741824] = 4294967296 bytes"),
+    (hm.sparse_initializer, "sparse initializer 'w' is stored sparse in 12 bytes"),
+    (hm.sparse_constants, "materialises 1610612736 bytes of tensors at load"),
+    (hm.sparse_in_loop_body, "subgraph 'body' of node 'Loop'"),
+    (hm.sparse_in_function, "local function 'com.microsoft:f0'"),
+    (hm.function_fanout, "materialises 2147483648 bytes of tensors at load"),
+    (hm.sparse_tensors_attribute, "attribute 'junk' of node 'Identity'"),
+]
+
+
+@pytest.mark.parametrize(("build", "text"), LOAD_BOMBS, ids=[b[0].__name__ for b in LOAD_BOMBS])
+def test_load_bombs_are_sized_and_refused_at_inspection(build, text):
+    data = build()
+    assert len(data) < 100_000
+    start = time.perf_counter()
+    with pytest.raises(errors.LoadSizeTooLarge) as info:
+        inspect_bytes(data)
+    assert time.perf_counter() - start < 0.5  # sized from the file, never loaded
+    assert info.value.code == "load_size_too_large"
+    assert text in info.value.message
+
+
+def test_inlined_nodes_are_counted():
+    data = hm.function_fanout(levels=13, constant_elements=256)  # 2 KB, ~5 s to load
+    inspect_bytes(data)  # 40,959 nodes inlined: under the default limit
+    with pytest.raises(errors.LoadSizeTooLarge, match="40959 nodes once its local functions"):
+        inspect_bytes(data, Limits(max_load_nodes=10_000))
+
+
+def test_signature_round_trips_through_its_stored_form():
+    info = inspect_bytes(hm.identity())
+    assert ModelInfo.from_dict(info.to_dict()) == info
+
+
+def test_error_codes_are_unique():
+    def every(cls: type[errors.InferenceError]) -> list[type[errors.InferenceError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in every(sub))]
+
+    codes = [c.code for c in every(errors.InferenceError)]
+    assert len(codes) == len(set(codes))
+    assert {"load_size_too_large", "model_load_too_costly", "model_load_timeout"} <= set(codes)
+
+
+# The load probe: a child process bounded in memory and time.
+
+
+def test_probe_reports_a_normal_load():
+    report = probe_load(DEMO_DIR / "iris-classifier.onnx", memory_bytes=256 << 20, timeout=30)
+    assert 0 < report.peak_bytes < 64 << 20
+    assert 0 < report.seconds < 5
+
+
+def test_probe_refuses_a_sparse_bomb_over_budget():
+    data = hm.sparse_constant(1 << 26)  # 116 bytes -> 256 MiB: within inspection's limits
+    inspect_bytes(data)
+    with pytest.raises(errors.ModelLoadTooCostly, match="134217728-byte budget") as info:
+        probe_load(data, memory_bytes=128 << 20, timeout=30)
+    assert info.value.code == "model_load_too_costly"
+
+
+def test_probe_counts_constant_folding():
+    data = hm.folded_constant(1 << 24)  # folds into 64 MiB tensors at load
+    inspect_bytes(data)
+    report = probe_load(data, memory_bytes=512 << 20, timeout=30)
+    assert report.peak_bytes > 128 << 20  # ConstantOfShape and Neg both materialised
+    with pytest.raises(errors.ModelLoadTooCostly):
+        probe_load(data, memory_bytes=96 << 20, timeout=30)
+
+
+def test_probe_stops_a_slow_load_at_the_timeout():
+    data = hm.function_fanout(levels=13, constant_elements=256)
+    start = time.perf_counter()
+    with pytest.raises(errors.ModelLoadTimeout, match="longer than 1 s") as info:
+        probe_load(data, memory_bytes=512 << 20, timeout=1.0)
+    assert info.value.code == "model_load_timeout"
+    assert time.perf_counter() - start < 1.0 + 10  # plus the child's start
+
+
+def test_probe_reports_what_onnxruntime_refuses():
+    with pytest.raises(errors.ModelLoadFailed, match="Could not find an implementation"):
+        probe_load(hm.unsupported_kernel(), memory_bytes=256 << 20, timeout=30)
