@@ -36,6 +36,7 @@ from inference.errors import (
 from inference.runtime import RuntimeSettings
 
 _READY = "ready"
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _STARTUP_S = 60.0  # Python and onnxruntime importing on a busy machine; not the model's time
 # Address space beyond the budget: thread stacks and malloc arenas are reserved, not
 # resident. The verdict uses measured resident memory against the budget itself.
@@ -78,7 +79,7 @@ def _probe_path(
 ) -> LoadReport:
     command = [sys.executable, "-m", "inference.probe", str(path), str(memory_bytes)]
     command.append(json.dumps(runtime.to_dict()))
-    env = {**os.environ, "PYTHONPATH": _import_path(), "MALLOC_ARENA_MAX": "2"}
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     # unbuffered: a buffered read could take the result line along with "ready" and
     # leave the selector waiting for bytes already read
     with subprocess.Popen(
@@ -88,6 +89,7 @@ def _probe_path(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=_PACKAGE_ROOT,  # `-m inference.probe` finds this package first, whatever the cwd
     ) as child:
         try:
             return _converse(child, memory_bytes, timeout)
@@ -95,12 +97,6 @@ def _probe_path(
             if child.poll() is None:
                 child.kill()
             child.wait()
-
-
-def _import_path() -> str:
-    """PYTHONPATH for the child: this package's parent first, whatever the cwd."""
-    here = str(Path(__file__).resolve().parent.parent)
-    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def _converse(child: subprocess.Popen[bytes], memory_bytes: int, timeout: float) -> LoadReport:
