@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from inference import codecs
 from marketplace import auth, db, devstack, ledger, services
 from marketplace.models import Credit, CreditLease, Usage
-from tests.integration.test_gateway import PRICE
+from tests.support.world import PRICE
 
 pytestmark = pytest.mark.slow
 

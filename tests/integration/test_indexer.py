@@ -6,42 +6,18 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 
 import orjson
-import pytest
 from sqlalchemy import func, select
 
-from marketplace import chain, db, devstack, ledger
+from marketplace import chain, db, ledger
 from marketplace.indexer import Indexer
 from marketplace.models import ChainEvent, Credit, Listing, Purchase
 from storage.local import LocalStore
-from tests.conftest import ANVIL_BIN, ARTIFACTS
+from tests.conftest import ARTIFACTS
 
 PRICE = 10**15
 CONFIRMATIONS = 3
-
-
-@pytest.fixture
-def node() -> Iterator[tuple[chain.Marketplace, list[chain.Signer]]]:
-    """A fresh anvil with the contracts, its own per test (reorgs rewrite history)."""
-    anvil = devstack.start_anvil(ANVIL_BIN)
-    try:
-        w3 = chain.connect(anvil.rpc_url)
-        signers = devstack.dev_signers(5)
-        dep = chain.deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=250)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
-        for s in signers[1:]:
-            chain.send(w3, market.token.functions.mint(s.address, 10**24), signers[0], ARTIFACTS)
-            market.approve(s, 10**24)
-        yield market, signers
-    finally:
-        anvil.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
 def make_indexer(market: chain.Marketplace, url: str, **kw) -> Indexer:
