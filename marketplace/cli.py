@@ -104,17 +104,22 @@ def run() -> None:
 
 
 def _follow(idx: Any, stop: threading.Event, interval: float = 1.0) -> None:
-    """The embedded default's indexer loop; an error is reported and retried."""
-    while not stop.is_set():
-        try:
-            result = idx.run_once()
-            if result.events or result.reorged_from is not None:
-                out.print(
-                    f"• indexed to block {result.last_block}: {result.events} events", markup=False
-                )
-        except errors.ModelMarketError as exc:
-            out.print(f"• indexer: {exc.message} [{exc.code}]", markup=False)
-        stop.wait(interval)
+    """The embedded default's indexer loop: progress and errors on the terminal."""
+    from marketplace.indexer import follow
+
+    def shown(result: Any) -> None:
+        if result.events or result.reorged_from is not None:
+            out.print(
+                f"• indexed to block {result.last_block}: {result.events} events", markup=False
+            )
+
+    follow(
+        idx,
+        stop,
+        interval=interval,
+        on_result=shown,
+        on_error=lambda text: out.print(f"• indexer: {text}", markup=False),
+    )
 
 
 @main.command()
@@ -130,6 +135,7 @@ def indexer(once: bool, interval: float) -> None:
     from rich.progress import BarColumn, Progress, TextColumn
 
     from marketplace import services
+    from marketplace.indexer import follow
 
     settings = Settings()
     services.migrate(settings)
@@ -152,16 +158,25 @@ def indexer(once: bool, interval: float) -> None:
                 ),
             )
 
-        while True:
-            result = idx.run_once(progress=show)
+        def done(result: Any) -> None:
             if result.reorged_from is not None:
                 out.print(f"reorg: rolled back to block {result.reorged_from}")
-            if once or stop.wait(interval):
-                break
-    out.print(
-        f"indexed up to block {result.last_block} ({result.events} new events,"
-        f" {result.cards} model cards settled)"
-    )
+            out.print(
+                f"indexed up to block {result.last_block} ({result.events} new events,"
+                f" {result.cards} model cards and {result.models} models settled)"
+            )
+
+        if once:
+            done(idx.run_once(progress=show))
+        else:
+            follow(
+                idx,
+                stop,
+                interval=interval,
+                progress=show,
+                on_result=lambda r: done(r) if r.events or r.reorged_from is not None else None,
+                on_error=lambda text: out.print(f"indexer: {text}", markup=False),
+            )
 
 
 if __name__ == "__main__":

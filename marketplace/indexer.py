@@ -7,13 +7,14 @@ and each batch runs under a lock (a PostgreSQL advisory lock; SQLite's write loc
 
 from __future__ import annotations
 
+import logging
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-import orjson
 from hexbytes import HexBytes
 from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,7 +23,11 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import BlockNotFound
 
-from marketplace import chain, errors, ledger
+from inference.errors import InferenceError, InvalidModel
+from inference.inspect import Limits, inspect_bytes
+from inference.probe import probe_load
+from inference.runtime import RuntimeSettings
+from marketplace import cards, chain, errors, ledger
 from marketplace.events import Event, EventDecoder
 from marketplace.models import BlockHash, ChainEvent, IndexerState, Listing
 from storage import cid
@@ -31,22 +36,7 @@ from storage.store import ContentStore
 
 LOCK_KEY = 0x6D6D6B7431  # "mmkt1": the advisory lock every indexer takes
 
-CARD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": {"type": "string", "maxLength": 20_000},
-        "license": {"type": "string", "maxLength": 100},
-        "tags": {
-            "type": "array",
-            "maxItems": 32,
-            "items": {"type": "string", "minLength": 1, "maxLength": 50},
-        },
-        "signature": {"type": "object"},
-        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-    },
-}
+log = logging.getLogger("modelmarket.indexer")
 
 
 @dataclass
@@ -82,6 +72,7 @@ class RunResult:
     events: int
     reorged_from: int | None = None
     cards: int = 0
+    models: int = 0
 
 
 class Indexer:
@@ -100,6 +91,7 @@ class Indexer:
         store: ContentStore | None = None,
         max_card_bytes: int = 64 * 1024,
         card_timeout: float = 10.0,
+        model_checks: ModelChecks | None = None,
     ) -> None:
         self.sessions = sessions
         self.w3 = w3
@@ -115,6 +107,7 @@ class Indexer:
         self.store = store
         self.max_card_bytes = max_card_bytes
         self.card_timeout = card_timeout
+        self.model_checks = model_checks or ModelChecks()
         self.events = EventDecoder(abi, self.address)
 
     # ----------------------------------------------------------------- driving
@@ -138,8 +131,22 @@ class Indexer:
             tracker.current_block, tracker.events = end, total
             if progress:
                 progress(tracker)
-        cards = self.fetch_cards() if self.store is not None else 0
-        return RunResult(last, total, reorged, cards)
+        cards = models = 0
+        if self.store is not None:
+            cards = self.fetch_cards()
+            models = self.check_models()
+        return RunResult(last, total, reorged, cards, models)
+
+    def record_pass(self, error: str | None) -> None:
+        """Note a finished pass (error None) or a failed one, for `health`; best effort."""
+        try:
+            with self.sessions() as session, session.begin():
+                state = self._state(session)
+                state.heartbeat_at = time.time() if error is None else state.heartbeat_at
+                state.failures = 0 if error is None else (state.failures or 0) + 1
+                state.last_error = error
+        except Exception:  # the database itself may be what is failing
+            log.warning("could not record the indexer's state", exc_info=True)
 
     # -------------------------------------------------------------- internals
 
@@ -272,7 +279,10 @@ class Indexer:
                 "name": e.name,
                 "model_id": e.args["modelId"],
                 # uint256 go to JSON as strings: JSON numbers lose precision past 2^53
-                "args": {k: str(v) if isinstance(v, int) else v for k, v in e.args.items()},
+                "args": {
+                    k: str(v) if isinstance(v, int) else _storable_text(v)
+                    for k, v in e.args.items()
+                },
             }
             for e in decoded
         ]
@@ -308,7 +318,11 @@ class Indexer:
                     }
                 )
             else:
-                self._apply_listing_event(session, name, row["args"], row["block_number"])
+                try:
+                    with session.begin_nested():  # one bad event never fails the batch
+                        self._apply_listing_event(session, name, row["args"], row["block_number"])
+                except Exception:
+                    log.exception("model %s: could not apply %s", row["model_id"], name)
         ledger.credit_many(session, purchases)
         return len(new)
 
@@ -323,8 +337,8 @@ class Indexer:
                 session.add(listing)
             listing.seller = str(args["seller"]).lower()
             listing.token = str(args["token"]).lower()
-            listing.model_cid = str(args["modelCid"])
-            listing.metadata_cid = str(args["metadataCid"])
+            listing.model_cid = _storable_text(args["modelCid"])
+            listing.metadata_cid = _storable_text(args["metadataCid"])
             listing.price_per_call = int(args["pricePerCall"])
             listing.active = True
             listing.listed_block = block
@@ -354,21 +368,37 @@ class Indexer:
             ).all()
         settled = 0
         for model_id, metadata_cid in pending:
-            status, error, card = self._fetch_card(metadata_cid)
-            with self.sessions() as session, session.begin():
-                listing = session.get(Listing, model_id)
-                if listing is None or listing.metadata_cid != metadata_cid:
-                    continue
-                listing.card_status, listing.card_error, listing.card = status, error, card
-                if card is not None:
-                    listing.name = card["name"]
-                    listing.description = card.get("description")
-                    listing.license = card.get("license")
-                    listing.tags = list(card.get("tags", []))
-            settled += status != "unavailable"
+            try:
+                card = self._fetch_card(metadata_cid)
+            except Exception:  # a bug or a store fault on one card never stops the rest
+                log.exception("fetching the card of model %s failed", model_id)
+                card = cards.Card("unavailable", "fetching the card failed; it is retried")
+            try:
+                self._store_card(model_id, metadata_cid, card)
+            except Exception as exc:
+                # e.g. text the database refuses: the listing is marked, the batch goes on
+                log.warning("model %s: storing its card failed: %s", model_id, type(exc).__name__)
+                card = cards.Card(
+                    "unstorable", f"the database refused the card ({type(exc).__name__})"
+                )
+                self._store_card(model_id, metadata_cid, card)
+            settled += card.status != "unavailable"
         return settled
 
-    def _fetch_card(self, metadata_cid: str) -> tuple[str, str | None, dict[str, Any] | None]:
+    def _store_card(self, model_id: int, metadata_cid: str, card: cards.Card) -> None:
+        with self.sessions() as session, session.begin():
+            listing = session.get(Listing, model_id)
+            if listing is None or listing.metadata_cid != metadata_cid:
+                return
+            listing.card_status, listing.card_error = card.status, card.error
+            listing.card, listing.card_flags = card.data, list(card.flags)
+            data = card.data or {}
+            listing.name = data.get("name")
+            listing.description = data.get("description")
+            listing.license = data.get("license")
+            listing.tags = list(data.get("tags", []))
+
+    def _fetch_card(self, metadata_cid: str) -> cards.Card:
         assert self.store is not None
         pieces: list[bytes] = []
         try:
@@ -379,19 +409,158 @@ class Indexer:
                 max_bytes=self.max_card_bytes,
             )
         except ContentTooLarge:
-            return "too_large", f"the card is over {self.max_card_bytes} bytes", None
+            return cards.Card("too_large", f"the card is over {self.max_card_bytes} bytes")
         except ContentMismatch as exc:
-            return "cid_mismatch", exc.message, None
+            return cards.Card("cid_mismatch", exc.message)
         except StorageError as exc:
             if exc.code == "invalid_cid":
-                return "invalid_card", exc.message, None
-            return "unavailable", exc.message, None
+                return cards.Card("invalid_card", exc.message)
+            return cards.Card("unavailable", exc.message)
+        return cards.parse_card(b"".join(pieces))
+
+    # ------------------------------------------------------------------ models
+
+    def check_models(self) -> int:
+        """Fetch (verified, size-capped, with a timeout), inspect and load-probe each
+        listed model not yet checked; record its status, the reason, and its signature.
+        Returns how many were settled. Nothing about one model stops the indexer."""
+        assert self.store is not None
+        with self.sessions() as session:
+            pending = session.execute(
+                select(Listing.model_id, Listing.model_cid).where(
+                    Listing.model_status.in_(("pending", "unavailable"))
+                )
+            ).all()
+        settled = 0
+        for model_id, model_cid in pending:
+            try:
+                verdict = check_model(self.store, model_cid, self.model_checks)
+            except Exception:
+                log.exception("checking the model of listing %s failed", model_id)
+                verdict = ModelVerdict("unavailable", "checking the model failed; it is retried")
+            with self.sessions() as session, session.begin():
+                listing = session.get(Listing, model_id)
+                if listing is None or listing.model_cid != model_cid:
+                    continue
+                listing.model_status, listing.model_error = verdict.status, verdict.error
+                listing.signature = verdict.signature
+                listing.model_bytes, listing.load_bytes = verdict.size, verdict.load_bytes
+            settled += verdict.status != "unavailable"
+        return settled
+
+
+def _storable_text(value: Any, limit: int = 128) -> str:
+    """A string from the chain (a CID) as the database can hold it. Anyone can list any
+    string; one too long or with control characters (PostgreSQL refuses NUL) is kept
+    escaped and marked with a leading "!", so it can never pass as a CID."""
+    text = str(value)
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        return text
+    return ("!" + text.encode("unicode_escape").decode("ascii"))[:limit]
+
+
+def follow(
+    idx: Indexer,
+    stop: threading.Event,
+    *,
+    interval: float = 1.0,
+    max_backoff: float = 60.0,
+    on_result: Callable[[RunResult], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> None:
+    """Follow the chain until `stop` is set. Never dies: any error is logged, recorded
+    where health checks read it (`health`), and retried after a backoff that doubles up
+    to `max_backoff` and resets after a good pass."""
+    delay = interval
+    while not stop.is_set():
         try:
-            card = orjson.loads(b"".join(pieces))
-        except orjson.JSONDecodeError as exc:
-            return "invalid_json", f"the card is not JSON: {exc}"[:300], None
+            result = idx.run_once(progress)
+        except Exception as exc:
+            text = exc.message if isinstance(exc, errors.ModelMarketError) else repr(exc)
+            log.exception("indexer pass failed; retrying in %.0f s", delay)
+            idx.record_pass(f"{type(exc).__name__}: {text}"[:500])
+            if on_error is not None:
+                on_error(f"{text} (retrying in {delay:.0f} s)")
+            stop.wait(delay)
+            delay = min(delay * 2, max_backoff)
+            continue
+        delay = interval
+        idx.record_pass(None)
+        if on_result is not None:
+            on_result(result)
+        stop.wait(interval)
+
+
+def health(session: Session, deployment: chain.Deployment) -> dict[str, Any]:
+    """How the indexer of `deployment` is doing, from what it recorded (any process)."""
+    state = session.get(IndexerState, Web3.to_checksum_address(deployment.marketplace))
+    if state is None:
+        return {"status": "not_started"}
+    age = None if state.heartbeat_at is None else round(time.time() - state.heartbeat_at, 1)
+    return {
+        "status": "failing" if state.failures else "ok",
+        "last_block": state.last_block,
+        "seconds_since_pass": age,
+        "failures": state.failures,
+        "last_error": state.last_error,
+    }
+
+
+@dataclass(frozen=True)
+class ModelChecks:
+    """Bounds on checking one listed model at indexing."""
+
+    max_bytes: int = 1 << 30
+    fetch_timeout: float = 60.0
+    load_memory_bytes: int = 2 << 30
+    load_timeout: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)  # the gateway's
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """What checking a listed model found: "ok" with its signature, or why not."""
+
+    status: str
+    error: str | None = None
+    signature: dict[str, Any] | None = None
+    size: int | None = None
+    load_bytes: int | None = None
+
+
+def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> ModelVerdict:
+    """Fetch `model_cid` (every byte verified, at most `checks.max_bytes`), inspect it,
+    and load it once in a bounded child process."""
+    with tempfile.TemporaryFile() as tmp:
         try:
-            jsonschema.validate(card, CARD_SCHEMA)
-        except jsonschema.ValidationError as exc:
-            return "invalid_card", f"the card does not fit the schema: {exc.message}"[:300], None
-        return "ok", None, card
+            cid.verify(
+                store.cat(model_cid, timeout=checks.fetch_timeout),
+                model_cid,
+                sink=tmp.write,
+                max_bytes=checks.max_bytes,
+            )
+        except ContentTooLarge:
+            return ModelVerdict("too_large", f"the model is over {checks.max_bytes} bytes")
+        except ContentMismatch as exc:
+            return ModelVerdict("cid_mismatch", exc.message)
+        except StorageError as exc:
+            if exc.code == "invalid_cid":
+                return ModelVerdict("invalid_cid", exc.message)
+            return ModelVerdict("unavailable", exc.message)
+        tmp.seek(0)
+        data = tmp.read()
+    try:
+        info = inspect_bytes(data, checks.limits)
+        report = probe_load(
+            data,
+            memory_bytes=checks.load_memory_bytes,
+            timeout=checks.load_timeout,
+            runtime=checks.runtime,
+        )
+    except InvalidModel as exc:  # the model's fault: recorded, never offered
+        return ModelVerdict(exc.code, exc.message, size=len(data))
+    except InferenceError as exc:  # ours (the probe did not start): checked again later
+        return ModelVerdict("unavailable", exc.message, size=len(data))
+    return ModelVerdict("ok", None, info.to_dict(), size=len(data), load_bytes=report.peak_bytes)

@@ -72,13 +72,28 @@ class Listing(Base):
     updated_block: Mapped[int] = mapped_column(BigInteger)
     # "pending" until fetched; "ok"; or why the card is unusable: missing, too_large,
     # invalid_json, invalid_card, cid_mismatch, unavailable. The listing stays visible.
-    card_status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    card_status: Mapped[str] = mapped_column(String(32), default="pending", index=True)
     card_error: Mapped[str | None] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text)
     license: Mapped[str | None] = mapped_column(String(100))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Warnings about a card that was kept (e.g. "name_mixed_scripts": a look-alike name)
+    card_flags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    # "pending" until the indexer fetched and inspected the model; "ok" (offered for sale
+    # and served); "unavailable" (retried); or the refusal's code (external_data,
+    # absurd_shape, model_load_too_costly, ...) with the reason in model_error. Only "ok"
+    # listings are offered anywhere.
+    model_status: Mapped[str] = mapped_column(
+        String(32), default="pending", server_default="pending", index=True
+    )
+    model_error: Mapped[str | None] = mapped_column(Text)
+    # The inspected signature ({"inputs": [...], "outputs": [...]}: OIP metadata without
+    # loading the model) and what loading it cost in the probe.
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    model_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    load_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Purchase(Base):
@@ -188,6 +203,11 @@ class IndexerState(Base):
     contract: Mapped[str] = mapped_column(String(42), primary_key=True)
     chain_id: Mapped[int] = mapped_column(BigInteger)
     last_block: Mapped[int] = mapped_column(BigInteger)
+    # How the follower loop is doing, for health checks in any process: when it last
+    # finished a pass (epoch seconds), and the error of the failing passes since.
+    heartbeat_at: Mapped[float | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Nonce(Base):
