@@ -56,6 +56,25 @@ class Settings(BaseSettings):
     http_port: int = Field(
         default=8000, ge=0, le=65535, description="Port `modelmarket run` serves the gateway on."
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL people reach the gateway at (scheme://host[:port]); Sign-In"
+        " with Ethereum messages must name its host and origin. Default:"
+        " http://<http_host>:<http_port>, what `modelmarket run` serves.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs sign-in nonces. Unset: a random one kept in"
+        " <data_dir>/secret_key (mode 600). Set the same one on every replica.",
+    )
+    max_api_body_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest request body on /api/v1 (413 above)."
+    )
+    max_infer_body_bytes: int = Field(
+        default=256 << 20,
+        gt=0,
+        description="Largest request body on /v2 (an inference's tensors; 413 above).",
+    )
     http_workers: int = Field(
         default=2, ge=1, description="gunicorn workers `modelmarket run` serves the gateway with."
     )
@@ -88,6 +107,18 @@ class Settings(BaseSettings):
     )
     max_card_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest model card (JSON) the indexer reads."
+    )
+    max_model_bytes: int = Field(
+        default=1 << 30, gt=0, description="Largest model file the indexer fetches and lists."
+    )
+    model_load_memory_bytes: int = Field(
+        default=2 << 30,
+        gt=0,
+        description="Memory a model may take to load (checked once per listing, in a child"
+        " process, before it is offered); above it the listing is refused.",
+    )
+    model_load_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a model may take to load (same check)."
     )
     inference_threads: int = Field(
         default=1, ge=1, description="onnxruntime intra-op threads per session."
@@ -128,6 +159,16 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         """The database URL in use."""
         return self.database_url or f"sqlite:///{self.data_dir / 'modelmarket.db'}"
+
+    @property
+    def public(self) -> str:
+        """The public URL in use, without a trailing slash."""
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
+    @property
+    def secret_path(self) -> Path:
+        """Where a generated secret key is kept."""
+        return self.data_dir / "secret_key"
 
     @property
     def store_dir(self) -> Path:

@@ -3,6 +3,7 @@ Settings, once, for the CLI and the app factory."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -13,7 +14,7 @@ from alembic.config import Config
 from inference.sessions import RuntimeSettings, SessionCache
 from marketplace import auth, chain, db, devstack
 from marketplace.config import PROJECT_ROOT, Settings
-from marketplace.indexer import Indexer
+from marketplace.indexer import Indexer, ModelChecks
 from marketplace.models import Listing
 from storage.cache import ModelCache
 from storage.store import open_store
@@ -25,6 +26,16 @@ def migrate(settings: Settings) -> None:
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
     cfg.set_main_option("sqlalchemy.url", settings.db_url)
     command.upgrade(cfg, "head")
+
+
+def runtime_settings(settings: Settings) -> RuntimeSettings:
+    """How onnxruntime sessions load and run, in the gateway and in the load probe."""
+    return RuntimeSettings(
+        intra_op_threads=settings.inference_threads,
+        time_limit_s=settings.inference_time_limit,
+        max_input_elements=settings.max_input_elements,
+        arena_max_bytes=settings.inference_memory_bytes,
+    )
 
 
 def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
@@ -43,6 +54,13 @@ def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
         store=open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout),
         max_card_bytes=settings.max_card_bytes,
         card_timeout=settings.storage_timeout,
+        model_checks=ModelChecks(
+            max_bytes=settings.max_model_bytes,
+            fetch_timeout=settings.storage_timeout,
+            load_memory_bytes=settings.model_load_memory_bytes,
+            load_timeout=settings.model_load_timeout,
+            runtime=runtime_settings(settings),
+        ),
     )
 
 
@@ -56,6 +74,7 @@ class Gateway:
         self.sessions = db.session_factory(self.engine)
         self.reads = db.read_session_factory(self.engine)
         self.keys = auth.KeyCache(self.reads, settings.key_cache_ttl)
+        self.secret = auth.load_secret(settings.secret_path, settings.secret_key)
         self.store = open_store(
             settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout
         )
@@ -65,15 +84,7 @@ class Gateway:
             settings.cache_max_bytes,
             timeout=settings.storage_timeout,
         )
-        self.models = SessionCache(
-            settings.session_cache_bytes,
-            RuntimeSettings(
-                intra_op_threads=settings.inference_threads,
-                time_limit_s=settings.inference_time_limit,
-                max_input_elements=settings.max_input_elements,
-                arena_max_bytes=settings.inference_memory_bytes,
-            ),
-        )
+        self.models = SessionCache(settings.session_cache_bytes, runtime_settings(settings))
         self._market: chain.Marketplace | None = None
         self.payments: Any = None  # the app factory plugs in the payment method
         self._listings: dict[int, tuple[float, Listing]] = {}
@@ -94,6 +105,16 @@ class Gateway:
             with self._listings_lock:
                 self._listings[model_id] = (now, listing)
         return listing
+
+    @functools.cached_property
+    def deployment(self) -> chain.Deployment:
+        """The deployment record (read from its file; no chain round trip)."""
+        return chain.Deployment.load(self.settings.deployment_path)
+
+    @property
+    def siwe_terms(self) -> auth.SiweTerms:
+        """What a sign-in message must name: the configured public URL and our chain."""
+        return auth.SiweTerms.of(self.settings.public, self.market.deployment.chain_id)
 
     @property
     def market(self) -> chain.Marketplace:
