@@ -3,20 +3,42 @@ purchase preparation. Routes parse, call the domain, and render; nothing else.""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC
 from typing import Any, TypeVar
 
 import orjson
 from flask import Blueprint, Response, current_app, request
-from pydantic import BaseModel, Field, ValidationError
-from spectree import Response as Responses
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import or_, select
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from marketplace import auth, chain, errors, ledger, receipts
 from marketplace.models import ApiKey, Credit, Listing
-from marketplace.openapi import spec
+from marketplace.openapi import BEARER, documented, marketplace_responses, spec
+from marketplace.schemas import (
+    Credited,
+    CreditInfo,
+    DeploymentInfo,
+    KeyInfo,
+    ListingInfo,
+    ModelPage,
+    ModelQuery,
+    NewKey,
+    Nonce,
+    OpenApiDocument,
+    PurchaseBody,
+    PurchasePlan,
+    ReceiptBody,
+    RevokedKey,
+    VerifyBody,
+)
 from marketplace.services import Gateway
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+# A model id in a route: the database keeps it in 64 signed bits, so a larger one is no
+# listing (404 from the router) rather than an overflow in the query.
+MODEL_ID = f"<int(max={2**63 - 1}):model_id>"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -42,6 +64,8 @@ def parse(model: type[M]) -> M:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise errors.BadRequest(f"{where}: {first['msg']}") from None
+    except RequestEntityTooLarge:
+        raise
     except Exception:
         raise errors.BadRequest("the body must be JSON") from None
 
@@ -54,11 +78,27 @@ def require_key(gateway: Gateway | None = None) -> ApiKey:
 
 
 def the_listing(model_id: int, gateway: Gateway | None = None) -> Listing:
-    """A listed model (404 otherwise)."""
+    """A listed model (404 otherwise), whatever its model's status."""
     listing = (gateway or current_gateway()).listing(model_id)
     if listing is None:
         raise errors.NotFound(f"model {model_id} is not listed")
     return listing
+
+
+def offered_listing(model_id: int, gateway: Gateway | None = None) -> Listing:
+    """A listed model whose model passed the indexer's checks; otherwise why not (only
+    such listings are sold or served)."""
+    listing = the_listing(model_id, gateway)
+    if listing.model_status == "ok":
+        return listing
+    if listing.model_status in ("pending", "unavailable"):
+        raise errors.ModelPending(
+            f"model {model_id} has not been fetched and checked yet; try again shortly"
+        )
+    raise errors.ModelRefused(
+        f"model {model_id} is not offered: its model was refused ({listing.model_status}):"
+        f" {listing.model_error or 'no reason recorded'}"
+    )
 
 
 def accepts(listing: Listing) -> list[dict[str, object]]:
@@ -106,52 +146,19 @@ def listing_json(listing: Listing) -> dict[str, Any]:
         "tags": listing.tags or [],
         "card_status": listing.card_status,
         "card_error": listing.card_error,
+        "card_flags": listing.card_flags or [],
+        "model_status": listing.model_status,
+        "model_error": listing.model_error,
+        "offered": listing.model_status == "ok",
         "listed_block": listing.listed_block,
     }
-
-
-# ------------------------------------------------------------------- bodies
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
-class VerifyBody(BaseModel):
-    message: str = Field(description="The EIP-4361 message the wallet signed")
-    signature: str = Field(description="0x-prefixed signature")
-    key_name: str = Field(default="default", max_length=100)
-
-
-class ReceiptBody(BaseModel):
-    tx_hash: str = Field(description="The purchase transaction's hash")
-
-
-class PurchaseBody(BaseModel):
-    calls: int = Field(gt=0, le=10**15)
-    buyer: str | None = Field(default=None, description="for permit typed data")
-    deadline: int | None = None
-
-
-class ModelQuery(BaseModel):
-    q: str | None = None
-    tag: str | None = None
-    min_price: int | None = Field(default=None, ge=0)
-    max_price: int | None = Field(default=None, ge=0)
-    sort: str = Field(default="newest", pattern="^(newest|price_asc|price_desc|name)$")
-    page: int = Field(default=1, ge=1)
-    per_page: int = Field(default=20, ge=1, le=100)
-
-
-ERRORS = {"HTTP_400": ErrorBody, "HTTP_401": ErrorBody, "HTTP_404": ErrorBody}
 
 
 # ------------------------------------------------------------------- routes
 
 
 @blueprint.get("/deployment")
-@spec.validate(tags=["marketplace"])
+@documented(resp=marketplace_responses({200: DeploymentInfo}), tags=["marketplace"])
 def deployment() -> Response:
     """Chain id and contract addresses, for wallets and clients."""
     settings = current_gateway().settings
@@ -167,17 +174,17 @@ def deployment() -> Response:
 
 
 @blueprint.post("/auth/nonce")
-@spec.validate(tags=["auth"])
+@documented(resp=marketplace_responses({200: Nonce}), tags=["auth"])
 def nonce() -> Response:
     """A single-use nonce for a Sign-In with Ethereum message."""
-    with current_gateway().sessions() as s, s.begin():
-        value = auth.issue_nonce(s)
-    return json_response({"nonce": value})
+    return json_response({"nonce": auth.issue_nonce(current_gateway().secret)})
 
 
 @blueprint.post("/auth/verify")
-@spec.validate(
-    json=VerifyBody, resp=Responses(HTTP_401=ErrorBody), tags=["auth"], skip_validation=True
+@documented(
+    json=VerifyBody,
+    resp=marketplace_responses({201: NewKey}, 400, 401, 503),
+    tags=["auth"],
 )
 def verify() -> Response:
     """Check a signed SIWE message; returns a new API key (shown once)."""
@@ -185,18 +192,14 @@ def verify() -> Response:
     gateway = current_gateway()
     with gateway.sessions() as s, s.begin():
         address = auth.verify_siwe(
-            s,
-            body.message,
-            body.signature,
-            domain=request.host,
-            chain_id=gateway.market.deployment.chain_id,
+            s, body.message, body.signature, terms=gateway.siwe_terms, secret=gateway.secret
         )
         key, text = auth.create_key(s, address, body.key_name)
     return json_response({"address": address, "key_id": key.id, "api_key": text}, 201)
 
 
 @blueprint.get("/keys")
-@spec.validate(resp=Responses(HTTP_401=ErrorBody), tags=["auth"])
+@documented(resp=marketplace_responses({200: list[KeyInfo]}, 401), security=BEARER, tags=["auth"])
 def keys() -> Response:
     """The caller's API keys (never their secrets)."""
     key = require_key()
@@ -207,7 +210,8 @@ def keys() -> Response:
             {
                 "key_id": k.id,
                 "name": k.name,
-                "created_at": k.created_at.isoformat(),
+                # SQLite gives back a naive datetime; it was written in UTC
+                "created_at": k.created_at.replace(tzinfo=k.created_at.tzinfo or UTC).isoformat(),
                 "revoked": k.revoked_at is not None,
             }
             for k in rows
@@ -216,7 +220,7 @@ def keys() -> Response:
 
 
 @blueprint.delete("/keys/<key_id>")
-@spec.validate(resp=Responses(HTTP_401=ErrorBody, HTTP_404=ErrorBody), tags=["auth"])
+@documented(resp=marketplace_responses({200: RevokedKey}, 401, 404), security=BEARER, tags=["auth"])
 def revoke(key_id: str) -> Response:
     """Revoke one of the caller's keys."""
     key = require_key()
@@ -228,7 +232,9 @@ def revoke(key_id: str) -> Response:
 
 
 @blueprint.get("/models")
-@spec.validate(query=ModelQuery, tags=["marketplace"], skip_validation=True)
+@documented(
+    query=ModelQuery, resp=marketplace_responses({200: ModelPage}, 400), tags=["marketplace"]
+)
 def models() -> Response:
     """Listed models: search by text or tag, filter by price, sort, paginate."""
     try:
@@ -236,7 +242,7 @@ def models() -> Response:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise errors.BadRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    stmt = select(Listing).where(Listing.active.is_(True))
+    stmt = select(Listing).where(Listing.active.is_(True), Listing.model_status == "ok")
     if q.q:
         like = f"%{q.q.lower()}%"
         stmt = stmt.where(or_(Listing.name.ilike(like), Listing.description.ilike(like)))
@@ -266,19 +272,23 @@ def models() -> Response:
     )
 
 
-@blueprint.get("/models/<int:model_id>")
-@spec.validate(resp=Responses(HTTP_404=ErrorBody), tags=["marketplace"])
+@blueprint.get(f"/models/{MODEL_ID}")
+@documented(resp=marketplace_responses({200: ListingInfo}, 404), tags=["marketplace"])
 def model(model_id: int) -> Response:
     """One listing with its model card."""
     return json_response(listing_json(the_listing(model_id)))
 
 
-@blueprint.post("/models/<int:model_id>/purchase")
-@spec.validate(json=PurchaseBody, tags=["marketplace"], skip_validation=True)
+@blueprint.post(f"/models/{MODEL_ID}/purchase")
+@documented(
+    json=PurchaseBody,
+    resp=marketplace_responses({200: PurchasePlan}, 400, 404, 409, 503),
+    tags=["marketplace"],
+)
 def prepare_purchase(model_id: int) -> Response:
     """Calldata for approve + purchase (and, given a buyer and deadline, permit typed data)."""
     body = parse(PurchaseBody)
-    listing = the_listing(model_id)
+    listing = offered_listing(model_id)
     market = current_gateway().market
     total = body.calls * listing.price_per_call
     token = market.token_contract(listing.token)
@@ -287,26 +297,31 @@ def prepare_purchase(model_id: int) -> Response:
         "total": str(total),
         "approve": {
             "to": token.address,
-            "data": token.encode_abi("approve", args=[market.contract.address, total]),
+            "data": chain.calldata("approve(address,uint256)", market.contract.address, total),
         },
         "purchase": {
             "to": market.contract.address,
-            "data": market.contract.encode_abi(
-                "purchase", args=[model_id, body.calls, listing.price_per_call]
+            "data": chain.calldata(
+                "purchase(uint256,uint256,uint256)", model_id, body.calls, listing.price_per_call
             ),
         },
     }
     if body.buyer and body.deadline:
-        result["permit"] = market.permit_typed_data(body.buyer, total, body.deadline, listing.token)
+        permit = market.permit_typed_data(body.buyer, total, body.deadline, listing.token)
+        # its uint256 values as decimal strings, as wallets take them (past 64 bits a JSON
+        # number is lost, and orjson refuses it)
+        message = permit["message"]
+        message |= {k: str(message[k]) for k in ("value", "nonce", "deadline")}
+        result["permit"] = permit
     return json_response(result)
 
 
 @blueprint.post("/receipts")
-@spec.validate(
+@documented(
     json=ReceiptBody,
-    resp=Responses(HTTP_400=ErrorBody, HTTP_403=ErrorBody, HTTP_409=ErrorBody),
+    resp=marketplace_responses({201: Credited}, 400, 401, 403, 404, 409, 503),
+    security=BEARER,
     tags=["payments"],
-    skip_validation=True,
 )
 def post_receipt() -> Response:
     """Redeem a purchase transaction for calls (the caller must be its buyer)."""
@@ -334,7 +349,9 @@ def post_receipt() -> Response:
 
 
 @blueprint.get("/credits")
-@spec.validate(resp=Responses(HTTP_401=ErrorBody), tags=["payments"])
+@documented(
+    resp=marketplace_responses({200: list[CreditInfo]}, 401), security=BEARER, tags=["payments"]
+)
 def credits() -> Response:
     """The caller's calls left, per model."""
     key = require_key()
@@ -352,6 +369,8 @@ def credits() -> Response:
 
 
 @blueprint.get("/openapi.json")
+@documented(resp=marketplace_responses({200: OpenApiDocument}), tags=["marketplace"])
 def openapi() -> Response:
     """This API's OpenAPI document (generated)."""
-    return json_response(spec.spec)
+    # the stdlib's encoder: the document's bounds include uint256 (orjson stops at 64 bits)
+    return Response(json.dumps(spec.spec), mimetype="application/json")

@@ -147,6 +147,20 @@ class NotFound(ModelMarketError):
     http_status = 404
 
 
+class ModelRefused(ModelMarketError):
+    """The listing's model failed the indexer's checks: it is not offered or served."""
+
+    code = "model_refused"
+    http_status = 409
+
+
+class ModelPending(ModelMarketError):
+    """The listing's model has not been fetched and checked yet; try again shortly."""
+
+    code = "model_pending"
+    http_status = 503
+
+
 class Unauthenticated(ModelMarketError):
     """No API key, or one that is unknown or revoked."""
 
@@ -233,6 +247,15 @@ _FOREIGN: dict[str, int] = {
     "resource_exhausted": 503,
     "inference_failed": 500,
 }
+
+
+def oip_body(body: dict[str, object]) -> dict[str, object]:
+    """The Open Inference Protocol's error shape for an error `body`: `error` is the
+    human message (what tritonclient and KServe clients show their users), naming the
+    stable code, which also travels in `code` beside the rest (`accepts` on a 402)."""
+    code, message = body["error"], body["message"]
+    rest = {k: v for k, v in body.items() if k not in ("error", "message")}
+    return {"error": f"[{code}] {message}", "code": code, **rest}
 
 
 def describe(exc: BaseException) -> tuple[int, dict[str, object]]:

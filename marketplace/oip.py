@@ -12,60 +12,83 @@ from flask import Blueprint, Response, request
 from sqlalchemy import text
 
 from inference import codecs
+from inference.inspect import ModelInfo
 from marketplace import errors
-from marketplace.api import current_gateway, json_response, require_key, the_listing
-from marketplace.openapi import documented
+from marketplace.api import (
+    MODEL_ID,
+    current_gateway,
+    json_response,
+    offered_listing,
+    require_key,
+)
+from marketplace.indexer import health as indexer_health
+from marketplace.openapi import BEARER, TensorResponse, documented, inference_responses
+from marketplace.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    InferHeaders,
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+)
 
 blueprint = Blueprint("oip", __name__, url_prefix="/v2")
 
 
 @blueprint.get("/health/live")
-@documented(tags=["inference"])
+@documented(resp=inference_responses(Live), tags=["inference"])
 def live() -> Response:
     """The server process is up."""
     return json_response({"live": True})
 
 
 @blueprint.get("/health/ready")
-@documented(tags=["inference"])
+@documented(resp=inference_responses(Ready), tags=["inference"])
 def ready() -> Response:
-    """The server can take paid calls (its database answers)."""
+    """The server can take paid calls (its database answers); also how the indexer that
+    feeds it is doing (it runs elsewhere, and its failures do not stop paid calls)."""
     gateway = current_gateway()
-    with gateway.sessions() as session:
+    with gateway.reads() as session:
         session.execute(text("SELECT 1"))
-    return json_response({"ready": True})
+        following = indexer_health(session, gateway.deployment)
+    return json_response({"ready": True, "indexer": following})
 
 
-def _loaded(model_id: int):  # type: ignore[no-untyped-def]
-    gateway = current_gateway()
-    listing = the_listing(model_id)
-    path = gateway.cache.get(listing.model_cid)
-    return listing, gateway.models.get(listing.model_cid, path)
-
-
-@blueprint.get("/models/<int:model_id>")
-@documented(tags=["inference"])
+@blueprint.get(f"/models/{MODEL_ID}")
+@documented(resp=inference_responses(ModelMetadata, 404, 409, 503), tags=["inference"])
 def metadata(model_id: int) -> Response:
-    """Model metadata (inputs, outputs) from the ONNX signature."""
-    _listing, model = _loaded(model_id)
-    return json_response(codecs.model_metadata(str(model_id), model.info))
+    """Model metadata (inputs, outputs) from the signature the indexer stored: nothing
+    is loaded for an unauthenticated request."""
+    listing = offered_listing(model_id)
+    return json_response(
+        codecs.model_metadata(str(model_id), ModelInfo.from_dict(listing.signature or {}))
+    )
 
 
-@blueprint.get("/models/<int:model_id>/ready")
-@documented(tags=["inference"])
+@blueprint.get(f"/models/{MODEL_ID}/ready")
+@documented(resp=inference_responses(ModelReady, 404, 409, 503), tags=["inference"])
 def model_ready(model_id: int) -> Response:
-    """Whether the model is loaded and can serve."""
-    _loaded(model_id)  # delisted models still serve buyers who hold credits
+    """Whether the model can serve paid calls (its model passed the indexer's checks)."""
+    offered_listing(model_id)  # delisted models still serve buyers who hold credits
     return json_response({"name": str(model_id), "ready": True})
 
 
-@blueprint.post("/models/<int:model_id>/infer")
-@documented(tags=["inference"])
+@blueprint.post(f"/models/{MODEL_ID}/infer")
+@documented(
+    json=InferenceRequest,
+    headers=InferHeaders,
+    resp=inference_responses(
+        InferenceResponse, 400, 401, 402, 404, 409, 422, 502, 503, 504, 507, kind=TensorResponse
+    ),
+    security=BEARER,
+    tags=["inference"],
+)
 def infer(model_id: int) -> Response:
     """A paid inference call (JSON tensors, or the binary tensor extension)."""
     gateway = current_gateway()
     key = require_key(gateway)
-    listing = the_listing(model_id, gateway)
+    listing = offered_listing(model_id, gateway)
     length = request.headers.get(codecs.HEADER_LENGTH)
     try:
         header_length = int(length) if length is not None else None
@@ -77,7 +100,7 @@ def infer(model_id: int) -> Response:
     payment = gateway.payments.begin(key, listing)
     try:
         path = gateway.cache.get(listing.model_cid)
-        model = gateway.models.get(listing.model_cid, path)
+        model = gateway.models.get(listing.model_cid, path, size_hint=listing.load_bytes)
         arrays = codecs.check_inputs(model.info, decoded)
         outputs = gateway.models.run(model, arrays, decoded.outputs or None)
         binary = decoded.binary_outputs or (set(outputs) if decoded.binary_by_default else None)

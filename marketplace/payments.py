@@ -243,7 +243,10 @@ class PrepaidCredits:
                 continue
             if not elsewhere or time.monotonic() > deadline:
                 raise errors.PaymentRequired(
-                    f"no calls left on model {listing.model_id}: buy some, then post the receipt",
+                    f"no calls left on model {listing.model_id}: buy calls on-chain"
+                    f" (POST /api/v1/models/{listing.model_id}/purchase gives the approve and"
+                    " purchase transactions), then POST the transaction hash to"
+                    " /api/v1/receipts",
                     self.accepts(listing),
                 )
             time.sleep(FLUSH_INTERVAL / 4)  # other workers are giving their calls back

@@ -4,127 +4,16 @@ real anvil, real contracts, real SIWE signatures, the real store, cache and onnx
 from __future__ import annotations
 
 import io
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import orjson
-import pytest
-from eth_account import Account
-from eth_account.messages import encode_defunct
 
 from app import create_app
 from inference import codecs
-from inference.demos import DEMO_DIR
-from marketplace import chain, devstack, services
-from marketplace.config import Settings
+from marketplace import devstack
 from storage.local import LocalStore
-from tests.conftest import ANVIL_BIN, ARTIFACTS
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import siwe
-
-PRICE = 10**15
-
-
-@dataclass
-class World:
-    settings: Settings
-    market: chain.Marketplace
-    signers: list[chain.Signer]
-    keys: list[str]
-    client: object
-    model_id: int
-
-    def mine(self, n: int = 1) -> None:
-        self.market.w3.provider.make_request("anvil_mine", [n])  # type: ignore[arg-type]
-
-    def index(self) -> None:
-        services.make_indexer(self.settings).run_once()
-
-
-@pytest.fixture
-def world(tmp_path) -> Iterator[World]:
-    anvil = devstack.start_anvil(ANVIL_BIN)
-    try:
-        w3 = chain.connect(anvil.rpc_url)
-        signers = devstack.dev_signers(5)
-        dep = chain.deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=250)
-        settings = Settings(
-            _env_file=None,
-            data_dir=tmp_path / "data",  # type: ignore[call-arg]
-            rpc_url=anvil.rpc_url,
-            confirmations=1,
-            anvil_bin=ANVIL_BIN,
-        )
-        dep.save(settings.deployment_path)
-        services.migrate(settings)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
-        for s in signers[1:]:
-            chain.send(w3, market.token.functions.mint(s.address, 10**24), signers[0], ARTIFACTS)
-        store = LocalStore(settings.store_dir)
-        model_cid = store.add(io.BytesIO((DEMO_DIR / "iris-classifier.onnx").read_bytes()))
-        card_cid = store.add(io.BytesIO(orjson.dumps({"name": "Iris", "tags": ["tabular"]})))
-        model_id, _ = market.list_model(signers[1], model_cid, card_cid, PRICE)
-        world = World(
-            settings,
-            market,
-            signers,
-            [devstack.dev_key(i) for i in range(5)],
-            create_app(settings).test_client(),
-            model_id,
-        )
-        world.mine(1)
-        world.index()
-        yield world
-    finally:
-        anvil.stop()
-
-
-def sign_in(world: World, who: int) -> str:
-    """Sign-In with Ethereum as dev account `who`; returns the API key."""
-    client = world.client
-    nonce = client.post("/api/v1/auth/nonce").get_json()["nonce"]
-    address = world.signers[who].address
-    message = siwe.SiweMessage(
-        domain="localhost",
-        address=address,
-        statement="Sign in to ModelMarket",
-        uri="http://localhost",
-        version="1",
-        chain_id=31337,
-        nonce=nonce,
-        issued_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    ).prepare_message()
-    signed = Account.sign_message(encode_defunct(text=message), world.keys[who])
-    resp = client.post(
-        "/api/v1/auth/verify",
-        json={"message": message, "signature": "0x" + signed.signature.hex().removeprefix("0x")},
-    )
-    assert resp.status_code == 201, resp.get_json()
-    return str(resp.get_json()["api_key"])
-
-
-def buy(world: World, who: int, calls: int) -> str:
-    market, buyer = world.market, world.signers[who]
-    market.approve(buyer, calls * PRICE)
-    receipt = market.purchase(buyer, world.model_id, calls, PRICE)
-    world.mine(1)
-    return receipt["transactionHash"].to_0x_hex()
-
-
-def infer(world: World, key: str, rows: int = 1):  # type: ignore[no-untyped-def]
-    body, headers = codecs.encode_request(
-        {"features": np.array([[5.1, 3.5, 1.4, 0.2]] * rows, np.float32)}
-    )
-    return world.client.post(
-        f"/v2/models/{world.model_id}/infer",
-        data=body,
-        headers={**headers, "Authorization": f"Bearer {key}"},
-    )
+from tests.conftest import ANVIL_BIN
+from tests.support.world import PRICE, World, buy, infer, sign_in
 
 
 def test_the_walk(world):
@@ -150,7 +39,7 @@ def test_the_walk(world):
     r = infer(world, key)
     assert r.status_code == 402
     body = r.get_json()
-    assert body["error"] == "payment_required"
+    assert body["code"] == "payment_required" and "/api/v1/receipts" in body["error"]
     (accept,) = body["accepts"]
     assert accept["chain_id"] == 31337 and accept["model_id"] == world.model_id
     assert accept["marketplace"] == world.market.contract.address
@@ -239,7 +128,7 @@ def test_failed_run_refunds_the_credit(world):
         data=body,
         headers={**headers, "Authorization": f"Bearer {key}"},
     )
-    assert r.status_code == 400 and "dimension 1 must be 4" in r.get_json()["message"]
+    assert r.status_code == 400 and "dimension 1 must be 4" in r.get_json()["error"]
     assert r.headers["X-Credits-Remaining"] == "2"
     credits = world.client.get("/api/v1/credits", headers={"Authorization": f"Bearer {key}"})
     assert credits.get_json()[0]["remaining"] == 2
@@ -290,7 +179,7 @@ def test_a_run_failing_inside_onnxruntime_refunds(world):
     ok = call(4)
     assert ok.status_code == 200 and ok.headers["X-Credits-Remaining"] == "2"
     failed = call(7)  # 4 values cannot take shape [7]: onnxruntime fails the run
-    assert failed.status_code == 500 and failed.get_json()["error"] == "inference_failed"
+    assert failed.status_code == 500 and failed.get_json()["code"] == "inference_failed"
     assert failed.headers["X-Credits-Remaining"] == "2"  # the credit came back
     credits = world.client.get("/api/v1/credits", headers={"Authorization": f"Bearer {key}"})
     assert {c["model_id"]: c["remaining"] for c in credits.get_json()}[model_id] == 2
@@ -298,18 +187,18 @@ def test_a_run_failing_inside_onnxruntime_refunds(world):
 
 def test_bad_key_and_unknown_model(world):
     r = infer(world, "mm_nope_nope")
-    assert r.status_code == 401 and r.get_json()["error"] == "unauthenticated"
+    assert r.status_code == 401 and r.get_json()["code"] == "unauthenticated"
     key = sign_in(world, 2)
     r = world.client.post(
         "/v2/models/999/infer", data=b"{}", headers={"Authorization": f"Bearer {key}"}
     )
-    assert r.status_code == 404 and r.get_json()["error"] == "not_found"
+    assert r.status_code == 404 and r.get_json()["code"] == "not_found"
     r = world.client.post(
         f"/v2/models/{world.model_id}/infer",
         data=b"{nope",
         headers={"Authorization": f"Bearer {key}"},
     )
-    assert r.status_code == 400 and r.get_json()["error"] == "bad_input"
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_input"
 
 
 def test_openapi_covers_both_families(world):
