@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # loaded at collection: see below
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -31,6 +32,10 @@ from werkzeug.test import TestResponse
 from inference import codecs
 from marketplace.schemas import ApiError, OipError
 from tests.support.world import World, buy, infer, sign_in
+
+# schemathesis loads its OpenAPI modules lazily, and pytest rewrites them on import (it is a
+# pytest plugin); parsing them deep inside a test's stack once hit CPython 3.11.7's
+# "AST constructor recursion depth mismatch". Imported above, at collection, instead.
 
 EXAMPLES = 40  # requests per operation, identity and strategy (see `_strategies`)
 ANSWER_CHECKS: list[Callable[..., Any]] = [
