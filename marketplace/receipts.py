@@ -37,7 +37,7 @@ def redeem(
     confirmations: int,
 ) -> list[Redeemed]:
     """Credit the caller for every `Purchased` event in `tx_hash` whose buyer they are."""
-    if not isinstance(tx_hash, str) or not TX_HASH.match(tx_hash):
+    if not isinstance(tx_hash, str) or not TX_HASH.fullmatch(tx_hash):
         raise errors.BadRequest("tx_hash: a 0x-prefixed 32-byte hex transaction hash")
     with chain.rpc_errors():
         if w3.eth.chain_id != market.deployment.chain_id:
