@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from eth_abi.abi import decode as abi_decode
@@ -156,20 +157,35 @@ class Signer:
 def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
     """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there."""
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
-    with rpc_errors(rpc_url):
+    with rpc_errors(public_origin(rpc_url)):
         w3.eth.chain_id  # noqa: B018 - the first request proves the endpoint answers
     return w3
 
 
+def public_origin(url: str) -> str:
+    """`scheme://host[:port]` of `url`: hosted RPC URLs carry an API key in their path or
+    query, which no message, log or health answer may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
 @contextmanager
 def rpc_errors(where: str = "the chain") -> Iterator[None]:
-    """Turn transport failures into ChainUnavailable (the URL is shown, never a payload)."""
+    """Turn transport failures into ChainUnavailable (never quoting a URL or a payload)."""
     try:
         yield
     except requests.exceptions.Timeout as exc:
         raise errors.ChainUnavailable(f"the JSON-RPC endpoint {where} timed out") from exc
     except requests.exceptions.ConnectionError as exc:
         raise errors.ChainUnavailable(f"cannot reach the JSON-RPC endpoint {where}") from exc
+    except requests.exceptions.HTTPError as exc:  # its text quotes the full URL
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise errors.ChainUnavailable(
+            f"the JSON-RPC endpoint {where} answered HTTP {status}"
+        ) from None
+    except requests.exceptions.RequestException:
+        raise errors.ChainUnavailable(f"the JSON-RPC endpoint {where} failed") from None
 
 
 # -------------------------------------------------------------- revert decoding

@@ -477,11 +477,17 @@ def follow(
         try:
             result = idx.run_once(progress)
         except Exception as exc:
-            text = exc.message if isinstance(exc, errors.ModelMarketError) else repr(exc)
-            log.exception("indexer pass failed; retrying in %.0f s", delay)
-            idx.record_pass(f"{type(exc).__name__}: {text}"[:500])
+            # Only our own messages are shown (they never quote a URL, key or payload);
+            # anything else is logged with its traceback and shown by its type.
+            if isinstance(exc, errors.ModelMarketError):
+                code, text = exc.code, exc.message
+                log.warning("indexer pass failed [%s]: %s; retrying in %.0f s", code, text, delay)
+            else:
+                code = text = type(exc).__name__
+                log.exception("indexer pass failed; retrying in %.0f s", delay)
+            idx.record_pass(code)
             if on_error is not None:
-                on_error(f"{text} (retrying in {delay:.0f} s)")
+                on_error(f"{text} [{code}] (retrying in {delay:.0f} s)")
             stop.wait(delay)
             delay = min(delay * 2, max_backoff)
             continue
@@ -503,7 +509,7 @@ def health(session: Session, deployment: chain.Deployment) -> dict[str, Any]:
         "last_block": state.last_block,
         "seconds_since_pass": age,
         "failures": state.failures,
-        "last_error": state.last_error,
+        "last_error": state.last_error,  # a stable code, never a message
     }
 
 

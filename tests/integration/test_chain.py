@@ -286,3 +286,27 @@ def test_deployment_record_round_trip(tmp_path, deployment):
 
 def test_w3_is_real_anvil(w3: Web3):
     assert w3.eth.chain_id == devstack.ANVIL_CHAIN_ID
+
+
+@pytest.mark.parametrize("status", [401, 429, 500])
+def test_a_failing_rpc_endpoint_never_shows_its_key(status):
+    # a hosted RPC URL carries its API key in the path; web3's own error quotes the URL
+    import threading
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    server = make_server(
+        "127.0.0.1", devstack.free_port(), lambda env, start: Response("no", status)(env, start)
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(errors.ChainUnavailable) as info:
+            chain.connect(f"http://127.0.0.1:{server.server_port}/v3/SECRET-API-KEY?key=alsosecret")
+        assert "SECRET" not in info.value.message and "alsosecret" not in info.value.message
+        assert f"127.0.0.1:{server.server_port}" in info.value.message
+        assert str(status) in info.value.message
+    finally:
+        server.shutdown()
+        thread.join(5)

@@ -110,7 +110,8 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
             sick = indexing.health(s, market.deployment)
         assert worker.is_alive() and len(errors_seen) >= 3
         assert sick["status"] == "failing" and sick["failures"] >= 3
-        assert "JSON-RPC" in sick["last_error"]
+        assert sick["last_error"] == "chain_unavailable"
+        assert "JSON-RPC" in errors_seen[0]
         idx.w3 = live  # the endpoint is back: the follower recovers by itself
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
