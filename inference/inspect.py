@@ -60,6 +60,10 @@ class Limits:
     # everything materialised at load, summed: as much as the largest file may hold
     max_load_bytes: int = 1 << 30
     max_load_nodes: int = 1 << 20  # once local functions are inlined
+    # the signature is stored and served to anyone: bounded, printable
+    max_signature_tensors: int = 256  # inputs + outputs
+    max_name_chars: int = 256
+    max_rank: int = 32
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,12 @@ def inspect_bytes(data: bytes, limits: Limits | None = None) -> ModelInfo:
         raise InvalidGraph(f"the ONNX graph is invalid: {first}") from None
 
     initializer_names = {t.name for t in model.graph.initializer}
+    declared = len(model.graph.input) + len(model.graph.output)
+    if declared > limits.max_signature_tensors:
+        raise InvalidGraph(
+            f"the model declares {declared} inputs and outputs; the limit is"
+            f" {limits.max_signature_tensors}"
+        )
     inputs = [
         _spec(v, limits, "input") for v in model.graph.input if v.name not in initializer_names
     ]
@@ -149,7 +159,7 @@ def inspect_bytes(data: bytes, limits: Limits | None = None) -> ModelInfo:
         size=len(data),
         ir_version=model.ir_version,
         opsets=opsets,
-        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        producer=_shown(f"{model.producer_name} {model.producer_version}".strip(), 200),
         inputs=inputs,
         outputs=outputs,
     )
@@ -349,7 +359,17 @@ def _sparse_bytes(where: str, sparse: onnx.SparseTensorProto, limits: Limits) ->
     return dense
 
 
+def _shown(text: str, limit: int) -> str:
+    """Free text from the file, kept printable and short (it is served to anyone)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _spec(value: onnx.ValueInfoProto, limits: Limits, kind: str) -> TensorSpec:
+    if not value.name or len(value.name) > limits.max_name_chars or not value.name.isprintable():
+        raise InvalidGraph(
+            f"{kind} '{_shown(value.name, 40)}' needs a printable name of 1 to"
+            f" {limits.max_name_chars} characters"
+        )
     vtype = value.type
     if not vtype.HasField("tensor_type"):
         raise UnsupportedType(
@@ -362,6 +382,11 @@ def _spec(value: onnx.ValueInfoProto, limits: Limits, kind: str) -> TensorSpec:
     shape: list[int] = []
     names: list[str | None] = []
     if vtype.tensor_type.HasField("shape"):
+        if len(vtype.tensor_type.shape.dim) > limits.max_rank:
+            raise AbsurdShape(
+                f"{kind} '{value.name}' has rank {len(vtype.tensor_type.shape.dim)}; the limit"
+                f" is {limits.max_rank}"
+            )
         for dim in vtype.tensor_type.shape.dim:
             if dim.HasField("dim_value"):
                 if dim.dim_value > limits.max_dim:
@@ -373,7 +398,7 @@ def _spec(value: onnx.ValueInfoProto, limits: Limits, kind: str) -> TensorSpec:
                 names.append(None)
             else:
                 shape.append(-1)
-                names.append(dim.dim_param or None)
+                names.append(_shown(dim.dim_param, limits.max_name_chars) or None)
         fixed = [d for d in shape if d > 0]
         if _elements(fixed) > limits.max_tensor_elements:
             raise AbsurdShape(

@@ -108,7 +108,7 @@ class Card:
     def __post_init__(self) -> None:
         # The indexer's own errors quote CIDs and paths from the chain: untrusted as well.
         if self.error is not None:
-            object.__setattr__(self, "error", _printable(self.error, MAX_ERROR_CHARS))
+            object.__setattr__(self, "error", printable(self.error, MAX_ERROR_CHARS))
 
 
 def parse_card(raw: bytes, *, max_bytes: int = MAX_CARD_BYTES) -> Card:
@@ -182,7 +182,7 @@ def _decode(raw: bytes) -> Any:
         pass
     else:
         _check_strings(lenient)
-    raise _Refusal("invalid_json", "the card is not JSON: " + _printable(orjson_error, 250))
+    raise _Refusal("invalid_json", "the card is not JSON: " + printable(orjson_error, 250))
 
 
 # --------------------------------------------------------------------- text rules
@@ -309,7 +309,7 @@ def _refusal(text: str, path: _Path, at: int, *, is_key: bool) -> str:
     where = _render_path(path)
     if is_key:
         parent = _render_path(path[0]) if path else ""
-        subject = f'the key "{_printable(text, 40, also=_QUOTES)}" in the card' + (
+        subject = f'the key "{printable(text, 40, also=_QUOTES)}" in the card' + (
             f"'s {parent}" if parent else ""
         )
     else:
@@ -397,8 +397,8 @@ def _is_spoofing(word: str) -> bool:
 def _schema_problem(error: Any) -> str:
     """jsonschema's message, unless it quotes a long value: then the rule broken."""
     if len(error.message) <= 160:
-        return _printable(str(error.message), 160)
-    rule = f"{error.validator} is {_printable(json.dumps(error.validator_value), 80)}"
+        return printable(str(error.message), 160)
+    rule = f"{error.validator} is {printable(json.dumps(error.validator_value), 80)}"
     if isinstance(error.instance, str):
         return f"{rule} (it has {len(error.instance)} characters)"
     if isinstance(error.instance, list | dict):
@@ -406,9 +406,9 @@ def _schema_problem(error: Any) -> str:
     return rule
 
 
-def _printable(text: str, limit: int, *, also: str = "") -> str:
-    """`text` in at most `limit` characters, anything unprintable (or in `also`) shown as
-    U+XXXX, cut short with "…"."""
+def printable(text: str, limit: int = MAX_ERROR_CHARS, *, also: str = "") -> str:
+    """Untrusted text made safe to store and show: at most `limit` characters, anything
+    unprintable (or in `also`) shown as U+XXXX, cut short with "…"."""
     pieces: list[str] = []
     size = 0
     for char in text:
@@ -443,6 +443,6 @@ def _render_path(path: _Path) -> str:
         elif _PLAIN_KEY.fullmatch(segment):
             parts.append(f".{segment}")
         else:
-            parts.append(f'["{_printable(segment, 40, also=_QUOTES)}"]')
+            parts.append(f'["{printable(segment, 40, also=_QUOTES)}"]')
     rendered = "".join(reversed(parts)).removeprefix(".")
     return rendered if len(rendered) <= 120 else "…" + rendered[-119:]

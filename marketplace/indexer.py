@@ -415,10 +415,20 @@ class Indexer:
         except StorageError as exc:
             if exc.code == "invalid_cid":
                 return cards.Card("invalid_card", exc.message)
-            return cards.Card("unavailable", exc.message)
+            # the store's own message may name internal addresses: code only
+            return cards.Card("unavailable", f"the card could not be fetched ({exc.code})")
         return cards.parse_card(b"".join(pieces))
 
     # ------------------------------------------------------------------ models
+
+    def _store_verdict(self, model_id: int, model_cid: str, verdict: ModelVerdict) -> None:
+        with self.sessions() as session, session.begin():
+            listing = session.get(Listing, model_id)
+            if listing is None or listing.model_cid != model_cid:
+                return
+            listing.model_status, listing.model_error = verdict.status, verdict.error
+            listing.signature = verdict.signature
+            listing.model_bytes, listing.load_bytes = verdict.size, verdict.load_bytes
 
     def check_models(self) -> int:
         """Fetch (verified, size-capped, with a timeout), inspect and load-probe each
@@ -438,13 +448,12 @@ class Indexer:
             except Exception:
                 log.exception("checking the model of listing %s failed", model_id)
                 verdict = ModelVerdict("unavailable", "checking the model failed; it is retried")
-            with self.sessions() as session, session.begin():
-                listing = session.get(Listing, model_id)
-                if listing is None or listing.model_cid != model_cid:
-                    continue
-                listing.model_status, listing.model_error = verdict.status, verdict.error
-                listing.signature = verdict.signature
-                listing.model_bytes, listing.load_bytes = verdict.size, verdict.load_bytes
+            try:
+                self._store_verdict(model_id, model_cid, verdict)
+            except Exception as exc:  # what the database refuses marks the listing only
+                log.warning("model %s: storing its check failed: %s", model_id, type(exc).__name__)
+                verdict = ModelVerdict("unstorable", "the database refused the model's details")
+                self._store_verdict(model_id, model_cid, verdict)
             settled += verdict.status != "unavailable"
         return settled
 
@@ -535,6 +544,11 @@ class ModelVerdict:
     size: int | None = None
     load_bytes: int | None = None
 
+    def __post_init__(self) -> None:
+        # Refusals quote names from the model file: untrusted, unbounded text.
+        if self.error is not None:
+            object.__setattr__(self, "error", cards.printable(self.error))
+
 
 def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> ModelVerdict:
     """Fetch `model_cid` (every byte verified, at most `checks.max_bytes`), inspect it,
@@ -554,7 +568,7 @@ def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> Mod
         except StorageError as exc:
             if exc.code == "invalid_cid":
                 return ModelVerdict("invalid_cid", exc.message)
-            return ModelVerdict("unavailable", exc.message)
+            return ModelVerdict("unavailable", f"the model could not be fetched ({exc.code})")
         tmp.seek(0)
         data = tmp.read()
     try:

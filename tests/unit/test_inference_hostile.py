@@ -180,3 +180,34 @@ def test_probe_stops_a_slow_load_at_the_timeout():
 def test_probe_reports_what_onnxruntime_refuses():
     with pytest.raises(errors.ModelLoadFailed, match="Could not find an implementation"):
         probe_load(hm.unsupported_kernel(), memory_bytes=256 << 20, timeout=30)
+
+
+def _named(name: str, inputs: int = 1) -> bytes:
+    from onnx import TensorProto, helper
+
+    names = [name] if inputs == 1 else [f"x{i}" for i in range(inputs)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [names[0]], ["y"])],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("model", "code"),
+    [
+        (_named("x" * 100_000), "invalid_graph"),  # served to anyone as metadata
+        (_named("in\x00put"), "invalid_graph"),  # PostgreSQL cannot store it
+        (_named("x", inputs=300), "invalid_graph"),
+    ],
+    ids=["long-name", "nul-name", "many-inputs"],
+)
+def test_the_signature_is_bounded_and_printable(model, code):
+    with pytest.raises(errors.InvalidModel) as info:
+        inspect_bytes(model)
+    assert info.value.code == code
+    assert len(info.value.message) < 300 and "\x00" not in info.value.message
