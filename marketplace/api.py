@@ -4,13 +4,15 @@ purchase preparation. Routes parse, call the domain, and render; nothing else.""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC
 from typing import Any, TypeVar
 
 import orjson
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import defer
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from marketplace import auth, chain, errors, ledger, receipts
@@ -242,34 +244,56 @@ def models() -> Response:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise errors.BadRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    stmt = select(Listing).where(Listing.active.is_(True), Listing.model_status == "ok")
+    # Cost stays proportional to the page, not to every listing: matching ids (and tags,
+    # which filter the same way on SQLite and PostgreSQL in Python) first, whole rows for
+    # the page only, without the card and signature documents.
+    where = [Listing.active.is_(True), Listing.model_status == "ok"]
     if q.q:
-        like = f"%{q.q.lower()}%"
-        stmt = stmt.where(or_(Listing.name.ilike(like), Listing.description.ilike(like)))
+        like = "%" + re.sub(r"([\\%_])", r"\\\1", q.q.lower()) + "%"
+        where.append(
+            or_(Listing.name.ilike(like, escape="\\"), Listing.description.ilike(like, escape="\\"))
+        )
     if q.min_price is not None:
-        stmt = stmt.where(Listing.price_per_call >= q.min_price)
+        where.append(Listing.price_per_call >= q.min_price)
     if q.max_price is not None:
-        stmt = stmt.where(Listing.price_per_call <= q.max_price)
+        where.append(Listing.price_per_call <= q.max_price)
     order: Any = {
         "newest": Listing.model_id.desc(),
         "price_asc": Listing.price_per_call.asc(),
         "price_desc": Listing.price_per_call.desc(),
         "name": Listing.name.asc(),
     }[q.sort]
-    with current_gateway().sessions() as s:
-        rows = list(s.execute(stmt.order_by(order, Listing.model_id)).scalars())
-    if q.tag:  # JSON arrays filter the same way on SQLite and PostgreSQL here
-        rows = [r for r in rows if q.tag in (r.tags or [])]
     start = (q.page - 1) * q.per_page
-    page = rows[start : start + q.per_page]
-    return json_response(
-        {
-            "total": len(rows),
-            "page": q.page,
-            "per_page": q.per_page,
-            "models": [listing_json(r) for r in page],
+    with current_gateway().reads() as s:
+        if q.tag:
+            matches = s.execute(
+                select(Listing.model_id, Listing.tags)
+                .where(*where)
+                .order_by(order, Listing.model_id)
+            ).all()
+            ids = [m.model_id for m in matches if q.tag in (m.tags or [])]
+            total, page_ids = len(ids), ids[start : start + q.per_page]
+        else:
+            total = s.scalar(select(func.count()).select_from(Listing).where(*where)) or 0
+            page_ids = list(
+                s.scalars(
+                    select(Listing.model_id)
+                    .where(*where)
+                    .order_by(order, Listing.model_id)
+                    .offset(start)
+                    .limit(q.per_page)
+                )
+            )
+        rows = {
+            r.model_id: r
+            for r in s.scalars(
+                select(Listing)
+                .options(defer(Listing.card), defer(Listing.signature))
+                .where(Listing.model_id.in_(page_ids))
+            )
         }
-    )
+        models = [listing_json(rows[i]) for i in page_ids]
+    return json_response({"total": total, "page": q.page, "per_page": q.per_page, "models": models})
 
 
 @blueprint.get(f"/models/{MODEL_ID}")

@@ -69,8 +69,8 @@ Price = Annotated[int, Field(ge=0, le=UINT256_MAX)]
 
 
 class ModelQuery(BaseModel):
-    q: str | SkipJsonSchema[None] = absent()
-    tag: str | SkipJsonSchema[None] = absent()
+    q: str | SkipJsonSchema[None] = absent(max_length=100)
+    tag: str | SkipJsonSchema[None] = absent(max_length=50)
     min_price: Price | SkipJsonSchema[None] = absent()
     max_price: Price | SkipJsonSchema[None] = absent()
     sort: str = Field(default="newest", pattern="^(newest|price_asc|price_desc|name)$")

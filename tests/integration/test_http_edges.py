@@ -109,3 +109,19 @@ def test_tritonclient_users_read_what_to_do_on_a_402(world, served):
     )
     body = r.get_json()
     assert r.status_code == 402 and body["code"] == "payment_required" and body["accepts"]
+
+
+def test_search_takes_its_text_literally_and_bounded(world):
+    assert world.client.get("/api/v1/models?q=iri").get_json()["total"] == 1
+    for wildcard in ("%25", "_", "%25%25"):  # LIKE wildcards match themselves only
+        assert world.client.get(f"/api/v1/models?q={wildcard}").get_json()["total"] == 0
+    r = world.client.get("/api/v1/models?q=" + "a" * 101)
+    assert r.status_code == 400 and r.get_json()["error"] == "bad_request"
+    page = world.client.get("/api/v1/models?tag=tabular&per_page=1&page=1").get_json()
+    assert page["total"] == 1 and [m["name"] for m in page["models"]] == ["Iris"]
+    assert world.client.get("/api/v1/models?page=2").get_json() == {
+        "total": 1,
+        "page": 2,
+        "per_page": 20,
+        "models": [],
+    }
