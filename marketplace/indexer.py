@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hexbytes import HexBytes
-from sqlalchemy import delete, select, text
+from sqlalchemy import and_, delete, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
@@ -92,6 +92,7 @@ class Indexer:
         max_card_bytes: int = 64 * 1024,
         card_timeout: float = 10.0,
         model_checks: ModelChecks | None = None,
+        check_budget: float = 20.0,
     ) -> None:
         self.sessions = sessions
         self.w3 = w3
@@ -108,6 +109,8 @@ class Indexer:
         self.max_card_bytes = max_card_bytes
         self.card_timeout = card_timeout
         self.model_checks = model_checks or ModelChecks()
+        # seconds of card and model fetching per pass: following the chain comes first
+        self.check_budget = check_budget
         self.events = EventDecoder(abi, self.address)
 
     # ----------------------------------------------------------------- driving
@@ -362,12 +365,15 @@ class Indexer:
         assert self.store is not None
         with self.sessions() as session:
             pending = session.execute(
-                select(Listing.model_id, Listing.metadata_cid).where(
-                    Listing.card_status.in_(("pending", "unavailable"))
-                )
+                select(Listing.model_id, Listing.metadata_cid)
+                .where(_due(Listing.card_status, Listing.card_retry_at))
+                .order_by(Listing.model_id)
             ).all()
         settled = 0
+        deadline = time.monotonic() + self.check_budget
         for model_id, metadata_cid in pending:
+            if time.monotonic() > deadline:
+                break
             try:
                 card = self._fetch_card(metadata_cid)
             except Exception:  # a bug or a store fault on one card never stops the rest
@@ -392,6 +398,9 @@ class Indexer:
                 return
             listing.card_status, listing.card_error = card.status, card.error
             listing.card, listing.card_flags = card.data, list(card.flags)
+            listing.card_attempts, listing.card_retry_at = _retry(
+                card.status, listing.card_attempts
+            )
             data = card.data or {}
             listing.name = data.get("name")
             listing.description = data.get("description")
@@ -429,6 +438,9 @@ class Indexer:
             listing.model_status, listing.model_error = verdict.status, verdict.error
             listing.signature = verdict.signature
             listing.model_bytes, listing.load_bytes = verdict.size, verdict.load_bytes
+            listing.model_attempts, listing.model_retry_at = _retry(
+                verdict.status, listing.model_attempts
+            )
 
     def check_models(self) -> int:
         """Fetch (verified, size-capped, with a timeout), inspect and load-probe each
@@ -437,12 +449,15 @@ class Indexer:
         assert self.store is not None
         with self.sessions() as session:
             pending = session.execute(
-                select(Listing.model_id, Listing.model_cid).where(
-                    Listing.model_status.in_(("pending", "unavailable"))
-                )
+                select(Listing.model_id, Listing.model_cid)
+                .where(_due(Listing.model_status, Listing.model_retry_at))
+                .order_by(Listing.model_id)
             ).all()
         settled = 0
+        deadline = time.monotonic() + self.check_budget
         for model_id, model_cid in pending:
+            if time.monotonic() > deadline:
+                break
             try:
                 verdict = check_model(self.store, model_cid, self.model_checks)
             except Exception:
@@ -456,6 +471,26 @@ class Indexer:
                 self._store_verdict(model_id, model_cid, verdict)
             settled += verdict.status != "unavailable"
         return settled
+
+
+RETRY_FIRST, RETRY_MAX = 30.0, 3600.0  # seconds: unavailable content, fetched again
+
+
+def _due(status: Any, retry_at: Any) -> Any:
+    """Listings whose card or model is to be fetched now: never tried, or unavailable and
+    past its backoff."""
+    return or_(
+        status == "pending",
+        and_(status == "unavailable", or_(retry_at.is_(None), retry_at <= time.time())),
+    )
+
+
+def _retry(status: str, attempts: int | None) -> tuple[int, float | None]:
+    """(attempts, next try) after a fetch that ended in `status`."""
+    if status != "unavailable":
+        return 0, None
+    tries = (attempts or 0) + 1
+    return tries, time.time() + min(RETRY_FIRST * 2 ** (tries - 1), RETRY_MAX)
 
 
 def _storable_text(value: Any, limit: int = 128) -> str:

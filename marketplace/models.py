@@ -94,6 +94,12 @@ class Listing(Base):
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     model_bytes: Mapped[int | None] = mapped_column(BigInteger)
     load_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # An "unavailable" card or model is fetched again after a backoff that doubles per
+    # attempt (epoch seconds), so unreachable content never slows every indexer pass.
+    card_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    card_retry_at: Mapped[float | None]
+    model_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    model_retry_at: Mapped[float | None]
 
 
 class Purchase(Base):

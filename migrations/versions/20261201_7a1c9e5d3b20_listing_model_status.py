@@ -30,6 +30,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("signature", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("model_bytes", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("load_bytes", sa.BigInteger(), nullable=True))
+        batch_op.add_column(
+            sa.Column("card_attempts", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("card_retry_at", sa.Float(), nullable=True))
+        batch_op.add_column(
+            sa.Column("model_attempts", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("model_retry_at", sa.Float(), nullable=True))
         batch_op.alter_column(
             "card_status", existing_type=sa.String(length=16), type_=sa.String(length=32)
         )
@@ -37,6 +45,8 @@ def upgrade() -> None:
             batch_op.f("ix_listings_model_status"), ["model_status"], unique=False
         )
 
+    # cards accepted before the text rules are checked again under them
+    op.execute("UPDATE listings SET card_status = 'pending' WHERE card_status = 'ok'")
     with op.batch_alter_table("indexer_state", schema=None) as batch_op:
         batch_op.add_column(sa.Column("heartbeat_at", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("last_error", sa.Text(), nullable=True))
@@ -53,6 +63,10 @@ def downgrade() -> None:
         batch_op.alter_column(
             "card_status", existing_type=sa.String(length=32), type_=sa.String(length=16)
         )
+        batch_op.drop_column("model_retry_at")
+        batch_op.drop_column("model_attempts")
+        batch_op.drop_column("card_retry_at")
+        batch_op.drop_column("card_attempts")
         batch_op.drop_column("load_bytes")
         batch_op.drop_column("model_bytes")
         batch_op.drop_column("signature")

@@ -6,6 +6,7 @@ models the validator refuses (they were indexed as fine, found and bought)."""
 from __future__ import annotations
 
 import io
+import time
 
 import orjson
 
@@ -124,3 +125,26 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
     finally:
         stop.set()
         worker.join(10)
+
+
+def test_unreachable_content_is_fetched_again_only_after_a_backoff(node, sqlite_url, tmp_path):
+    market, (_, seller, *_) = node
+    store = LocalStore(tmp_path / "store")
+    missing = "bafkreigvbaxog5r4lawrzok3j2ai2sxbohyinqc7fmgapwjqmpl66jp3ty"
+    model_id, _ = market.list_model(seller, missing, missing, PRICE)
+    mine(market, CONFIRMATIONS)
+    idx = make_indexer(market, sqlite_url, store=store)
+    for _ in range(3):  # three passes: one fetch, then the backoff holds
+        idx.run_once()
+    with idx.sessions() as s:
+        listing = s.get(Listing, model_id)
+    assert (listing.card_status, listing.model_status) == ("unavailable", "unavailable")
+    assert (listing.card_attempts, listing.model_attempts) == (1, 1)
+    assert listing.card_retry_at > time.time() + 20
+    assert "content_not_found" in listing.card_error  # the store's code, not its message
+    # once the backoff is over, the next pass tries again
+    with idx.sessions() as s, s.begin():
+        s.get(Listing, model_id).card_retry_at = 0.0
+    idx.run_once()
+    with idx.sessions() as s:
+        assert s.get(Listing, model_id).card_attempts == 2  # tried again, still missing
