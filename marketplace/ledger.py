@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy import Table, case, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -15,6 +15,10 @@ from marketplace.models import Credit, CreditLease, Purchase, Usage
 
 # A purchase of more calls than this is recorded but not credited: credits are 64-bit.
 MAX_CREDITED_CALLS = 10**15
+# Calls one buyer may ever hold on one model (purchased, summed): far past any real use,
+# and under 2^63, so the BIGINT columns can never overflow however many capped purchases
+# pile up (an overflow would fail every indexer batch from there on).
+MAX_CREDIT_TOTAL = 2**62
 
 
 def _insert(session: Session | Connection, table: Any) -> Any:
@@ -118,6 +122,7 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
                 again += 1
                 key = (row["buyer"], row["model_id"])
                 totals[key] = totals.get(key, 0) + int(revived)
+    _refuse_overflows(session, inserted, totals)
     if totals:
         stmt = _insert(session, Credit)
         session.execute(
@@ -134,6 +139,28 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
             ],
         )
     return len(new) + again
+
+
+def _refuse_overflows(session: Session, inserted: Any, totals: dict[tuple[str, int], int]) -> None:
+    """Drop from `totals` the credits these purchases would push past MAX_CREDIT_TOTAL,
+    and mark their new purchases `too_large` (recorded, credited nothing)."""
+    held = dict(
+        ((buyer, model_id), int(purchased))
+        for buyer, model_id, purchased in session.execute(
+            select(Credit.buyer, Credit.model_id, Credit.purchased).where(
+                tuple_(Credit.buyer, Credit.model_id).in_(list(totals))
+            )
+        )
+    )
+    for key in [k for k, n in totals.items() if held.get(k, 0) + n > MAX_CREDIT_TOTAL]:
+        del totals[key]
+        for tx_hash, log_index, buyer, model_id, _calls in inserted:
+            if (buyer, model_id) == key:
+                session.execute(
+                    update(Purchase)
+                    .where(Purchase.tx_hash == tx_hash, Purchase.log_index == log_index)
+                    .values(state="too_large", calls=0)
+                )
 
 
 def revoke(session: Session, tx_hash: str, log_index: int) -> bool:

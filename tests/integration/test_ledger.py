@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from marketplace import db, ledger
-from marketplace.models import Usage
+from marketplace.models import Purchase, Usage
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -142,3 +142,23 @@ def test_a_huge_purchase_is_recorded_but_not_credited(sessions):
     with sessions() as s, s.begin():
         assert ledger.credit(s, **_purchase(calls=10**30, amount=10**30))
         assert ledger.remaining(s, "0x" + "bb" * 20, 7) == 0
+
+
+def test_credits_never_overflow_however_many_capped_purchases_pile_up(sessions):
+    # 4,612 purchases of the contract's cap (10^15) on one model would pass 2^62; BIGINT
+    # overflow would have failed every indexer batch from there on
+    per = ledger.MAX_CREDITED_CALLS
+    fill = ledger.MAX_CREDIT_TOTAL // per
+    with sessions() as s, s.begin():
+        ledger.credit_many(s, [_purchase(tx_hash=f"0x{i:064x}", calls=per) for i in range(fill)])
+        held = ledger.remaining(s, "0x" + "bb" * 20, 7)
+        assert held == fill * per <= ledger.MAX_CREDIT_TOTAL
+        # the next one would pass the bound: recorded, credited nothing, nothing fails
+        assert ledger.credit(s, **_purchase(tx_hash="0x" + "ee" * 32, calls=per))
+        assert ledger.remaining(s, "0x" + "bb" * 20, 7) == held
+        refused = s.scalars(select(Purchase).where(Purchase.tx_hash == "0x" + "ee" * 32)).one()
+        assert (refused.state, refused.calls) == ("too_large", 0)
+        # a small one that fits still counts
+        room = ledger.MAX_CREDIT_TOTAL - held
+        assert ledger.credit(s, **_purchase(tx_hash="0x" + "ef" * 32, calls=room))
+        assert ledger.remaining(s, "0x" + "bb" * 20, 7) == ledger.MAX_CREDIT_TOTAL
