@@ -104,8 +104,11 @@ def offered_listing(model_id: int, gateway: Gateway | None = None) -> Listing:
 
 
 def accepts(listing: Listing) -> list[dict[str, object]]:
-    """x402-style payment requirements for `listing`: what to call, then what to post."""
-    dep = current_gateway().market.deployment
+    """x402-style payment requirements for `listing`: what to call, then what to post.
+    None for a delisted listing: the contract sells it no more."""
+    if not listing.active:
+        return []
+    dep = current_gateway().deployment
     return [
         {
             "scheme": "prepaid-credits",
@@ -151,7 +154,7 @@ def listing_json(listing: Listing) -> dict[str, Any]:
         "card_flags": listing.card_flags or [],
         "model_status": listing.model_status,
         "model_error": listing.model_error,
-        "offered": listing.model_status == "ok",
+        "offered": listing.active and listing.model_status == "ok",
         "listed_block": listing.listed_block,
     }
 
@@ -313,6 +316,8 @@ def prepare_purchase(model_id: int) -> Response:
     """Calldata for approve + purchase (and, given a buyer and deadline, permit typed data)."""
     body = parse(PurchaseBody)
     listing = offered_listing(model_id)
+    if not listing.active:
+        raise errors.ListingInactive(f"model {model_id} is delisted: it cannot be bought")
     market = current_gateway().market
     total = body.calls * listing.price_per_call
     token = market.token_contract(listing.token)

@@ -242,6 +242,12 @@ class PrepaidCredits:
                 retried_empty = True
                 continue
             if not elsewhere or time.monotonic() > deadline:
+                if not listing.active:
+                    raise errors.PaymentRequired(
+                        f"no calls left on model {listing.model_id}, and it is delisted:"
+                        " no more can be bought",
+                        [],
+                    )
                 raise errors.PaymentRequired(
                     f"no calls left on model {listing.model_id}: buy calls on-chain"
                     f" (POST /api/v1/models/{listing.model_id}/purchase gives the approve and"

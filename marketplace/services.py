@@ -114,7 +114,7 @@ class Gateway:
     @property
     def siwe_terms(self) -> auth.SiweTerms:
         """What a sign-in message must name: the configured public URL and our chain."""
-        return auth.SiweTerms.of(self.settings.public, self.market.deployment.chain_id)
+        return auth.SiweTerms.of(self.settings.public, self.deployment.chain_id)
 
     @property
     def market(self) -> chain.Marketplace:

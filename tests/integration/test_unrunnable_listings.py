@@ -9,7 +9,7 @@ import orjson
 
 from storage.local import LocalStore
 from tests.fixtures import hostile_models
-from tests.support.world import PRICE, World, sign_in
+from tests.support.world import PRICE, World, buy, infer, sign_in
 
 
 def _list(world: World, model: bytes, name: str) -> int:
@@ -75,3 +75,24 @@ def test_unauthenticated_requests_never_load_a_model(world):
         r = world.client.get(f"/v2/models/{bomb}")
         assert r.status_code == 409 and r.get_json()["code"] != "model_pending"
     assert gateway.models.loads == 0  # metadata came from the signature stored at indexing
+
+
+def test_a_delisted_listing_serves_its_buyers_but_is_sold_no_more(world):
+    key = sign_in(world, 2)
+    auth = {"Authorization": f"Bearer {key}"}
+    tx = buy(world, 2, 1)
+    assert (
+        world.client.post("/api/v1/receipts", json={"tx_hash": tx}, headers=auth).status_code == 201
+    )
+    world.market.delist(world.signers[1], world.model_id)
+    world.mine(1)
+    world.index()
+    client = world.client
+    assert client.get("/api/v1/models").get_json()["total"] == 0
+    assert client.get(f"/api/v1/models/{world.model_id}").get_json()["offered"] is False
+    r = client.post(f"/api/v1/models/{world.model_id}/purchase", json={"calls": 1})
+    assert r.status_code == 409 and r.get_json()["error"] == "listing_inactive"
+    assert infer(world, key).status_code == 200  # the call already bought is served
+    r = infer(world, key)
+    assert r.status_code == 402 and r.get_json()["accepts"] == []
+    assert "delisted" in r.get_json()["error"]
