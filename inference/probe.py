@@ -37,6 +37,7 @@ from inference.runtime import RuntimeSettings
 
 _READY = "ready"
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_CHILD_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "SYSTEMROOT"}
 _STARTUP_S = 60.0  # Python and onnxruntime importing on a busy machine; not the model's time
 # Address space beyond the budget: thread stacks and malloc arenas are reserved, not
 # resident. The verdict uses measured resident memory against the budget itself.
@@ -79,7 +80,9 @@ def _probe_path(
 ) -> LoadReport:
     command = [sys.executable, "-m", "inference.probe", str(path), str(memory_bytes)]
     command.append(json.dumps(runtime.to_dict()))
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+    # The child loads an untrusted file: it gets no secret of ours (keys, database URL),
+    # only what a Python process needs to start.
+    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV} | {"MALLOC_ARENA_MAX": "2"}
     # unbuffered: a buffered read could take the result line along with "ready" and
     # leave the selector waiting for bytes already read
     with subprocess.Popen(

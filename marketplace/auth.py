@@ -33,6 +33,10 @@ with warnings.catch_warnings():
     import siwe
 
 NONCE_TTL = timedelta(minutes=10)
+MIN_SECRET_BYTES = 32
+# Used nonces are kept this long past their expiry, so replicas whose clocks differ a
+# little never take an expired one for new.
+NONCE_GRACE = timedelta(minutes=5)
 KEY_PREFIX = "mm_"
 # An EIP-4361 message is a few hundred characters; the longest we take still parses in
 # about a millisecond. Checked before anything else looks at the text.
@@ -163,7 +167,7 @@ def verify_siwe(
 
 def _use_nonce(session: Session, nonce: str, expires: datetime) -> None:
     """Record `nonce` as used, once; a second use is refused (the primary key)."""
-    session.execute(delete(Nonce).where(Nonce.expires_at < _now()))  # keeps the table small
+    session.execute(delete(Nonce).where(Nonce.expires_at < _now() - NONCE_GRACE))  # stays small
     claimed = session.execute(
         insert_ignore(session, Nonce)
         .values(value=nonce, expires_at=expires, used=True)
@@ -177,9 +181,17 @@ def load_secret(path: Path, configured: SecretStr | None) -> bytes:
     """The gateway's secret (nonce MACs): the configured one, else a random one kept in
     `path` (mode 600), created once. Replicas on several hosts must configure one."""
     if configured is not None:
-        return configured.get_secret_value().encode()
+        secret = configured.get_secret_value().encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise errors.ConfigurationError(
+                f"MODELMARKET_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes"
+            )
+        return secret
     try:
-        return path.read_bytes()
+        stored = path.read_bytes()
+        if len(stored) >= MIN_SECRET_BYTES:
+            return stored
+        path.unlink()  # a torn or emptied file: make a new secret
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +259,8 @@ class KeyCache:
     read the database. A key revoked through this process stops at once; through
     another process (another gateway worker), within `ttl`."""
 
-    def __init__(self, reads: sessionmaker[Session], ttl: float) -> None:
-        self.reads, self.ttl = reads, ttl
+    def __init__(self, reads: sessionmaker[Session], ttl: float, max_entries: int = 10_000) -> None:
+        self.reads, self.ttl, self.max_entries = reads, ttl, max_entries
         self._verified: dict[str, tuple[float, ApiKey]] = {}  # key text -> (read at, row)
 
     def authenticate(self, bearer: str | None) -> ApiKey:
@@ -260,6 +272,10 @@ class KeyCache:
             return hit[1]  # this exact key text passed the checks below moments ago
         with self.reads() as session:
             row = authenticate(session, bearer)
+        if len(self._verified) >= self.max_entries:  # keys cost nothing to make: bounded
+            self._verified = {k: v for k, v in self._verified.items() if now - v[0] < self.ttl}
+            if len(self._verified) >= self.max_entries:
+                self._verified = {}
         self._verified[str(bearer)] = (now, row)
         return row
 

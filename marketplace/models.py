@@ -222,7 +222,7 @@ class Nonce(Base):
     __tablename__ = "siwe_nonces"
 
     value: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     used: Mapped[bool] = mapped_column(default=False)
 
 

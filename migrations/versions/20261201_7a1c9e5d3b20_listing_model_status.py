@@ -45,6 +45,8 @@ def upgrade() -> None:
             batch_op.f("ix_listings_model_status"), ["model_status"], unique=False
         )
 
+    with op.batch_alter_table("siwe_nonces", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_siwe_nonces_expires_at"), ["expires_at"], unique=False)
     # cards accepted before the text rules are checked again under them
     op.execute("UPDATE listings SET card_status = 'pending' WHERE card_status = 'ok'")
     with op.batch_alter_table("indexer_state", schema=None) as batch_op:
@@ -54,6 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("siwe_nonces", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_siwe_nonces_expires_at"))
     with op.batch_alter_table("indexer_state", schema=None) as batch_op:
         batch_op.drop_column("failures")
         batch_op.drop_column("last_error")

@@ -47,3 +47,12 @@ def test_a_key_revoked_through_this_worker_stops_at_once(engine):
     cache.forget(row.id)
     with pytest.raises(errors.Unauthenticated, match="revoked"):
         cache.authenticate(key)
+
+
+def test_the_key_cache_is_bounded(engine):
+    # keys cost nothing to make (any fresh wallet signs in): the cache never grows past its bound
+    cache = auth.KeyCache(db.read_session_factory(engine), ttl=60, max_entries=3)
+    keys = [new_key(engine)[1] for _ in range(7)]
+    for key in keys:
+        assert cache.authenticate(key).address == "0x" + "ab" * 20
+        assert len(cache._verified) <= 3
