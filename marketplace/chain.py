@@ -578,7 +578,7 @@ class Marketplace:
     ) -> dict[str, Any]:
         """The EIP-2612 Permit typed data a wallet signs for the marketplace to spend `value`."""
         erc20 = self.token_contract(token) if token else self.token
-        with rpc_errors():
+        with rpc_errors(), revert_errors(self.artifacts_dir):  # a token without ERC-5267
             domain = self._domains.get(erc20.address)
             if domain is None:  # fixed at the token's deployment: one read per process
                 domain = self._domains[erc20.address] = erc20.functions.eip712Domain().call()
