@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest request body on /v2 (an inference's tensors; 413 above).",
     )
+    max_infer_json_bytes: int = Field(
+        default=32 << 20,
+        gt=0,
+        description="Largest JSON part of a /v2 inference request (413 above; large tensors"
+        " go in the binary extension).",
+    )
     http_workers: int = Field(
         default=2, ge=1, description="gunicorn workers `modelmarket run` serves the gateway with."
     )

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, request
 from sqlalchemy import text
 
 from inference import codecs
+from inference.errors import InputTooLarge
 from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.api import (
@@ -94,8 +95,17 @@ def infer(model_id: int) -> Response:
         header_length = int(length) if length is not None else None
     except ValueError:
         raise errors.BadRequest(f"{codecs.HEADER_LENGTH} must be an integer") from None
+    body = request.get_data()
+    json_part = len(body) if header_length is None else header_length
+    if json_part > gateway.settings.max_infer_json_bytes:
+        # parsed before any payment: JSON costs ~100x what binary tensors do to decode
+        raise InputTooLarge(
+            f"the request's JSON is {json_part} bytes; the limit is"
+            f" {gateway.settings.max_infer_json_bytes}: send large tensors with the binary"
+            f" extension ({codecs.HEADER_LENGTH})"
+        )
     decoded = codecs.decode_request(
-        request.get_data(), header_length, max_elements=gateway.settings.max_input_elements
+        body, header_length, max_elements=gateway.settings.max_input_elements
     )
     payment = gateway.payments.begin(key, listing)
     try:

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from werkzeug.serving import make_server
 
 from app import create_app
+from inference import codecs
 from marketplace.devstack import free_port
 from tests.support.world import World, buy, sign_in
 
@@ -125,3 +126,30 @@ def test_search_takes_its_text_literally_and_bounded(world):
         "per_page": 20,
         "models": [],
     }
+
+
+def test_big_json_is_refused_before_parsing_and_binary_still_works(world):
+    key = sign_in(world, 2)
+    auth = {"Authorization": f"Bearer {key}"}
+    world.client.post("/api/v1/receipts", json={"tx_hash": buy(world, 2, 1)}, headers=auth)
+    small = world.settings.model_copy(update={"max_infer_json_bytes": 1000})
+    client = create_app(small).test_client()
+    rows = np.tile(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32), (200, 1))
+    as_json = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [20, 4],
+                    "data": rows.ravel().tolist(),
+                }
+            ]
+        }
+    )
+    r = client.post(f"/v2/models/{world.model_id}/infer", data=as_json, headers=auth)
+    assert r.status_code == 413 and r.get_json()["code"] == "input_too_large"
+    assert "binary" in r.get_json()["error"]
+    body, headers = codecs.encode_request({"features": rows})
+    r = client.post(f"/v2/models/{world.model_id}/infer", data=body, headers={**headers, **auth})
+    assert r.status_code == 200, r.get_json()
