@@ -150,6 +150,6 @@ def test_big_json_is_refused_before_parsing_and_binary_still_works(world):
     r = client.post(f"/v2/models/{world.model_id}/infer", data=as_json, headers=auth)
     assert r.status_code == 413 and r.get_json()["code"] == "input_too_large"
     assert "binary" in r.get_json()["error"]
-    body, headers = codecs.encode_request({"features": rows})
+    body, headers = codecs.encode_request({"features": rows}, binary=True)
     r = client.post(f"/v2/models/{world.model_id}/infer", data=body, headers={**headers, **auth})
     assert r.status_code == 200, r.get_json()
