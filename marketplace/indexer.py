@@ -18,6 +18,7 @@ from typing import Any
 from hexbytes import HexBytes
 from sqlalchemy import and_, delete, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
 from web3.contract import Contract
@@ -381,8 +382,8 @@ class Indexer:
                 card = cards.Card("unavailable", "fetching the card failed; it is retried")
             try:
                 self._store_card(model_id, metadata_cid, card)
-            except Exception as exc:
-                # e.g. text the database refuses: the listing is marked, the batch goes on
+            except DataError as exc:
+                # text the database refuses (a transient fault is retried next pass instead)
                 log.warning("model %s: storing its card failed: %s", model_id, type(exc).__name__)
                 card = cards.Card(
                     "unstorable", f"the database refused the card ({type(exc).__name__})"
@@ -465,7 +466,7 @@ class Indexer:
                 verdict = ModelVerdict("unavailable", "checking the model failed; it is retried")
             try:
                 self._store_verdict(model_id, model_cid, verdict)
-            except Exception as exc:  # what the database refuses marks the listing only
+            except DataError as exc:  # what the database refuses marks the listing only
                 log.warning("model %s: storing its check failed: %s", model_id, type(exc).__name__)
                 verdict = ModelVerdict("unstorable", "the database refused the model's details")
                 self._store_verdict(model_id, model_cid, verdict)
