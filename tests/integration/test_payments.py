@@ -18,7 +18,7 @@ from marketplace.payments import RECALL_WAIT, PrepaidCredits
 
 BUYER = "0x" + "bb" * 20
 KEY = ApiKey(id="k1", address=BUYER, name="t", secret_hash="")
-LISTING = Listing(model_id=7)
+LISTING = Listing(model_id=7, active=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
