@@ -26,6 +26,18 @@ if [[ "${1:-}" == "deploy" ]]; then
   # brownie reloads its own record of earlier deployments on connect and fails when a
   # chain was reset; the record that counts is the deployment JSON this script writes.
   rm -rf "build/deployments/$chainid"
-  exec .venv/bin/brownie run scripts/deploy.py --network modelmarket-target
+  # What `brownie run` does, minus its import of the script by its absolute path as a
+  # dotted module name (a checkout under a folder with a dot, such as mktemp's, broke it).
+  exec .venv/bin/python - <<'PY'
+import runpy
+
+from brownie import network, project
+
+active = project.load()
+active.load_config()
+network.connect("modelmarket-target")
+active._add_to_main_namespace()
+runpy.run_path("scripts/deploy.py")["main"]()
+PY
 fi
 exec .venv/bin/brownie "$@"
