@@ -92,7 +92,7 @@ def main() -> int:
         services.make_indexer(settings).run_once()
         client = create_app(settings).test_client()
         key = devstack.dev_key(2)
-        longest = "s" * (auth.MAX_MESSAGE_CHARS - 400)  # the message lands just under the cap
+        longest = "s" * auth.MAX_LINE_CHARS  # the longest statement line accepted
         # bodies encoded before timing: what is measured is the server's work
         huge = orjson.dumps({"message": "x" * (1 << 20), "signature": "0x"})
         past_cap = orjson.dumps(signed(client, settings, key, "a" * 20_000, True))
@@ -111,7 +111,11 @@ def main() -> int:
         def sign_in_for_real() -> object:  # a fresh nonce each time: the whole legitimate path
             return verify(fresh.pop())
 
-        search = f"/api/v1/models?q={'q' * 4000}&per_page=100"
+        search = f"/api/v1/models?q={'q' * 100}&per_page=100"
+        too_long = f"/api/v1/models?q={'q' * 4000}"
+        backtrack = signed(client, settings, key, "s", True)
+        backtrack["message"] += "\nResources:" + "\n- a:" * 4 + " "
+        backtracking = orjson.dumps(backtrack)
         permit = {"calls": 10, "buyer": stranger.address, "deadline": 2**40}
         megabyte = b"0" * (1 << 20)
 
@@ -130,7 +134,9 @@ def main() -> int:
             ("POST /auth/verify longest, forged nonce", lambda: verify(forged_nonce)),
             ("POST /auth/verify longest, bad signature", lambda: verify(bad_signature)),
             ("POST /auth/verify longest, real sign-in", sign_in_for_real),
-            ("GET /models?q=<4000 chars>&per_page=100", lambda: client.get(search)),
+            ("POST /auth/verify resource backtracking", lambda: verify(backtracking)),
+            ("GET /models?q=<100 chars>&per_page=100", lambda: client.get(search)),
+            ("GET /models?q=<4000 chars> (400)", lambda: client.get(too_long)),
             ("GET /models/{id}", lambda: client.get(f"/api/v1/models/{model_id}")),
             ("GET /v2/models/{id} (metadata)", lambda: client.get(f"/v2/models/{model_id}")),
             ("GET /v2/models/{id}/ready", lambda: client.get(f"/v2/models/{model_id}/ready")),
