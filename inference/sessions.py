@@ -35,6 +35,7 @@ __all__ = ["LoadedModel", "RuntimeSettings", "SessionCache", "cap_process_memory
 # (even its ~1 us read of /proc), and fast failures (bad input, refused allocations: free
 # to the caller, whose credit comes back) do not pay for a release.
 _SLOW_RUN_S = 0.001
+_RSS_CHECK_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SessionCache:
         self.releases = 0
         _shrinker()  # the process's first session sets up onnxruntime: not a model's cost
         self._release_above = memory.rss_bytes() + self.runtime.release_above_bytes
+        self._rss_checked = 0.0  # perf_counter of the last resident-memory check
 
     @property
     def used_bytes(self) -> int:
@@ -167,9 +169,18 @@ class SessionCache:
         """Release memory after a slow run that failed (a stopped run leaves its growth in
         the arena) or left resident memory far above its level after load. Not on every
         run: shrinking costs +2-3 us on a 10 us call, and a fast run cannot have grown."""
-        if time.perf_counter() - start < _SLOW_RUN_S:
+        now = time.perf_counter()
+        if now - start < _SLOW_RUN_S:
             return
-        if failed or memory.rss_bytes() > self._release_above:
+        if failed:
+            self.release_memory()
+            return
+        # Reading resident memory is a syscall, which under many threads hands the GIL
+        # around: at most once per interval, however many slow runs there are.
+        if now - self._rss_checked < _RSS_CHECK_INTERVAL_S:
+            return
+        self._rss_checked = now
+        if memory.rss_bytes() > self._release_above:
             self.release_memory()
 
     def release_memory(self) -> None:
