@@ -66,28 +66,34 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert proc.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "ready" in line or not line:
-            break
-    text = "".join(lines)
-    assert "ready. Ctrl-C to stop." in text, text
-    anvil_pid = int(text.split("(pid ")[1].split(")")[0])
-    assert _alive(anvil_pid)
-    assert "marketplace  0x" in text and "token (MMT)  0x" in text
-    # the gateway serves both API families on the configured port
-    gateway = f"http://127.0.0.1:{port}"
-    assert f"gateway      {gateway}/api/v1 and {gateway}/v2" in text
-    ready = requests.get(f"{gateway}/v2/health/ready", timeout=10).json()
-    assert ready["ready"] is True and ready["indexer"]["status"] in ("ok", "not_started")
-    marketplace = text.split("marketplace  ")[1].split()[0]
-    assert requests.get(f"{gateway}/api/v1/deployment", timeout=10).json()["marketplace"] == (
-        marketplace
-    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "ready" in line or not line:
+                break
+        text = "".join(lines)
+        assert "ready. Ctrl-C to stop." in text, text
+        anvil_pid = int(text.split("(pid ")[1].split(")")[0])
+        assert _alive(anvil_pid)
+        assert "marketplace  0x" in text and "token (MMT)  0x" in text
+        # the gateway serves both API families on the configured port
+        gateway = f"http://127.0.0.1:{port}"
+        assert f"gateway      {gateway}/api/v1 and {gateway}/v2" in text
+        ready = requests.get(f"{gateway}/v2/health/ready", timeout=10).json()
+        assert ready["ready"] is True and ready["indexer"]["status"] in ("ok", "not_started")
+        marketplace = text.split("marketplace  ")[1].split()[0]
+        assert requests.get(f"{gateway}/api/v1/deployment", timeout=10).json()["marketplace"] == (
+            marketplace
+        )
+    except BaseException:
+        # a failed assertion must not leave the stack running: Ctrl-C stops its children
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        raise
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
