@@ -36,6 +36,7 @@ __all__ = ["LoadedModel", "RuntimeSettings", "SessionCache", "cap_process_memory
 # to the caller, whose credit comes back) do not pay for a release.
 _SLOW_RUN_S = 0.001
 _RSS_CHECK_INTERVAL_S = 0.5
+_LONG_RUN_S = 0.05
 
 
 @dataclass
@@ -176,8 +177,9 @@ class SessionCache:
             self.release_memory()
             return
         # Reading resident memory is a syscall, which under many threads hands the GIL
-        # around: at most once per interval, however many slow runs there are.
-        if now - self._rss_checked < _RSS_CHECK_INTERVAL_S:
+        # around: after a long run always (it costs nothing beside the run), after a
+        # merely slow one (a busy worker's small calls) at most once per interval.
+        if now - start < _LONG_RUN_S and now - self._rss_checked < _RSS_CHECK_INTERVAL_S:
             return
         self._rss_checked = now
         if memory.rss_bytes() > self._release_above:
