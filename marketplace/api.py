@@ -166,8 +166,12 @@ def listing_json(listing: Listing) -> dict[str, Any]:
 @documented(resp=marketplace_responses({200: DeploymentInfo}), tags=["marketplace"])
 def deployment() -> Response:
     """Chain id and contract addresses, for wallets and clients."""
-    settings = current_gateway().settings
-    record = chain.Deployment.load(settings.deployment_path)
+    try:
+        record = current_gateway().deployment
+    except errors.ConfigurationError:  # its text names a path on the server
+        raise errors.ConfigurationError(
+            "the gateway has no deployment record: its operator must deploy first"
+        ) from None
     return json_response(
         {
             "chain_id": record.chain_id,

@@ -161,6 +161,13 @@ class ModelPending(ModelMarketError):
     http_status = 503
 
 
+class DatabaseUnavailable(ModelMarketError):
+    """The database does not answer; nothing was charged."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
 class Unauthenticated(ModelMarketError):
     """No API key, or one that is unknown or revoked."""
 

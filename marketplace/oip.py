@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from inference import codecs
 from inference.errors import InputTooLarge
@@ -45,14 +46,17 @@ def live() -> Response:
 
 
 @blueprint.get("/health/ready")
-@documented(resp=inference_responses(Ready), tags=["inference"])
+@documented(resp=inference_responses(Ready, 503), tags=["inference"])
 def ready() -> Response:
     """The server can take paid calls (its database answers); also how the indexer that
     feeds it is doing (it runs elsewhere, and its failures do not stop paid calls)."""
     gateway = current_gateway()
-    with gateway.reads() as session:
-        session.execute(text("SELECT 1"))
-        following = indexer_health(session, gateway.deployment)
+    try:
+        with gateway.reads() as session:
+            session.execute(text("SELECT 1"))
+            following = indexer_health(session, gateway.deployment)
+    except OperationalError:
+        raise errors.DatabaseUnavailable("the database does not answer") from None
     return json_response({"ready": True, "indexer": following})
 
 

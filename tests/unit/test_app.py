@@ -37,3 +37,24 @@ def test_gunicorn_app_colon_app_builds_the_app_on_access(settings, monkeypatch):
     assert "app" not in vars(module)  # nothing built at import
     built = module.app
     assert built.name == "app" and "oip.infer" in built.view_functions
+
+
+def test_ready_says_503_when_the_database_is_down(settings):
+    # a real fault: the configured PostgreSQL port has nothing listening
+    from marketplace import devstack
+
+    record = chain.Deployment(
+        31337, "0x" + "1" * 40, "0x" + "2" * 40, 1, "0x" + "3" * 40, "0x" + "3" * 40
+    )
+    record.save(settings.deployment_path)
+    down = settings.model_copy(
+        update={"database_url": f"postgresql+psycopg://x@127.0.0.1:{devstack.free_port()}/x"}
+    )
+    resp = create_app(down).test_client().get("/v2/health/ready")
+    assert resp.status_code == 503
+    assert resp.get_json()["code"] == "database_unavailable"
+
+
+def test_a_missing_deployment_does_not_name_server_paths(settings):
+    body = create_app(settings).test_client().get("/api/v1/deployment").get_json()
+    assert str(settings.data_dir) not in body["message"]
