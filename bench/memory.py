@@ -13,7 +13,6 @@ model, against shrinking the arena on every run. Ends with one `goal:` line per 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.inference import median_us
 from inference import errors, memory
 from inference.demos import DEMO_DIR
 from inference.inspect import inspect_bytes
@@ -123,18 +123,6 @@ def run_child(name: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
 
 
-def median_us(fn: Callable[[], object], *, seconds: float = 0.6, min_runs: int = 200) -> float:
-    """Median wall time of `fn` in microseconds, over ~`seconds` of repeats."""
-    fn()
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < min_runs:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
 def call_costs() -> dict[str, float]:
     """Per-call microseconds on iris (batch 1): the session cache with and without the
     release check, and raw session.run with and without shrinking on every run."""
@@ -156,7 +144,7 @@ def call_costs() -> dict[str, float]:
     best = {name: float("inf") for name in calls}
     for _ in range(5):  # alternate to share the machine's noise
         for name, fn in calls.items():
-            best[name] = min(best[name], median_us(fn))
+            best[name] = min(best[name], median_us(fn, min_runs=200))
     return best
 
 
