@@ -23,8 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace import errors
-from marketplace.db import insert_ignore
+from marketplace import db, errors
 from marketplace.models import ApiKey, Nonce
 
 with warnings.catch_warnings():
@@ -169,7 +168,8 @@ def _use_nonce(session: Session, nonce: str, expires: datetime) -> None:
     """Record `nonce` as used, once; a second use is refused (the primary key)."""
     session.execute(delete(Nonce).where(Nonce.expires_at < _now() - NONCE_GRACE))  # stays small
     claimed = session.execute(
-        insert_ignore(session, Nonce)
+        db.insert(session, Nonce)
+        .on_conflict_do_nothing()
         .values(value=nonce, expires_at=expires, used=True)
         .returning(Nonce.value)
     ).scalar_one_or_none()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -54,9 +54,10 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def insert_ignore(session: Session, table: type[Base]) -> Any:
-    """`INSERT ... ON CONFLICT DO NOTHING` for the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(
-        table
-    ).on_conflict_do_nothing()
+def insert(session: Session | Connection, table: Any) -> Any:
+    """An INSERT for the dialect of `session` (PostgreSQL's or SQLite's), so callers can
+    add `ON CONFLICT` clauses, which SQLAlchemy's generic insert lacks."""
+    dialect = (
+        session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
+    )
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

@@ -17,7 +17,6 @@ from typing import Any
 
 from hexbytes import HexBytes
 from sqlalchemy import and_, delete, or_, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import Web3
@@ -28,7 +27,7 @@ from inference.errors import InferenceError, InvalidModel
 from inference.inspect import Limits, inspect_bytes
 from inference.probe import probe_load
 from inference.runtime import RuntimeSettings
-from marketplace import cards, chain, errors, ledger
+from marketplace import cards, chain, db, errors, ledger
 from marketplace.events import Event, EventDecoder
 from marketplace.models import BlockHash, ChainEvent, IndexerState, Listing
 from storage import cid
@@ -290,8 +289,7 @@ class Indexer:
             }
             for e in decoded
         ]
-        dialect = session.get_bind().dialect.name
-        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ChainEvent)
+        insert = db.insert(session, ChainEvent)
         new = {
             (tx, index)
             for tx, index in session.execute(

@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Table, case, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from marketplace import db
 from marketplace.models import Credit, CreditLease, Purchase, Usage
 
 # A purchase of more calls than this is recorded but not credited: credits are 64-bit.
@@ -19,13 +19,6 @@ MAX_CREDITED_CALLS = 10**15
 # and under 2^63, so the BIGINT columns can never overflow however many capped purchases
 # pile up (an overflow would fail every indexer batch from there on).
 MAX_CREDIT_TOTAL = 2**62
-
-
-def _insert(session: Session | Connection, table: Any) -> Any:
-    dialect = (
-        session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
-    )
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def credit(
@@ -85,7 +78,7 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
             }
         )
     inserted = session.execute(
-        _insert(session, Purchase)
+        db.insert(session, Purchase)
         .on_conflict_do_nothing(index_elements=["tx_hash", "log_index"])
         .returning(
             Purchase.tx_hash,
@@ -124,7 +117,7 @@ def credit_many(session: Session, purchases: list[dict[str, Any]]) -> int:
                 totals[key] = totals.get(key, 0) + int(revived)
     _refuse_overflows(session, inserted, totals)
     if totals:
-        stmt = _insert(session, Credit)
+        stmt = db.insert(session, Credit)
         session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["buyer", "model_id"],
