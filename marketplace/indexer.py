@@ -11,9 +11,9 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from hexbytes import HexBytes
 from sqlalchemy import and_, delete, or_, select, text
@@ -37,6 +37,15 @@ from storage.store import ContentStore
 LOCK_KEY = 0x6D6D6B7431  # "mmkt1": the advisory lock every indexer takes
 
 log = logging.getLogger("modelmarket.indexer")
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+# what checking a card or a model found: cards.Card, ModelVerdict
+_Outcome = TypeVar("_Outcome", bound=_HasStatus)
 
 
 @dataclass
@@ -368,27 +377,7 @@ class Indexer:
                 .where(_due(Listing.card_status, Listing.card_retry_at))
                 .order_by(Listing.model_id)
             ).all()
-        settled = 0
-        deadline = time.monotonic() + self.check_budget
-        for model_id, metadata_cid in pending:
-            if time.monotonic() > deadline:
-                break
-            try:
-                card = self._fetch_card(metadata_cid)
-            except Exception:  # a bug or a store fault on one card never stops the rest
-                log.exception("fetching the card of model %s failed", model_id)
-                card = cards.Card("unavailable", "fetching the card failed; it is retried")
-            try:
-                self._store_card(model_id, metadata_cid, card)
-            except DataError as exc:
-                # text the database refuses (a transient fault is retried next pass instead)
-                log.warning("model %s: storing its card failed: %s", model_id, type(exc).__name__)
-                card = cards.Card(
-                    "unstorable", f"the database refused the card ({type(exc).__name__})"
-                )
-                self._store_card(model_id, metadata_cid, card)
-            settled += card.status != "unavailable"
-        return settled
+        return self._settle_each("card", pending, self._fetch_card, self._store_card, cards.Card)
 
     def _store_card(self, model_id: int, metadata_cid: str, card: cards.Card) -> None:
         with self.sessions() as session, session.begin():
@@ -409,22 +398,17 @@ class Indexer:
     def _fetch_card(self, metadata_cid: str) -> cards.Card:
         assert self.store is not None
         pieces: list[bytes] = []
-        try:
-            cid.verify(
-                self.store.cat(metadata_cid, timeout=self.card_timeout),
-                metadata_cid,
-                sink=pieces.append,
-                max_bytes=self.max_card_bytes,
-            )
-        except ContentTooLarge:
-            return cards.Card("too_large", f"the card is over {self.max_card_bytes} bytes")
-        except ContentMismatch as exc:
-            return cards.Card("cid_mismatch", exc.message)
-        except StorageError as exc:
-            if exc.code == "invalid_cid":
-                return cards.Card("invalid_card", exc.message)
-            # the store's own message may name internal addresses: code only
-            return cards.Card("unavailable", f"the card could not be fetched ({exc.code})")
+        failed = fetch_verified(
+            self.store,
+            metadata_cid,
+            "card",
+            sink=pieces.append,
+            max_bytes=self.max_card_bytes,
+            timeout=self.card_timeout,
+        )
+        if failed is not None:
+            status, reason = failed
+            return cards.Card("invalid_card" if status == "invalid_cid" else status, reason)
         return cards.parse_card(b"".join(pieces))
 
     # ------------------------------------------------------------------ models
@@ -452,23 +436,46 @@ class Indexer:
                 .where(_due(Listing.model_status, Listing.model_retry_at))
                 .order_by(Listing.model_id)
             ).all()
+        store = self.store
+        return self._settle_each(
+            "model",
+            pending,
+            lambda model_cid: check_model(store, model_cid, self.model_checks),
+            self._store_verdict,
+            ModelVerdict,
+        )
+
+    def _settle_each(
+        self,
+        what: str,
+        pending: Sequence[Any],
+        check: Callable[[str], _Outcome],
+        record: Callable[[int, str, _Outcome], None],
+        outcome: Callable[[str, str], _Outcome],
+    ) -> int:
+        """Check each (model id, CID) of `pending` and record what was found, within the
+        pass's time budget; returns how many were settled. A fault while checking one is
+        retried later; a value the database refuses marks its listing `unstorable` (a
+        transient database fault fails the pass instead, and is retried)."""
         settled = 0
         deadline = time.monotonic() + self.check_budget
-        for model_id, model_cid in pending:
+        for model_id, content in pending:
             if time.monotonic() > deadline:
                 break
             try:
-                verdict = check_model(self.store, model_cid, self.model_checks)
-            except Exception:
-                log.exception("checking the model of listing %s failed", model_id)
-                verdict = ModelVerdict("unavailable", "checking the model failed; it is retried")
+                found = check(content)
+            except Exception:  # a bug or a store fault on one never stops the rest
+                log.exception("checking the %s of listing %s failed", what, model_id)
+                found = outcome("unavailable", f"checking the {what} failed; it is retried")
             try:
-                self._store_verdict(model_id, model_cid, verdict)
-            except DataError as exc:  # what the database refuses marks the listing only
-                log.warning("model %s: storing its check failed: %s", model_id, type(exc).__name__)
-                verdict = ModelVerdict("unstorable", "the database refused the model's details")
-                self._store_verdict(model_id, model_cid, verdict)
-            settled += verdict.status != "unavailable"
+                record(model_id, content, found)
+            except DataError as exc:
+                log.warning(
+                    "model %s: storing its %s failed: %s", model_id, what, type(exc).__name__
+                )
+                found = outcome("unstorable", f"the database refused the {what}'s details")
+                record(model_id, content, found)
+            settled += found.status != "unavailable"
         return settled
 
 
@@ -584,25 +591,45 @@ class ModelVerdict:
             object.__setattr__(self, "error", cards.printable(self.error))
 
 
+def fetch_verified(
+    store: ContentStore,
+    content: str,
+    what: str,
+    *,
+    sink: Callable[[bytes], object],
+    max_bytes: int,
+    timeout: float,
+) -> tuple[str, str] | None:
+    """Stream `content` into `sink`, every byte verified against its CID and at most
+    `max_bytes`; None when it all arrived, else (status, reason) for the listing."""
+    try:
+        cid.verify(store.cat(content, timeout=timeout), content, sink=sink, max_bytes=max_bytes)
+    except ContentTooLarge:
+        return "too_large", f"the {what} is over {max_bytes} bytes"
+    except ContentMismatch as exc:
+        return "cid_mismatch", exc.message
+    except StorageError as exc:
+        if exc.code == "invalid_cid":
+            return "invalid_cid", exc.message
+        # the store's own message may name internal addresses: its code only
+        return "unavailable", f"the {what} could not be fetched ({exc.code})"
+    return None
+
+
 def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> ModelVerdict:
     """Fetch `model_cid` (every byte verified, at most `checks.max_bytes`), inspect it,
     and load it once in a bounded child process."""
     with tempfile.TemporaryFile() as tmp:
-        try:
-            cid.verify(
-                store.cat(model_cid, timeout=checks.fetch_timeout),
-                model_cid,
-                sink=tmp.write,
-                max_bytes=checks.max_bytes,
-            )
-        except ContentTooLarge:
-            return ModelVerdict("too_large", f"the model is over {checks.max_bytes} bytes")
-        except ContentMismatch as exc:
-            return ModelVerdict("cid_mismatch", exc.message)
-        except StorageError as exc:
-            if exc.code == "invalid_cid":
-                return ModelVerdict("invalid_cid", exc.message)
-            return ModelVerdict("unavailable", f"the model could not be fetched ({exc.code})")
+        failed = fetch_verified(
+            store,
+            model_cid,
+            "model",
+            sink=tmp.write,
+            max_bytes=checks.max_bytes,
+            timeout=checks.fetch_timeout,
+        )
+        if failed is not None:
+            return ModelVerdict(*failed)
         tmp.seek(0)
         data = tmp.read()
     try:
