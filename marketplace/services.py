@@ -111,7 +111,7 @@ class Gateway:
         """The deployment record (read from its file; no chain round trip)."""
         return chain.Deployment.load(self.settings.deployment_path)
 
-    @property
+    @functools.cached_property
     def siwe_terms(self) -> auth.SiweTerms:
         """What a sign-in message must name: the configured public URL and our chain."""
         return auth.SiweTerms.of(self.settings.public, self.deployment.chain_id)
