@@ -20,9 +20,18 @@ import orjson
 
 from inference import codecs
 from inference.demos import DEMO_DIR
-from marketplace import auth, chain, db, devstack, ledger, services
+from marketplace.accounts import keys
+from marketplace.bootstrap import make_indexer
+from marketplace.chain.market import Marketplace, deploy_marketplace
+from marketplace.chain.transactions import connect
 from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import dev_signers, start_anvil
+from marketplace.devstack.serve import Gunicorn, start_gunicorn
+from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
+from tests.support.launchers import PG_BIN, start_postgres
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -42,11 +51,11 @@ MODELS = {
 THREADS = 8
 
 
-def gunicorn(app: str, env: dict[str, str], log: Path) -> devstack.Gunicorn:
+def gunicorn(app: str, env: dict[str, str], log: Path) -> Gunicorn:
     """2 workers x THREADS threads (gthread), each with its own SO_REUSEPORT socket (the
     kernel spreads connections over the workers; with one shared socket the first
     worker to wake often took all of wrk's connections)."""
-    return devstack.start_gunicorn(app, env, workers=2, threads=THREADS, reuse_port=True, log=log)
+    return start_gunicorn(app, env, workers=2, threads=THREADS, reuse_port=True, log=log)
 
 
 def best_of(runs: int, *args: object) -> tuple[float, float, float, int]:
@@ -102,14 +111,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="wrk runs per cell (best kept)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    node = devstack.start_anvil(ANVIL)
+    node = start_anvil(ANVIL)
     pg = None
-    servers: list[devstack.Gunicorn] = []
+    servers: list[Gunicorn] = []
     rows = []
     try:
-        w3 = chain.connect(node.rpc_url)
-        owner, seller, buyer = devstack.dev_signers(3)
-        dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
+        w3 = connect(node.rpc_url)
+        owner, seller, buyer = dev_signers(3)
+        dep = deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
         base = Settings(
             _env_file=None,
             data_dir=work / "data",
@@ -118,7 +127,7 @@ def main() -> int:
         )
         dep.save(base.deployment_path)
         store = LocalStore(base.store_dir)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
+        market = Marketplace(w3, dep, ARTIFACTS)
         model_ids = {}
         for label, (path, _inputs, _conns) in MODELS.items():
             model_cid = store.add(io.BytesIO(path.read_bytes()))
@@ -126,8 +135,8 @@ def main() -> int:
             model_ids[label], _ = market.list_model(seller, model_cid, card, 1000)
         bodies = {label: codecs.encode_request(inputs) for label, (_, inputs, _) in MODELS.items()}
         databases = {"sqlite": base.db_url}
-        if (devstack.PG_BIN / "initdb").exists():
-            pg = devstack.start_postgres()
+        if (PG_BIN / "initdb").exists():
+            pg = start_postgres()
             databases["postgresql"] = pg.url
         baseline = {}
         for label, (path, _inputs, conns) in MODELS.items():
@@ -143,25 +152,27 @@ def main() -> int:
             unpaid.stop()
         for name, url in databases.items():
             settings = base.model_copy(update={"database_url": url})
-            services.migrate(settings)
-            services.make_indexer(settings).run_once()
-            sessions = db.session_factory(db.make_engine(url))
+            migrate(settings.db_url)
+            make_indexer(settings).run_once()
+            sessions = session_factory(make_engine(url))
             with sessions() as s, s.begin():
                 for i, model_id in enumerate(model_ids.values()):
                     ledger.credit(
                         s,
-                        tx_hash="0x" + "ab" * 32,
-                        log_index=i,
-                        buyer=buyer.address,
-                        model_id=model_id,
-                        calls=10**12,
-                        amount=1,
-                        fee=0,
-                        block_number=1,
-                        block_hash="0x" + "cd" * 32,
-                        source="receipt",
+                        ledger.PurchaseRecord(
+                            tx_hash="0x" + "ab" * 32,
+                            log_index=i,
+                            buyer=buyer.address,
+                            model_id=model_id,
+                            calls=10**12,
+                            amount=1,
+                            fee=0,
+                            block_number=1,
+                            block_hash="0x" + "cd" * 32,
+                            source="receipt",
+                        ),
                     )
-                _, key = auth.create_key(s, buyer.address, "bench")
+                _, key = keys.create_key(s, buyer.address, "bench")
             env = {
                 "MODELMARKET_DATA_DIR": str(settings.data_dir),
                 "MODELMARKET_RPC_URL": node.rpc_url,

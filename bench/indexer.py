@@ -17,13 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-
-from marketplace import chain, db, devstack
+from marketplace.chain.artifacts import load_artifact
+from marketplace.chain.logs import EventDecoder
+from marketplace.chain.market import Marketplace, deploy_marketplace
+from marketplace.chain.transactions import connect, deploy, send
 from marketplace.config import PROJECT_ROOT
-from marketplace.events import EventDecoder
-from marketplace.indexer import Indexer
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import dev_signers, start_anvil
+from marketplace.indexer.follow import Indexer
+from tests.support.launchers import PG_BIN, start_postgres
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
 ANVIL = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -32,37 +35,27 @@ BATCH = 2000
 GOAL = 2000.0
 
 
-def migrate(url: str) -> None:
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-indexer-"))
-    node = devstack.start_anvil(ANVIL, extra_args=("--gas-limit", "100000000"))
+    node = start_anvil(ANVIL, extra_args=("--gas-limit", "100000000"))
     pg = None
     try:
-        w3 = chain.connect(node.rpc_url, timeout=120)
-        owner, seller = devstack.dev_signers(2)
-        dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250, timeout=300)
-        market = chain.Marketplace(w3, dep, ARTIFACTS, timeout=300)
+        w3 = connect(node.rpc_url, timeout=120)
+        owner, seller = dev_signers(2)
+        dep = deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250, timeout=300)
+        market = Marketplace(w3, dep, ARTIFACTS, timeout=300)
         model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 1000)
-        bulk_address, _ = chain.deploy(
-            w3, chain.load_artifact(ARTIFACTS, "BulkBuyer"), owner, ARTIFACTS
-        )
-        bulk = w3.eth.contract(
-            address=bulk_address, abi=chain.load_artifact(ARTIFACTS, "BulkBuyer").abi
-        )
-        chain.send(w3, market.token.functions.mint(bulk_address, 10**27), owner, ARTIFACTS)
+        bulk_address, _ = deploy(w3, load_artifact(ARTIFACTS, "BulkBuyer"), owner, ARTIFACTS)
+        bulk = w3.eth.contract(address=bulk_address, abi=load_artifact(ARTIFACTS, "BulkBuyer").abi)
+        send(w3, market.token.functions.mint(bulk_address, 10**27), owner, ARTIFACTS)
         start = time.perf_counter()
         made = 0
         while made < args.events:
             count = min(PER_TX, args.events - made)
-            chain.send(
+            send(
                 w3,
                 bulk.functions.buyMany(dep.marketplace, dep.token, model_id, count, 1000),
                 owner,
@@ -89,23 +82,21 @@ def main() -> int:
         for log in bought[:500]:  # web3's own decoder, sampled: it is slow
             event.process_log(log)
         t_web3 = (time.perf_counter() - start) * len(bought) / min(len(bought), 500)
-        decoder = EventDecoder(
-            chain.load_artifact(ARTIFACTS, "ModelMarketplace").abi, dep.marketplace
-        )
+        decoder = EventDecoder(load_artifact(ARTIFACTS, "ModelMarketplace").abi, dep.marketplace)
         start = time.perf_counter()
         decoder.decode(bought, "Purchased")
         t_decode = time.perf_counter() - start
 
         results = {}
         targets = {"sqlite": f"sqlite:///{work / 'bench.db'}"}
-        if (devstack.PG_BIN / "initdb").exists():
-            pg = devstack.start_postgres()
+        if (PG_BIN / "initdb").exists():
+            pg = start_postgres()
             targets["postgresql"] = pg.url
         for name, url in targets.items():
             migrate(url)
-            engine = db.make_engine(url)
+            engine = make_engine(url)
             idx = Indexer(
-                db.session_factory(engine), w3, dep, ARTIFACTS, confirmations=0, batch_blocks=BATCH
+                session_factory(engine), w3, dep, ARTIFACTS, confirmations=0, batch_blocks=BATCH
             )
             start = time.perf_counter()
             result = idx.run_once()

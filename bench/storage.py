@@ -29,11 +29,11 @@ from pathlib import Path
 
 import requests
 
-from marketplace import devstack
 from marketplace.config import PROJECT_ROOT
 from storage import cid
 from storage.cache import ModelCache
 from storage.ipfs import IpfsStore
+from tests.support.launchers import start_jsipfs
 
 MiB = 1 << 20
 JSIPFS = PROJECT_ROOT / "node_modules/.bin/jsipfs"
@@ -155,7 +155,7 @@ def main() -> int:
     big, small = work / "big.bin", work / "small.bin"
     make_file(big, size, seed=1)
     make_file(small, size // 4, seed=2)
-    node = devstack.start_jsipfs(JSIPFS, work / "repo")
+    node = start_jsipfs(JSIPFS, work / "repo")
     rows: list[tuple[str, str, str, str]] = []
     try:
         store = IpfsStore(node.api, timeout=600)

@@ -25,8 +25,13 @@ from eth_account.messages import encode_defunct
 
 from app import create_app
 from inference.demos import DEMO_DIR
-from marketplace import auth, chain, devstack, services
+from marketplace.accounts import siwe
+from marketplace.bootstrap import make_indexer
+from marketplace.chain.market import Marketplace, deploy_marketplace
+from marketplace.chain.transactions import connect
 from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from storage.local import LocalStore
 
 with warnings.catch_warnings():
@@ -71,11 +76,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=40)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-unauth-"))
-    node = devstack.start_anvil(ANVIL)
+    node = start_anvil(ANVIL)
     try:
-        w3 = chain.connect(node.rpc_url)
-        owner, seller, stranger = devstack.dev_signers(3)
-        dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
+        w3 = connect(node.rpc_url)
+        owner, seller, stranger = dev_signers(3)
+        dep = deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
         settings = Settings(
             _env_file=None,
             data_dir=work / "data",
@@ -84,15 +89,15 @@ def main() -> int:
         )
         dep.save(settings.deployment_path)
         store = LocalStore(settings.store_dir)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
+        market = Marketplace(w3, dep, ARTIFACTS)
         model_cid = store.add(io.BytesIO((DEMO_DIR / "iris-classifier.onnx").read_bytes()))
         card = store.add(io.BytesIO(orjson.dumps({"name": "Iris", "tags": ["tabular"]})))
         model_id, _ = market.list_model(seller, model_cid, card, 1000)
-        services.migrate(settings)
-        services.make_indexer(settings).run_once()
+        migrate(settings.db_url)
+        make_indexer(settings).run_once()
         client = create_app(settings).test_client()
-        key = devstack.dev_key(2)
-        longest = "s" * auth.MAX_LINE_CHARS  # the longest statement line accepted
+        key = dev_key(2)
+        longest = "s" * siwe.MAX_LINE_CHARS  # the longest statement line accepted
         # bodies encoded before timing: what is measured is the server's work
         huge = orjson.dumps({"message": "x" * (1 << 20), "signature": "0x"})
         past_cap = orjson.dumps(signed(client, settings, key, "a" * 20_000, True))

@@ -107,7 +107,7 @@ def decode_request(
         raise BadInput("the request needs a non-empty 'inputs' list")
 
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = total = 0
     for i, item in enumerate(doc["inputs"]):
         if not isinstance(item, dict):
             raise BadInput(f"inputs[{i}] must be an object")
@@ -121,8 +121,11 @@ def decode_request(
             raise BadInput(f"input '{name}': datatype {datatype!r} is not supported")
         shape = _shape(item.get("shape"), name, max_elements)
         count = math.prod(shape)  # exact (Python ints): numpy's int64 product wraps
-        if count > max_elements:
-            raise InputTooLarge(f"input '{name}' has {count} elements; the limit is {max_elements}")
+        total += count
+        if total > max_elements:  # the one bound on a call's inputs, before allocating
+            raise InputTooLarge(
+                f"input '{name}' brings the inputs to {total} elements; the limit is {max_elements}"
+            )
         dtype = NUMPY_TYPES[datatype]
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None

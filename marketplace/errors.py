@@ -195,6 +195,16 @@ class PaymentRequired(ModelMarketError):
         return {**super().to_dict(), "accepts": self.accepts}
 
 
+class PaidCallFailed(Exception):
+    """A paid call that failed after its payment began: the cause (mapped as itself) and
+    the headers its payment method added (what was given back, the inference id)."""
+
+    def __init__(self, cause: Exception, headers: dict[str, str]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.headers = headers
+
+
 class ReceiptRejected(ModelMarketError):
     """A posted transaction does not prove a purchase by the caller. Subclasses say why."""
 
@@ -268,6 +278,8 @@ def oip_body(body: dict[str, object]) -> dict[str, object]:
 def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
     """(HTTP status, JSON body) for any error a request can meet; the web faces and the
     CLI both go through here."""
+    if isinstance(exc, PaidCallFailed):
+        return describe(exc.cause)
     if isinstance(exc, ModelMarketError):
         return exc.http_status, exc.to_dict()
     from inference.errors import InferenceError, InvalidModel

@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from marketplace import models
 from marketplace.config import Settings
-from marketplace.db import make_engine
+from marketplace.db.engine import make_engine
+from marketplace.db.tables import Base
 
 config = context.config
-target_metadata = models.Base.metadata
+target_metadata = Base.metadata
 
 
 def _url() -> str:

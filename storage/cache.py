@@ -13,8 +13,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from storage import cid
+from storage.cid import ProgressFn
 from storage.errors import ContentTooLarge
-from storage.store import ContentStore, ProgressFn
+from storage.store import ContentStore
 
 TOUCH_EVERY = 60.0  # seconds: how stale a file's on-disk recency may get
 
@@ -150,14 +151,6 @@ class ModelCache:
             self._hot.pop(victim, None)
             (self._files / victim).unlink(missing_ok=True)
             total -= size
-
-    def evict(self, content: str) -> None:
-        """Forget one entry (its file is removed)."""
-        key = cid.normalize(content)
-        with self._lock:
-            self._hot.pop(key, None)
-            if self._entries.pop(key, None) is not None:
-                (self._files / key).unlink(missing_ok=True)
 
 
 def _alive(pid: str) -> bool:

@@ -12,6 +12,7 @@ import ipfshttpclient.exceptions as ipfs_errors
 import requests
 
 from storage import cid
+from storage.cid import ProgressFn
 from storage.errors import (
     ContentMismatch,
     ContentNotFound,
@@ -19,7 +20,6 @@ from storage.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from storage.store import ProgressFn
 
 ADD_OPTS = {"cid-base": "base32"}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage import car, cid, unixfs
+from storage.cid import ProgressFn
 from storage.errors import ContentNotFound, InvalidCar
-from storage.store import ProgressFn
 
 READ_SIZE = 1 << 20
 
@@ -81,13 +81,6 @@ class LocalStore:
     def has(self, cid_text: str) -> bool:
         """Whether the file is stored."""
         return self._blob(cid_text).exists()
-
-    def size(self, cid_text: str) -> int:
-        """Size in bytes of a stored file."""
-        try:
-            return self._blob(cid_text).stat().st_size
-        except FileNotFoundError:
-            raise ContentNotFound(f"{cid_text} is not in the local store") from None
 
     def pin(self, cid_text: str) -> None:
         """Keep the file through `gc`."""

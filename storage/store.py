@@ -1,13 +1,12 @@
-"""The one content-store interface both backends implement, and the factory that picks
-one: the embedded `LocalStore` by default, an IPFS node when an API address is given."""
+"""The one content-store interface both backends implement (the embedded `LocalStore`
+and an IPFS node's `IpfsStore`); `storage.backends` opens one from settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-ProgressFn = Callable[[int], None]
+from storage.cid import ProgressFn
 
 
 class ContentStore(Protocol):
@@ -43,17 +42,3 @@ class ContentStore(Protocol):
     def import_car(self, stream: BinaryIO) -> str:
         """Store the file a CAR v1 holds (every block verified); return its root CID."""
         ...
-
-
-def open_store(
-    local_dir: Path, ipfs_api: str | None = None, *, timeout: float = 30.0
-) -> ContentStore:
-    """An IPFS node at `ipfs_api` (a multiaddr), else the embedded store in `local_dir`."""
-    if ipfs_api:
-        from storage.ipfs import IpfsStore
-
-        store: ContentStore = IpfsStore(ipfs_api, timeout=timeout)
-        return store
-    from storage.local import LocalStore
-
-    return LocalStore(local_dir)

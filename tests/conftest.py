@@ -10,8 +10,13 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from web3 import Web3
 
-from marketplace import chain, devstack
+from marketplace.chain.artifacts import Deployment
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import Signer, connect
 from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import Anvil, dev_signers, start_anvil
+from tests.support.launchers import JsIpfs, start_jsipfs, start_postgres
 
 # CI runs a fixed sequence of examples (a red run must be reproducible); local runs
 # explore new ones each time.
@@ -30,52 +35,48 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def anvil() -> Iterator[devstack.Anvil]:
+def anvil() -> Iterator[Anvil]:
     """One anvil for the session; tests isolate themselves with snapshots."""
-    node = devstack.start_anvil(ANVIL_BIN)
+    node = start_anvil(ANVIL_BIN)
     yield node
     node.stop()
 
 
 @pytest.fixture(scope="session")
-def w3(anvil: devstack.Anvil) -> Web3:
-    return chain.connect(anvil.rpc_url)
+def w3(anvil: Anvil) -> Web3:
+    return connect(anvil.rpc_url)
 
 
 @pytest.fixture(scope="session")
-def signers() -> list[chain.Signer]:
+def signers() -> list[Signer]:
     """anvil's dev accounts: 0 owns, 1 sells, 2 buys, 3 is a stranger, 4 buys too."""
-    return devstack.dev_signers(5)
+    return dev_signers(5)
 
 
 @pytest.fixture(scope="session")
-def deployment(w3: Web3, signers: list[chain.Signer]) -> chain.Deployment:
-    owner, *others = signers
-    dep = chain.deploy_marketplace(w3, owner, ARTIFACTS, fee_bps=250)
-    market = chain.Marketplace(w3, dep, ARTIFACTS)
-    for s in others:
-        chain.send(w3, market.token.functions.mint(s.address, 10**24), owner, ARTIFACTS)
-    return dep
+def deployment(w3: Web3, signers: list[Signer]) -> Deployment:
+    from tests.support.market import funded_market  # it imports this module's paths
+
+    return funded_market(w3, signers).deployment
 
 
 @pytest.fixture
-def market(w3: Web3, deployment: chain.Deployment) -> Iterator[chain.Marketplace]:
+def market(w3: Web3, deployment: Deployment) -> Iterator[Marketplace]:
     """The deployed marketplace; chain state is rolled back after each test."""
     snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
-    yield chain.Marketplace(w3, deployment, ARTIFACTS)
+    yield Marketplace(w3, deployment, ARTIFACTS)
     w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------- IPFS
 
 JSIPFS = PROJECT_ROOT / "node_modules/.bin/jsipfs"
-JsIpfs = devstack.JsIpfs
 
 
 @pytest.fixture(scope="session")
 def jsipfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsIpfs]:
     """One js-ipfs daemon for the session."""
-    node = devstack.start_jsipfs(JSIPFS, tmp_path_factory.mktemp("jsipfs") / "repo")
+    node = start_jsipfs(JSIPFS, tmp_path_factory.mktemp("jsipfs") / "repo")
     yield node
     node.stop()
 
@@ -83,21 +84,11 @@ def jsipfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsIpfs]:
 # ----------------------------------------------------------------- databases
 
 
-def migrate(url: str) -> None:
-    """Bring a database to the head migration with Alembic (what deployments run)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """A real PostgreSQL 15 (Debian's binaries, as the postgres user), fsync off; yields
     an admin URL for a fresh cluster."""
-    cluster = devstack.start_postgres(durable=False)
+    cluster = start_postgres(durable=False)
     yield cluster.url
     cluster.stop()
 

@@ -21,6 +21,8 @@ contract MarketToken is ERC20, ERC20Permit, Ownable {
     }
 
     /// @notice Mints `amount` tokens to `to`. Only the owner.
+    /// @param to Receives the new tokens.
+    /// @param amount Amount to mint, in the token's smallest unit.
     function mint(address to, uint256 amount) external onlyOwner {
         _mint(to, amount);
     }

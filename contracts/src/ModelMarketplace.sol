@@ -8,6 +8,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {IModelMarketplace} from "./IModelMarketplace.sol";
 
 /// @title ModelMarketplace
 /// @notice Sellers list ONNX models (by IPFS CID) at a price per inference call in an
@@ -16,105 +17,36 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// @dev The owner manages the token allowlist, the protocol fee (hard-capped at
 ///      `MAX_FEE_BPS`), the treasury and the pause switch. No function lets the owner
 ///      move a seller's earnings, and pausing never blocks withdrawals.
-contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
+contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
-    /// @notice The highest protocol fee the owner can ever set, in basis points (10%).
+    /// @inheritdoc IModelMarketplace
     uint16 public constant MAX_FEE_BPS = 1_000;
-    /// @notice The most calls one purchase may buy (10**15). The off-chain ledger credits
-    ///         at most this many per `Purchased` event, so every purchase the chain
-    ///         accepts is one the gateway credits in full.
+    /// @inheritdoc IModelMarketplace
     uint256 public constant MAX_CALLS_PER_PURCHASE = 1e15;
     uint256 private constant BPS = 10_000;
 
     // Declared first so it packs into the slot that holds Pausable's flag: `purchase`
     // then reads the pause switch and the fee with one SLOAD.
-    /// @notice The protocol fee taken from each purchase, in basis points.
+    /// @inheritdoc IModelMarketplace
     uint16 public feeBps;
 
-    /// @notice Where `withdrawFees` sends the protocol's fees.
+    /// @inheritdoc IModelMarketplace
     address public treasury;
 
-    /// @notice One model on sale. Two packed slots hold everything `purchase` reads.
-    struct Listing {
-        address seller;
-        bool active;
-        address token;
-        uint96 pricePerCall;
-        string modelCid;
-        string metadataCid;
-    }
-
-    /// @notice Number of listings ever made; model ids run from 1 to `listingCount`.
+    /// @inheritdoc IModelMarketplace
     uint256 public listingCount;
 
     mapping(uint256 modelId => Listing) private _listings;
 
-    /// @notice Tokens a model may be listed in.
+    /// @inheritdoc IModelMarketplace
     mapping(address token => bool) public tokenAllowed;
 
-    /// @notice What each seller can withdraw, per token.
+    /// @inheritdoc IModelMarketplace
     mapping(address seller => mapping(address token => uint256)) public earnings;
 
-    /// @notice Protocol fees collected and not yet sent to the treasury, per token.
+    /// @inheritdoc IModelMarketplace
     mapping(address token => uint256) public protocolFees;
-
-    /// @notice A model was listed.
-    event ModelListed(
-        uint256 indexed modelId,
-        address indexed seller,
-        address indexed token,
-        string modelCid,
-        string metadataCid,
-        uint256 pricePerCall
-    );
-    /// @notice A listing's price changed.
-    event PriceChanged(uint256 indexed modelId, uint256 oldPrice, uint256 newPrice);
-    /// @notice A listing stopped selling.
-    event ModelDelisted(uint256 indexed modelId);
-    /// @notice A delisted listing sells again.
-    event ModelRelisted(uint256 indexed modelId);
-    /// @notice `buyer` paid `amount` (of which `fee` went to the protocol) for `calls` calls.
-    event Purchased(
-        uint256 indexed modelId, address indexed buyer, uint256 calls, uint256 amount, uint256 fee
-    );
-    /// @notice A seller withdrew earnings.
-    event Withdrawn(address indexed seller, address indexed token, uint256 amount);
-    /// @notice Protocol fees were sent to the treasury.
-    event FeesWithdrawn(address indexed treasury, address indexed token, uint256 amount);
-    /// @notice A token was added to or removed from the allowlist.
-    event TokenAllowed(address indexed token, bool allowed);
-    /// @notice The protocol fee changed.
-    event FeeChanged(uint256 oldFeeBps, uint256 newFeeBps);
-    /// @notice The treasury changed.
-    event TreasuryChanged(address indexed oldTreasury, address indexed newTreasury);
-
-    /// @notice No listing has this id.
-    error UnknownModel(uint256 modelId);
-    /// @notice Only the listing's seller may do this.
-    error NotSeller(uint256 modelId, address caller, address seller);
-    /// @notice The listing is delisted.
-    error ListingInactive(uint256 modelId);
-    /// @notice The listing is already on sale.
-    error ListingActive(uint256 modelId);
-    /// @notice The token is not on the allowlist.
-    error TokenNotAllowed(address token);
-    /// @notice The listing's price is above what the buyer agreed to pay per call.
-    error PriceAboveMax(uint256 price, uint256 maxPricePerCall);
-    /// @notice A price must be above zero and fit in 96 bits.
-    error InvalidPrice(uint256 price);
-    /// @notice A purchase must be for at least one call.
-    error ZeroCalls();
-    /// @notice A purchase may buy at most `max` (`MAX_CALLS_PER_PURCHASE`) calls.
-    error TooManyCalls(uint256 calls, uint256 max);
-    /// @notice A CID must not be empty.
-    error EmptyCid();
-    /// @notice The fee asked for is above the hard cap.
-    error FeeAboveCap(uint256 feeBps, uint256 cap);
-    /// @notice The zero address is not allowed here.
-    error ZeroAddress();
-    /// @notice There is nothing to withdraw.
-    error NothingToWithdraw(address account, address token);
 
     /// @param initialOwner The owner (two-step transferable).
     /// @param initialTreasury Receives protocol fees.
@@ -128,12 +60,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------------ sellers
 
-    /// @notice Lists a model for sale.
-    /// @param modelCid CID of the ONNX file.
-    /// @param metadataCid CID of the model card (JSON).
-    /// @param token The allowlisted ERC-20 the model is priced in.
-    /// @param pricePerCall Price of one inference call, in the token's smallest unit.
-    /// @return modelId The new listing's id.
+    /// @inheritdoc IModelMarketplace
     function listModel(
         string calldata modelCid,
         string calldata metadataCid,
@@ -156,7 +83,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         emit ModelListed(modelId, msg.sender, token, modelCid, metadataCid, pricePerCall);
     }
 
-    /// @notice Changes a listing's price. Only its seller.
+    /// @inheritdoc IModelMarketplace
     function setPrice(uint256 modelId, uint256 newPrice) external {
         Listing storage listing = _sellerListing(modelId);
         uint96 price = _checkedPrice(newPrice);
@@ -165,7 +92,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         emit PriceChanged(modelId, oldPrice, newPrice);
     }
 
-    /// @notice Stops a listing from selling. Only its seller. Credits already bought stay valid.
+    /// @inheritdoc IModelMarketplace
     function delist(uint256 modelId) external {
         Listing storage listing = _sellerListing(modelId);
         if (!listing.active) revert ListingInactive(modelId);
@@ -173,8 +100,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         emit ModelDelisted(modelId);
     }
 
-    /// @notice Puts a delisted listing back on sale. Only its seller; its token must
-    ///         still be allowlisted.
+    /// @inheritdoc IModelMarketplace
     function relist(uint256 modelId) external whenNotPaused {
         Listing storage listing = _sellerListing(modelId);
         if (listing.active) revert ListingActive(modelId);
@@ -183,7 +109,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         emit ModelRelisted(modelId);
     }
 
-    /// @notice Sends the caller all their earnings in `token`. Works while paused.
+    /// @inheritdoc IModelMarketplace
     function withdraw(address token) external nonReentrant {
         uint256 amount = earnings[msg.sender][token];
         if (amount == 0) revert NothingToWithdraw(msg.sender, token);
@@ -194,13 +120,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------------- buyers
 
-    /// @notice Buys `calls` inference calls of `modelId`, paying `calls * pricePerCall`.
-    ///         The caller must have approved this contract for that amount.
-    /// @param calls From 1 to `MAX_CALLS_PER_PURCHASE`; reverts with `ZeroCalls` or
-    ///        `TooManyCalls` outside that range.
-    /// @param maxPricePerCall Reverts if the price is above this (a seller cannot raise
-    ///        the price under a pending purchase).
-    /// @return amount What was paid in total, fee included.
+    /// @inheritdoc IModelMarketplace
     function purchase(uint256 modelId, uint256 calls, uint256 maxPricePerCall)
         external
         nonReentrant
@@ -210,8 +130,7 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         return _purchase(modelId, calls, maxPricePerCall);
     }
 
-    /// @notice `purchase` with an EIP-2612 permit instead of a prior `approve`. The same
-    ///         checks apply, `calls` from 1 to `MAX_CALLS_PER_PURCHASE` included.
+    /// @inheritdoc IModelMarketplace
     /// @dev A failed permit is ignored when the allowance is already in place, so a
     ///      front-run permit cannot grief the purchase.
     function purchaseWithPermit(
@@ -234,26 +153,24 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
 
     // -------------------------------------------------------------------- owner
 
-    /// @notice Adds `token` to or removes it from the allowlist. Removal stops new
-    ///         listings and relists in it; existing listings keep selling until their
-    ///         seller delists them, and earnings in it stay withdrawable.
+    /// @inheritdoc IModelMarketplace
     function setTokenAllowed(address token, bool allowed) external onlyOwner {
         if (token == address(0)) revert ZeroAddress();
         tokenAllowed[token] = allowed;
         emit TokenAllowed(token, allowed);
     }
 
-    /// @notice Sets the protocol fee, at most `MAX_FEE_BPS`.
+    /// @inheritdoc IModelMarketplace
     function setFee(uint16 newFeeBps) external onlyOwner {
         _setFee(newFeeBps);
     }
 
-    /// @notice Sets where protocol fees go.
+    /// @inheritdoc IModelMarketplace
     function setTreasury(address newTreasury) external onlyOwner {
         _setTreasury(newTreasury);
     }
 
-    /// @notice Sends the protocol fees collected in `token` to the treasury.
+    /// @inheritdoc IModelMarketplace
     function withdrawFees(address token) external onlyOwner nonReentrant {
         uint256 amount = protocolFees[token];
         if (amount == 0) revert NothingToWithdraw(treasury, token);
@@ -262,19 +179,19 @@ contract ModelMarketplace is Ownable2Step, Pausable, ReentrancyGuardTransient {
         IERC20(token).safeTransfer(treasury, amount);
     }
 
-    /// @notice Stops listing, relisting and purchases. Withdrawals keep working.
+    /// @inheritdoc IModelMarketplace
     function pause() external onlyOwner {
         _pause();
     }
 
-    /// @notice Undoes `pause`.
+    /// @inheritdoc IModelMarketplace
     function unpause() external onlyOwner {
         _unpause();
     }
 
     // --------------------------------------------------------------------- views
 
-    /// @notice The listing `modelId`; reverts for an unknown id.
+    /// @inheritdoc IModelMarketplace
     function getListing(uint256 modelId) external view returns (Listing memory) {
         Listing memory listing = _listings[modelId];
         if (listing.seller == address(0)) revert UnknownModel(modelId);

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import marketplace.models
+import marketplace.db.tables
 
 revision = "4d72390f35ff"
 down_revision = None
@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("model_cid", sa.String(length=128), nullable=False),
         sa.Column("metadata_cid", sa.String(length=128), nullable=False),
         sa.Column("token", sa.String(length=42), nullable=False),
-        sa.Column("price_per_call", marketplace.models.Uint256(length=78), nullable=False),
+        sa.Column("price_per_call", marketplace.db.tables.Uint256(length=78), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("listed_block", sa.BigInteger(), nullable=False),
         sa.Column("updated_block", sa.BigInteger(), nullable=False),
@@ -94,8 +94,8 @@ def upgrade() -> None:
         sa.Column("model_id", sa.BigInteger(), nullable=False),
         sa.Column("buyer", sa.String(length=42), nullable=False),
         sa.Column("calls", sa.BigInteger(), nullable=False),
-        sa.Column("amount", marketplace.models.Uint256(length=78), nullable=False),
-        sa.Column("fee", marketplace.models.Uint256(length=78), nullable=False),
+        sa.Column("amount", marketplace.db.tables.Uint256(length=78), nullable=False),
+        sa.Column("fee", marketplace.db.tables.Uint256(length=78), nullable=False),
         sa.Column("block_number", sa.BigInteger(), nullable=False),
         sa.Column("block_hash", sa.String(length=66), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),

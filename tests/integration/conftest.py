@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from marketplace import chain, devstack
-from tests.conftest import ANVIL_BIN, ARTIFACTS
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import Signer, connect
+from marketplace.devstack.anvil import dev_signers, start_anvil
+from tests.conftest import ANVIL_BIN
+from tests.support.market import funded_market
 from tests.support.world import World, make_world
 
 
@@ -23,18 +26,13 @@ def pg_world(tmp_path: Path, pg_url: str) -> Iterator[World]:
 
 
 @pytest.fixture
-def node() -> Iterator[tuple[chain.Marketplace, list[chain.Signer]]]:
+def node() -> Iterator[tuple[Marketplace, list[Signer]]]:
     """A fresh anvil with the contracts, its own per test (reorgs rewrite history)."""
-    anvil = devstack.start_anvil(ANVIL_BIN)
+    anvil = start_anvil(ANVIL_BIN)
     try:
-        w3 = chain.connect(anvil.rpc_url)
-        signers = devstack.dev_signers(5)
-        dep = chain.deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=250)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
-        for s in signers[1:]:
-            chain.send(w3, market.token.functions.mint(s.address, 10**24), signers[0], ARTIFACTS)
-            market.approve(s, 10**24)
-        yield market, signers
+        w3 = connect(anvil.rpc_url)
+        signers = dev_signers(5)
+        yield funded_market(w3, signers, approve=True), signers
     finally:
         anvil.stop()
 

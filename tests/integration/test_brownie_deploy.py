@@ -7,17 +7,20 @@ import subprocess
 
 import pytest
 
-from marketplace import chain, devstack
+from marketplace.chain.artifacts import Deployment
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import connect
 from marketplace.config import PROJECT_ROOT
+from marketplace.devstack.anvil import ANVIL_CHAIN_ID, dev_key, dev_signers, start_anvil
 from tests.conftest import ANVIL_BIN, ARTIFACTS
 
 
 @pytest.mark.slow
 def test_deploy_script_to_any_rpc_url(tmp_path):
-    node = devstack.start_anvil(ANVIL_BIN)
+    node = start_anvil(ANVIL_BIN)
     try:
-        deployer = devstack.dev_signers(2)[1]
-        key = devstack.dev_key(1)
+        deployer = dev_signers(2)[1]
+        key = dev_key(1)
         out = tmp_path / "deployment.json"
         proc = subprocess.run(
             [str(PROJECT_ROOT / "contracts/brownie.sh"), "deploy", node.rpc_url, str(out)],
@@ -29,9 +32,9 @@ def test_deploy_script_to_any_rpc_url(tmp_path):
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert key[2:] not in proc.stdout + proc.stderr
-        dep = chain.Deployment.load(out)
-        assert dep.owner == deployer.address and dep.chain_id == devstack.ANVIL_CHAIN_ID
-        market = chain.Marketplace(chain.connect(node.rpc_url), dep, ARTIFACTS)
+        dep = Deployment.load(out)
+        assert dep.owner == deployer.address and dep.chain_id == ANVIL_CHAIN_ID
+        market = Marketplace(connect(node.rpc_url), dep, ARTIFACTS)
         assert market.contract.functions.feeBps().call() == 100
         model_id, _ = market.list_model(deployer, "bafk-m", "bafk-c", 7)
         assert market.listing(model_id).price_per_call == 7

@@ -11,7 +11,13 @@ import time
 import pytest
 from web3 import Web3
 
-from marketplace import chain, devstack, errors, ledger
+from marketplace import errors
+from marketplace.chain.artifacts import Deployment, load_artifact
+from marketplace.chain.market import Marketplace, OnchainListing, deploy_marketplace
+from marketplace.chain.transactions import Signer, connect, send, wait_for_receipt
+from marketplace.devstack.anvil import ANVIL_CHAIN_ID, dev_key, dev_signers, start_anvil
+from marketplace.devstack.ports import free_port
+from marketplace.payments.prepaid import ledger
 from tests.conftest import ANVIL_BIN, ARTIFACTS
 
 MODEL_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -27,7 +33,7 @@ def assert_human(exc: errors.ModelMarketError) -> None:
 
 
 @pytest.fixture
-def listed(market: chain.Marketplace, signers: list[chain.Signer]) -> int:
+def listed(market: Marketplace, signers: list[Signer]) -> int:
     model_id, _ = market.list_model(signers[1], MODEL_CID, META_CID, PRICE)
     return model_id
 
@@ -35,7 +41,7 @@ def listed(market: chain.Marketplace, signers: list[chain.Signer]) -> int:
 def test_list_purchase_withdraw_walk(market, signers, listed):
     _owner, seller, buyer = signers[:3]
     listing = market.listing(listed)
-    assert listing == chain.Listing(
+    assert listing == OnchainListing(
         listed, seller.address, True, market.deployment.token, PRICE, MODEL_CID, META_CID
     )
     market.approve(buyer, 10 * PRICE)
@@ -178,7 +184,7 @@ def test_the_chain_and_the_ledger_cap_calls_alike(market):
 
 
 def test_insufficient_balance(market, signers, listed):
-    poor = devstack.dev_signers(7)[6]  # holds ETH but no tokens
+    poor = dev_signers(7)[6]  # holds ETH but no tokens
     market.approve(poor, PRICE)
     with pytest.raises(errors.InsufficientFunds) as info:
         market.purchase(poor, listed, 1, PRICE)
@@ -198,29 +204,29 @@ def test_mined_revert_is_decoded(w3, market, signers, listed):
     )
     tx_hash = w3.eth.send_raw_transaction(stranger.sign(tx))
     with pytest.raises(errors.NotSeller):
-        chain.wait_for_receipt(w3, tx_hash, ARTIFACTS, replay=tx)
+        wait_for_receipt(w3, tx_hash, ARTIFACTS, replay=tx)
     with pytest.raises(errors.ChainError, match="reverted in block"):
-        chain.wait_for_receipt(w3, tx_hash, ARTIFACTS)
+        wait_for_receipt(w3, tx_hash, ARTIFACTS)
 
 
 # ------------------------------------------------------------------ the chain
 
 
 def test_unreachable_chain_is_a_clear_error():
-    port = devstack.free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(errors.ChainUnavailable) as info:
-        chain.connect(f"http://127.0.0.1:{port}", timeout=2)
+        connect(f"http://127.0.0.1:{port}", timeout=2)
     assert time.monotonic() - started < 3
     assert info.value.message == f"cannot reach the JSON-RPC endpoint http://127.0.0.1:{port}"
 
 
 def test_chain_stopping_midway(signers):
-    node = devstack.start_anvil(ANVIL_BIN)
+    node = start_anvil(ANVIL_BIN)
     try:
-        w3 = chain.connect(node.rpc_url)
-        dep = chain.deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=0)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
+        w3 = connect(node.rpc_url)
+        dep = deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=0)
+        market = Marketplace(w3, dep, ARTIFACTS)
     finally:
         node.stop()
     with pytest.raises(errors.ChainUnavailable):
@@ -230,18 +236,16 @@ def test_chain_stopping_midway(signers):
 
 
 def test_unmined_transaction_times_out(signers):
-    node = devstack.start_anvil(ANVIL_BIN, extra_args=("--no-mining",))
+    node = start_anvil(ANVIL_BIN, extra_args=("--no-mining",))
     try:
-        w3 = chain.connect(node.rpc_url)
+        w3 = connect(node.rpc_url)
         token = w3.eth.contract(
-            abi=chain.load_artifact(ARTIFACTS, "MarketToken").abi,
-            bytecode=chain.load_artifact(ARTIFACTS, "MarketToken").bytecode,
+            abi=load_artifact(ARTIFACTS, "MarketToken").abi,
+            bytecode=load_artifact(ARTIFACTS, "MarketToken").bytecode,
         )
         started = time.monotonic()
         with pytest.raises(errors.TransactionTimeout, match=r"was not mined in 0\.5 s"):
-            chain.send(
-                w3, token.constructor(signers[0].address, 1), signers[0], ARTIFACTS, timeout=0.5
-            )
+            send(w3, token.constructor(signers[0].address, 1), signers[0], ARTIFACTS, timeout=0.5)
         assert time.monotonic() - started < 5
     finally:
         node.stop()
@@ -251,24 +255,24 @@ def test_unmined_transaction_times_out(signers):
 
 
 def test_key_never_shown(w3, market, signers, listed, caplog):
-    key_hex = devstack.dev_key(1)
-    stranger = chain.Signer(key_hex)
+    key_hex = dev_key(1)
+    stranger = Signer(key_hex)
     assert key_hex[2:] not in repr(stranger) and key_hex[2:] not in str(stranger)
     with pytest.raises(TypeError):
         pickle.dumps(stranger)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(errors.NotSeller) as info:
-        market.set_price(chain.Signer(devstack.dev_key(3)), listed, 1)
+        market.set_price(Signer(dev_key(3)), listed, 1)
     market.approve(stranger, PRICE)  # a successful send, logged at DEBUG by web3
     text = " ".join([str(info.value), repr(info.value), caplog.text])
     for i in (1, 3):
-        assert devstack.dev_key(i)[2:].lower() not in text.lower()
+        assert dev_key(i)[2:].lower() not in text.lower()
 
 
 def test_bad_key_error_does_not_echo_it():
     bad = "0x" + "zz" * 32
     with pytest.raises(errors.ConfigurationError) as info:
-        chain.Signer(bad)
+        Signer(bad)
     assert "zz" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
@@ -276,16 +280,16 @@ def test_bad_key_error_does_not_echo_it():
 def test_deployment_record_round_trip(tmp_path, deployment):
     path = tmp_path / "d" / "deployment.json"
     deployment.save(path)
-    assert chain.Deployment.load(path) == deployment
+    assert Deployment.load(path) == deployment
     path.write_text("{not json")
     with pytest.raises(errors.ConfigurationError, match="unreadable"):
-        chain.Deployment.load(path)
+        Deployment.load(path)
     with pytest.raises(errors.ConfigurationError, match="deploy first"):
-        chain.Deployment.load(tmp_path / "missing.json")
+        Deployment.load(tmp_path / "missing.json")
 
 
 def test_w3_is_real_anvil(w3: Web3):
-    assert w3.eth.chain_id == devstack.ANVIL_CHAIN_ID
+    assert w3.eth.chain_id == ANVIL_CHAIN_ID
 
 
 @pytest.mark.parametrize("status", [401, 429, 500])
@@ -297,13 +301,13 @@ def test_a_failing_rpc_endpoint_never_shows_its_key(status):
     from werkzeug.wrappers import Response
 
     server = make_server(
-        "127.0.0.1", devstack.free_port(), lambda env, start: Response("no", status)(env, start)
+        "127.0.0.1", free_port(), lambda env, start: Response("no", status)(env, start)
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         with pytest.raises(errors.ChainUnavailable) as info:
-            chain.connect(f"http://127.0.0.1:{server.server_port}/v3/SECRET-API-KEY?key=alsosecret")
+            connect(f"http://127.0.0.1:{server.server_port}/v3/SECRET-API-KEY?key=alsosecret")
         assert "SECRET" not in info.value.message and "alsosecret" not in info.value.message
         assert f"127.0.0.1:{server.server_port}" in info.value.message
         assert str(status) in info.value.message

@@ -8,23 +8,25 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from marketplace import chain, db
-from marketplace.models import Credit, Listing, Purchase
+from marketplace.chain.artifacts import load_artifact
+from marketplace.chain.transactions import Signer, deploy, send
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.tables import Credit, Listing, Purchase
 from tests.conftest import ARTIFACTS
 from tests.support.world import PRICE, World, buy, infer, sign_in
 
 FORGED_CALLS = 1_000_000
 
 
-def forge(world: World, attacker: chain.Signer) -> tuple[str, int]:
+def forge(world: World, attacker: Signer) -> tuple[str, int]:
     """Deploy the forger and run its attack once; returns (tx hash, forged model id)."""
-    forger, _ = chain.deploy(
-        world.market.w3, chain.load_artifact(ARTIFACTS, "EventForger"), attacker, ARTIFACTS
+    forger, _ = deploy(
+        world.market.w3, load_artifact(ARTIFACTS, "EventForger"), attacker, ARTIFACTS
     )
     contract = world.market.w3.eth.contract(
-        address=forger, abi=chain.load_artifact(ARTIFACTS, "EventForger").abi
+        address=forger, abi=load_artifact(ARTIFACTS, "EventForger").abi
     )
-    receipt = chain.send(
+    receipt = send(
         world.market.w3,
         contract.functions.forge(
             world.market.contract.address,
@@ -60,7 +62,7 @@ def test_forged_events_credit_nothing_anywhere(request, which):
 
     # the indexer: no purchase, no credit, no forged listing; the real listModel counts
     world.index()
-    sessions = db.session_factory(db.make_engine(world.settings.db_url))
+    sessions = session_factory(make_engine(world.settings.db_url))
     with sessions() as s:
         assert s.execute(select(Purchase)).scalars().all() == []
         assert s.execute(select(Credit)).scalars().all() == []

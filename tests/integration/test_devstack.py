@@ -11,8 +11,13 @@ import time
 import pytest
 import requests
 
-from marketplace import chain, devstack
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import connect
 from marketplace.config import PROJECT_ROOT
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.devstack.anvil import DEMO_TOKENS, dev_signers
+from marketplace.devstack.deploy import deployment_is_live, running
+from marketplace.devstack.ports import free_port
 from tests.conftest import ARTIFACTS
 
 
@@ -27,32 +32,32 @@ def _alive(pid: int) -> bool:
 
 
 def test_second_run_reuses_deployment_and_state(settings):
-    with devstack.running(settings) as (rpc_url, first, new):
+    with running(settings) as (rpc_url, first, new):
         assert new
-        market = chain.Marketplace(chain.connect(rpc_url), first, ARTIFACTS)
-        seller = devstack.dev_signers(2)[1]
+        market = Marketplace(connect(rpc_url), first, ARTIFACTS)
+        seller = dev_signers(2)[1]
         model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 5)
         # the demo accounts hold tokens to buy with
-        assert market.token_balance(seller.address) == devstack.DEMO_TOKENS
-    with devstack.running(settings) as (rpc_url, second, new):
+        assert market.token_balance(seller.address) == DEMO_TOKENS
+    with running(settings) as (rpc_url, second, new):
         assert not new
         assert second == first
-        market = chain.Marketplace(chain.connect(rpc_url), second, ARTIFACTS)
+        market = Marketplace(connect(rpc_url), second, ARTIFACTS)
         # the chain itself came back: the listing made in the first run is still there
         assert market.listing(model_id).model_cid == "bafk-model"
 
 
 def test_stale_deployment_record_is_replaced(settings):
-    with devstack.running(settings) as (_, _first, _new):
+    with running(settings) as (_, _first, _new):
         pass
     (settings.data_dir / "anvil-state.json").unlink()  # the chain is gone, the record stays
-    with devstack.running(settings) as (rpc_url, second, new):
+    with running(settings) as (rpc_url, second, new):
         assert new
-        assert devstack.deployment_is_live(chain.connect(rpc_url), second)
+        assert deployment_is_live(connect(rpc_url), second)
 
 
 def test_make_run_command_starts_and_stops_cleanly(tmp_path):
-    port = devstack.free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MODELMARKET_DATA_DIR": str(tmp_path / "data"),
@@ -127,8 +132,7 @@ def test_missing_anvil_is_a_clear_cli_error(tmp_path):
 def test_indexer_command_catches_up_with_progress(settings, tmp_path):
     from sqlalchemy import select
 
-    from marketplace import db
-    from marketplace.models import Credit, Listing
+    from marketplace.db.tables import Credit, Listing
 
     env = {
         **os.environ,
@@ -136,10 +140,10 @@ def test_indexer_command_catches_up_with_progress(settings, tmp_path):
         "MODELMARKET_CONFIRMATIONS": "1",
         "COLUMNS": "200",
     }
-    with devstack.running(settings) as (rpc_url, dep, _new):
-        w3 = chain.connect(rpc_url)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
-        _, seller, buyer = devstack.dev_signers(3)
+    with running(settings) as (rpc_url, dep, _new):
+        w3 = connect(rpc_url)
+        market = Marketplace(w3, dep, ARTIFACTS)
+        _, seller, buyer = dev_signers(3)
         model_id, _ = market.list_model(seller, "bafk-model", "bafk-card", 10)
         market.approve(buyer, 1000)
         market.purchase(buyer, model_id, 9, 10)
@@ -155,7 +159,7 @@ def test_indexer_command_catches_up_with_progress(settings, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "events/s" in proc.stdout and "left" in proc.stdout
     assert "indexed up to block" in proc.stdout
-    sessions = db.session_factory(db.make_engine(settings.db_url))
+    sessions = session_factory(make_engine(settings.db_url))
     with sessions() as s:
         assert s.get(Listing, model_id) is not None
         credit = s.execute(select(Credit.remaining).where(Credit.model_id == model_id)).scalar()

@@ -10,7 +10,7 @@ import orjson
 
 from app import create_app
 from inference import codecs
-from marketplace import devstack
+from marketplace.devstack.anvil import start_anvil
 from storage.local import LocalStore
 from tests.conftest import ANVIL_BIN
 from tests.support.world import PRICE, World, buy, infer, sign_in
@@ -106,7 +106,7 @@ def test_receipt_from_another_chain_is_refused(world, tmp_path):
     # the gateway points at a second chain with a different id: the receipt is foreign
     key = sign_in(world, 2)
     tx = buy(world, 2, 1)
-    other = devstack.start_anvil(ANVIL_BIN, chain_id=999)
+    other = start_anvil(ANVIL_BIN, chain_id=999)
     try:
         settings = world.settings.model_copy(update={"rpc_url": other.rpc_url})
         client = create_app(settings).test_client()

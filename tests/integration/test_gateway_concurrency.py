@@ -15,8 +15,13 @@ import requests
 from sqlalchemy import func, select
 
 from inference import codecs
-from marketplace import auth, db, devstack, ledger, services
-from marketplace.models import Credit, CreditLease, Usage
+from marketplace.accounts import keys
+from marketplace.bootstrap import make_indexer
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.migrate import migrate
+from marketplace.db.tables import Credit, CreditLease, Usage
+from marketplace.devstack.serve import start_gunicorn
+from marketplace.payments.prepaid import ledger
 from tests.support.world import PRICE
 
 pytestmark = pytest.mark.slow
@@ -31,25 +36,27 @@ def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no
     """The world's listing in `database`, `calls` credits for signer 2 and a key, and
     the gateway under gunicorn (2 workers x 4 threads): (server, key, buyer, log)."""
     settings = world.settings.model_copy(update={"database_url": database})
-    services.migrate(settings)
-    services.make_indexer(settings).run_once()  # the listing, into this database
+    migrate(settings.db_url)
+    make_indexer(settings).run_once()  # the listing, into this database
     buyer = world.signers[2].address
-    sessions = db.session_factory(db.make_engine(database))
+    sessions = session_factory(make_engine(database))
     with sessions() as s, s.begin():
         ledger.credit(
             s,
-            tx_hash="0x" + "11" * 32,
-            log_index=0,
-            buyer=buyer,
-            model_id=world.model_id,
-            calls=calls,
-            amount=calls * PRICE,
-            fee=0,
-            block_number=1,
-            block_hash="0x" + "22" * 32,
-            source="receipt",
+            ledger.PurchaseRecord(
+                tx_hash="0x" + "11" * 32,
+                log_index=0,
+                buyer=buyer,
+                model_id=world.model_id,
+                calls=calls,
+                amount=calls * PRICE,
+                fee=0,
+                block_number=1,
+                block_hash="0x" + "22" * 32,
+                source="receipt",
+            ),
         )
-        _, key = auth.create_key(s, buyer, "load")
+        _, key = keys.create_key(s, buyer, "load")
     env = {
         "MODELMARKET_DATA_DIR": str(settings.data_dir),
         "MODELMARKET_RPC_URL": str(settings.rpc_url),
@@ -58,7 +65,7 @@ def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no
         **env,
     }
     log = tmp_path / "gunicorn.log"
-    server = devstack.start_gunicorn(
+    server = start_gunicorn(
         "app:create_app()", env, workers=2, threads=4, log=log, ready_path="/v2/health/ready"
     )
     return server, key, buyer, log
@@ -66,7 +73,7 @@ def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no
 
 def test_500_calls_on_100_credits(world, database, tmp_path):
     server, key, buyer, log = serve(world, database, tmp_path, 100)
-    sessions = db.session_factory(db.make_engine(database))
+    sessions = session_factory(make_engine(database))
     url = server.url
     try:
         body, headers = codecs.encode_request(
@@ -108,7 +115,7 @@ def test_a_killed_worker_gives_its_unspent_calls_back_after_the_ttl(world, datab
         world, database, tmp_path, 100, MODELMARKET_CREDIT_LEASE_TTL=str(ttl)
     )
     auth_header = {"Authorization": f"Bearer {key}"}
-    sessions = db.session_factory(db.make_engine(database))
+    sessions = session_factory(make_engine(database))
     open_leases = select(func.count()).where(CreditLease.settled_at.is_(None))
     try:
         body, headers = codecs.encode_request(

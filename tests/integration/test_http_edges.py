@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from inference import codecs
-from marketplace.devstack import free_port
+from marketplace.devstack.ports import free_port
 from tests.support.world import World, buy, sign_in
 
 

@@ -10,33 +10,41 @@ import threading
 import orjson
 from sqlalchemy import func, select
 
-from marketplace import chain, db, ledger
-from marketplace.indexer import Indexer
-from marketplace.models import ChainEvent, Credit, Listing, Purchase
+from marketplace.chain.market import Marketplace
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.tables import ChainEvent, Credit, Listing, Purchase
+from marketplace.indexer.content import ContentChecks
+from marketplace.indexer.follow import Indexer
+from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
+from storage.store import ContentStore
 from tests.conftest import ARTIFACTS
 
 PRICE = 10**15
 CONFIRMATIONS = 3
 
 
-def make_indexer(market: chain.Marketplace, url: str, **kw) -> Indexer:
-    engine = db.make_engine(url)
+def make_indexer(
+    market: Marketplace, url: str, store: ContentStore | None = None, **kw: int
+) -> Indexer:
+    """An indexer of `market` into `url`; given a store, it checks listings' content too."""
+    engine = make_engine(url)
     return Indexer(
-        db.session_factory(engine),
+        session_factory(engine),
         market.w3,
         market.deployment,
         ARTIFACTS,
         confirmations=CONFIRMATIONS,
+        content=ContentChecks(store) if store is not None else None,
         **kw,
     )
 
 
-def mine(market: chain.Marketplace, blocks: int) -> None:
+def mine(market: Marketplace, blocks: int) -> None:
     market.w3.provider.make_request("anvil_mine", [blocks])  # type: ignore[arg-type]
 
 
-def reorg(market: chain.Marketplace, depth: int) -> None:
+def reorg(market: Marketplace, depth: int) -> None:
     """Replace the last `depth` blocks with empty ones: their transactions are gone."""
     market.w3.provider.make_request("anvil_reorg", [depth, []])  # type: ignore[arg-type]
 
@@ -177,16 +185,18 @@ def test_receipt_path_and_indexer_credit_once(node, sqlite_url):
     with idx.sessions() as s, s.begin():  # the receipt endpoint's path, first
         assert ledger.credit(
             s,
-            tx_hash=event.tx_hash,
-            log_index=event.log_index,
-            buyer=buyer.address,
-            model_id=model_id,
-            calls=4,
-            amount=4 * PRICE,
-            fee=0,
-            block_number=event.block_number,
-            block_hash=event.block_hash,
-            source="receipt",
+            ledger.PurchaseRecord(
+                tx_hash=event.tx_hash,
+                log_index=event.log_index,
+                buyer=buyer.address,
+                model_id=model_id,
+                calls=4,
+                amount=4 * PRICE,
+                fee=0,
+                block_number=event.block_number,
+                block_hash=event.block_hash,
+                source="receipt",
+            ),
         )
     mine(market, CONFIRMATIONS)
     idx.run_once()
@@ -235,7 +245,7 @@ def test_hostile_cards_mark_the_listing_and_the_indexer_goes_on(node, sqlite_url
         PRICE,
     )
     mine(market, CONFIRMATIONS)
-    idx = make_indexer(market, sqlite_url, store=store, max_card_bytes=64 * 1024)
+    idx = make_indexer(market, sqlite_url, store=store)
     result = idx.run_once()
     assert result.events == 7
     with idx.sessions() as s:

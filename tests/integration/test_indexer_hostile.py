@@ -10,7 +10,8 @@ import time
 
 import orjson
 
-from marketplace.models import Listing
+from marketplace.db.tables import Listing
+from marketplace.indexer.follow import follow, health
 from storage.local import LocalStore
 from tests.fixtures import hostile_models
 from tests.integration.test_indexer import CONFIRMATIONS, PRICE, make_indexer, mine
@@ -87,8 +88,7 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
 
     from web3 import Web3
 
-    from marketplace import indexer as indexing
-    from marketplace.devstack import free_port
+    from marketplace.devstack.ports import free_port
 
     market, _ = node
     idx = make_indexer(market, sqlite_url)
@@ -98,7 +98,7 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
     idx.w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{free_port()}", {"timeout": 1}))
     stop, errors_seen = threading.Event(), []
     worker = threading.Thread(
-        target=indexing.follow,
+        target=follow,
         args=(idx, stop),
         kwargs={"interval": 0.05, "max_backoff": 0.2, "on_error": errors_seen.append},
     )
@@ -108,7 +108,7 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
         while len(errors_seen) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         with idx.sessions() as s:
-            sick = indexing.health(s, market.deployment)
+            sick = health(s, market.deployment)
         assert worker.is_alive() and len(errors_seen) >= 3
         assert sick["status"] == "failing" and sick["failures"] >= 3
         assert sick["last_error"] == "chain_unavailable"
@@ -117,7 +117,7 @@ def test_the_follower_never_dies_and_shows_in_health(node, sqlite_url):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with idx.sessions() as s:
-                healthy = indexing.health(s, market.deployment)
+                healthy = health(s, market.deployment)
             if healthy["status"] == "ok":
                 break
             time.sleep(0.05)

@@ -7,27 +7,29 @@ import time
 
 import pytest
 
-from marketplace import auth, db, errors
+from marketplace import errors
+from marketplace.accounts import keys as api_keys
+from marketplace.db.engine import make_engine, read_session_factory, session_factory
 
 
 @pytest.fixture
 def engine(sqlite_url):  # type: ignore[no-untyped-def]
-    return db.make_engine(sqlite_url)
+    return make_engine(sqlite_url)
 
 
 def new_key(engine):  # type: ignore[no-untyped-def]
-    with db.session_factory(engine)() as s, s.begin():
-        return auth.create_key(s, "0x" + "ab" * 20, "k")
+    with session_factory(engine)() as s, s.begin():
+        return api_keys.create_key(s, "0x" + "ab" * 20, "k")
 
 
 def revoke(engine, row) -> None:  # type: ignore[no-untyped-def]
-    with db.session_factory(engine)() as s, s.begin():
-        auth.revoke_key(s, row.address, row.id)
+    with session_factory(engine)() as s, s.begin():
+        api_keys.revoke_key(s, row.address, row.id)
 
 
 def test_a_cached_key_is_trusted_for_the_ttl_only(engine):
     row, key = new_key(engine)
-    cache = auth.KeyCache(db.read_session_factory(engine), ttl=0.3)
+    cache = api_keys.KeyCache(read_session_factory(engine), ttl=0.3)
     assert cache.authenticate(key).id == row.id
     forged = key[:-1] + ("A" if key[-1] != "A" else "B")  # the same key id, another secret
     with pytest.raises(errors.Unauthenticated, match="not valid"):
@@ -41,7 +43,7 @@ def test_a_cached_key_is_trusted_for_the_ttl_only(engine):
 
 def test_a_key_revoked_through_this_worker_stops_at_once(engine):
     row, key = new_key(engine)
-    cache = auth.KeyCache(db.read_session_factory(engine), ttl=60)
+    cache = api_keys.KeyCache(read_session_factory(engine), ttl=60)
     cache.authenticate(key)
     revoke(engine, row)
     cache.forget(row.id)
@@ -51,7 +53,7 @@ def test_a_key_revoked_through_this_worker_stops_at_once(engine):
 
 def test_the_key_cache_is_bounded(engine):
     # keys cost nothing to make (any fresh wallet signs in): the cache never grows past its bound
-    cache = auth.KeyCache(db.read_session_factory(engine), ttl=60, max_entries=3)
+    cache = api_keys.KeyCache(read_session_factory(engine), ttl=60, max_entries=3)
     keys = [new_key(engine)[1] for _ in range(7)]
     for key in keys:
         assert cache.authenticate(key).address == "0x" + "ab" * 20

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.test import TestResponse
 
 from inference import codecs
-from marketplace.schemas import ApiError, OipError
+from marketplace.web.schemas import ApiError, OipError
 from tests.support.world import World, buy, infer, sign_in
 
 # schemathesis loads its OpenAPI modules lazily, and pytest rewrites them on import (it is a

@@ -11,8 +11,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from sqlalchemy import func, select
 
-from marketplace import db
-from marketplace.models import Nonce
+from marketplace.db.engine import make_engine, session_factory
+from marketplace.db.tables import Nonce
 from tests.support.world import World
 
 with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def test_nonces_cost_nothing_to_ask_for_and_work_once(world):
     for _ in range(500):  # a flood of nonce requests writes nothing
         assert world.client.post("/api/v1/auth/nonce").status_code == 200
     count = select(func.count()).select_from(Nonce)
-    sessions = db.session_factory(db.make_engine(world.settings.db_url))
+    sessions = session_factory(make_engine(world.settings.db_url))
     with sessions() as s:
         assert s.execute(count).scalar_one() == 0
     once = _signed(world, domain=domain, uri=uri)

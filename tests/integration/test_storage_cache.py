@@ -11,7 +11,6 @@ import threading
 import pytest
 import requests
 
-from marketplace import devstack
 from storage import car, cid, unixfs
 from storage.cache import ModelCache
 from storage.errors import ContentMismatch, ContentTooLarge, StoreUnavailable
@@ -19,6 +18,7 @@ from storage.ipfs import IpfsStore
 from storage.local import LocalStore
 from tests.conftest import JSIPFS
 from tests.integration.test_storage_ipfs import car_text, pseudo_random
+from tests.support.launchers import start_jsipfs
 
 MiB = 1 << 20
 
@@ -152,7 +152,7 @@ def test_cache_survives_a_restart_with_its_lru_order(local, tmp_path):
 
 
 def test_dead_store_is_a_clear_error(tmp_path):
-    node = devstack.start_jsipfs(JSIPFS, tmp_path / "repo")
+    node = start_jsipfs(JSIPFS, tmp_path / "repo")
     store = IpfsStore(node.api, timeout=5)
     content = store.add(io.BytesIO(b"model bytes"))
     node.stop()

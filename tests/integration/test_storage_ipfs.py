@@ -11,12 +11,12 @@ import time
 import pytest
 import requests
 
-from marketplace import devstack
 from storage import car, cid, unixfs
 from storage.errors import ContentMismatch, StoreTimeout, StoreUnavailable
 from storage.ipfs import IpfsStore
 from storage.local import LocalStore
 from tests.conftest import JSIPFS, JsIpfs
+from tests.support.launchers import start_jsipfs
 
 K = 256 * 1024
 MiB = 1 << 20
@@ -99,7 +99,7 @@ def test_missing_cid_times_out_clearly(jsipfs):
 
 
 def test_stopped_daemon_is_a_clear_error(tmp_path):
-    node = devstack.start_jsipfs(JSIPFS, tmp_path / "repo")
+    node = start_jsipfs(JSIPFS, tmp_path / "repo")
     store = IpfsStore(node.api, timeout=5)
     content = store.add(io.BytesIO(b"hello"))
     node.stop()

@@ -17,7 +17,7 @@ from inference import codecs
 from inference.demos import DEMO_DIR, minilm_model_path
 from inference.errors import InferenceError
 from inference.sessions import SessionCache
-from marketplace.devstack import free_port
+from marketplace.devstack.ports import free_port
 
 MODELS = {
     "iris": DEMO_DIR / "iris-classifier.onnx",

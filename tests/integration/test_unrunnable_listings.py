@@ -74,7 +74,7 @@ def test_unauthenticated_requests_never_load_a_model(world):
         assert world.client.get(f"/v2/models/{world.model_id}/ready").status_code == 200
         r = world.client.get(f"/v2/models/{bomb}")
         assert r.status_code == 409 and r.get_json()["code"] != "model_pending"
-    assert gateway.models.loads == 0  # metadata came from the signature stored at indexing
+    assert gateway.onnx_sessions.loads == 0  # metadata came from the signature stored at indexing
 
 
 def test_a_delisted_listing_serves_its_buyers_but_is_sold_no_more(world):

@@ -20,10 +20,15 @@ from eth_account.messages import encode_defunct
 from app import create_app
 from inference import codecs
 from inference.demos import DEMO_DIR
-from marketplace import chain, devstack, services
+from marketplace.bootstrap import make_indexer
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import Signer, connect
 from marketplace.config import Settings
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from storage.local import LocalStore
-from tests.conftest import ANVIL_BIN, ARTIFACTS
+from tests.conftest import ANVIL_BIN
+from tests.support.market import funded_market
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -35,8 +40,8 @@ PRICE = 10**15
 @dataclass
 class World:
     settings: Settings
-    market: chain.Marketplace
-    signers: list[chain.Signer]
+    market: Marketplace
+    signers: list[Signer]
     keys: list[str]
     client: object
     model_id: int
@@ -45,16 +50,18 @@ class World:
         self.market.w3.provider.make_request("anvil_mine", [n])  # type: ignore[arg-type]
 
     def index(self) -> None:
-        services.make_indexer(self.settings).run_once()
+        make_indexer(self.settings).run_once()
 
 
 def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[World]:
     """Build the world on a fresh anvil (stopped when the generator closes)."""
-    anvil = devstack.start_anvil(ANVIL_BIN)
+    anvil = start_anvil(ANVIL_BIN)
+    app = None
     try:
-        w3 = chain.connect(anvil.rpc_url)
-        signers = devstack.dev_signers(5)
-        dep = chain.deploy_marketplace(w3, signers[0], ARTIFACTS, fee_bps=250)
+        w3 = connect(anvil.rpc_url)
+        signers = dev_signers(5)
+        market = funded_market(w3, signers)
+        dep = market.deployment
         settings = Settings(
             _env_file=None,
             data_dir=tmp_path / "data",  # type: ignore[call-arg]
@@ -64,10 +71,7 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
             database_url=database_url,
         )
         dep.save(settings.deployment_path)
-        services.migrate(settings)
-        market = chain.Marketplace(w3, dep, ARTIFACTS)
-        for s in signers[1:]:
-            chain.send(w3, market.token.functions.mint(s.address, 10**24), signers[0], ARTIFACTS)
+        migrate(settings.db_url)
         store = LocalStore(settings.store_dir)
         model_cid = store.add(io.BytesIO((DEMO_DIR / "iris-classifier.onnx").read_bytes()))
         card_cid = store.add(io.BytesIO(orjson.dumps({"name": "Iris", "tags": ["tabular"]})))
@@ -76,14 +80,16 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
             settings,
             market,
             signers,
-            [devstack.dev_key(i) for i in range(5)],
-            create_app(settings).test_client(),
+            [dev_key(i) for i in range(5)],
+            (app := create_app(settings)).test_client(),
             model_id,
         )
         world.mine(1)
         world.index()
         yield world
     finally:
+        if app is not None:  # its background keeper writes what is left, then stops
+            app.extensions["modelmarket"].prepaid.close()
         anvil.stop()
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from app import create_app
-from marketplace import chain
+from marketplace.chain.artifacts import Deployment
+from marketplace.config import PROJECT_ROOT
+from marketplace.devstack.ports import free_port
 
 
 def test_deployment_endpoint(settings):
-    record = chain.Deployment(
+    record = Deployment(
         31337, "0x" + "1" * 40, "0x" + "2" * 40, 1, "0x" + "3" * 40, "0x" + "3" * 40
     )
     record.save(settings.deployment_path)
@@ -29,26 +35,41 @@ def test_missing_deployment_is_a_json_error(settings):
     assert "deploy first" in body["message"]
 
 
-def test_gunicorn_app_colon_app_builds_the_app_on_access(settings, monkeypatch):
-    """`gunicorn app:app` works, and importing the module builds nothing."""
-    import app as module
-
-    monkeypatch.setenv("MODELMARKET_DATA_DIR", str(settings.data_dir))
-    assert "app" not in vars(module)  # nothing built at import
-    built = module.app
-    assert built.name == "app" and "oip.infer" in built.view_functions
+def test_gunicorn_app_colon_app_builds_the_app_on_access(tmp_path):
+    """`gunicorn app:app` works, and importing the module builds nothing: in a fresh
+    interpreter, the import leaves the data dir untouched; the first access builds the
+    app (its signing secret appears) with the paid endpoint registered."""
+    data = tmp_path / "data"
+    probe = (
+        "import os, app\n"
+        f"data = {str(data)!r}\n"
+        "print(os.path.exists(data) and sorted(os.listdir(data)))\n"
+        "built = app.app\n"
+        "print('oip.infer' in built.view_functions, sorted(os.listdir(data)))\n"
+    )
+    env = {**os.environ, "MODELMARKET_DATA_DIR": str(data)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == "False", "importing app made the data dir"
+    assert out[1].startswith("True") and "secret" in out[1]
 
 
 def test_ready_says_503_when_the_database_is_down(settings):
     # a real fault: the configured PostgreSQL port has nothing listening
-    from marketplace import devstack
 
-    record = chain.Deployment(
+    record = Deployment(
         31337, "0x" + "1" * 40, "0x" + "2" * 40, 1, "0x" + "3" * 40, "0x" + "3" * 40
     )
     record.save(settings.deployment_path)
     down = settings.model_copy(
-        update={"database_url": f"postgresql+psycopg://x@127.0.0.1:{devstack.free_port()}/x"}
+        update={"database_url": f"postgresql+psycopg://x@127.0.0.1:{free_port()}/x"}
     )
     resp = create_app(down).test_client().get("/v2/health/ready")
     assert resp.status_code == 503

@@ -15,22 +15,29 @@ import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from marketplace import cards
+from marketplace.indexer.cards import (
+    CARD_SCHEMA,
+    FLAGS,
+    MAX_CARD_BYTES,
+    REFUSAL_CODES,
+    Card,
+    parse_card,
+)
 
 
-def refusal(raw: bytes, max_bytes: int = cards.MAX_CARD_BYTES) -> tuple[str, str]:
+def refusal(raw: bytes, max_bytes: int = MAX_CARD_BYTES) -> tuple[str, str]:
     """The refusal's (status, error), checked to be storable and safe to show."""
-    card = cards.parse_card(raw, max_bytes=max_bytes)
-    assert card.status in cards.REFUSAL_CODES, card
+    card = parse_card(raw, max_bytes=max_bytes)
+    assert card.status in REFUSAL_CODES, card
     assert card.error is not None and 0 < len(card.error) <= 300
     assert card.error.isprintable(), card.error  # no control, bidi, surrogate...
     assert card.data is None and card.flags == ()
     return card.status, card.error
 
 
-def accepted(raw: bytes, max_bytes: int = cards.MAX_CARD_BYTES) -> dict[str, Any]:
+def accepted(raw: bytes, max_bytes: int = MAX_CARD_BYTES) -> dict[str, Any]:
     """The accepted card's stored data (flags are checked apart)."""
-    card = cards.parse_card(raw, max_bytes=max_bytes)
+    card = parse_card(raw, max_bytes=max_bytes)
     assert card.status == "ok" and card.error is None and card.data is not None, card
     return card.data
 
@@ -44,8 +51,8 @@ def card_bytes(card: Any) -> bytes:
 
 
 def test_codes_fit_the_card_status_column() -> None:
-    assert all(len(code) <= 16 for code in cards.REFUSAL_CODES)
-    jsonschema.Draft202012Validator.check_schema(cards.CARD_SCHEMA)
+    assert all(len(code) <= 16 for code in REFUSAL_CODES)
+    jsonschema.Draft202012Validator.check_schema(CARD_SCHEMA)
 
 
 def test_ordinary_card_is_normalised() -> None:
@@ -60,7 +67,7 @@ def test_ordinary_card_is_normalised() -> None:
             "extra": {"kept": True},
         }
     )
-    assert cards.parse_card(raw) == cards.Card(
+    assert parse_card(raw) == Card(
         "ok",
         data={
             "name": "Café classifier",
@@ -77,7 +84,7 @@ def test_ordinary_card_is_normalised() -> None:
 def test_too_large_invalid_json_and_schema() -> None:
     assert accepted(b'{"name": "x"}', max_bytes=13) == {"name": "x"}
     assert refusal(b'{"name": "xy"}', max_bytes=13)[0] == "too_large"
-    assert refusal(b"\x00" * (cards.MAX_CARD_BYTES + 1))[0] == "too_large"
+    assert refusal(b"\x00" * (MAX_CARD_BYTES + 1))[0] == "too_large"
     for raw in (b"{", b'{"name": NaN}', b"\xef\xbb\xbf{}", b"[1,]"):
         assert refusal(raw)[0] == "invalid_json"
     wrong: list[Any] = [{"name": 5}, {"name": "x", "tags": [""]}, {"description": "x"}, []]
@@ -108,7 +115,7 @@ def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
 
 
 def test_errors_given_by_the_indexer_are_made_safe_too() -> None:
-    card = cards.Card("unavailable", "no such CID: bafy\x00\u202e" + "x" * 400)
+    card = Card("unavailable", "no such CID: bafy\x00\u202e" + "x" * 400)
     assert card.error is not None and len(card.error) == 300 and card.error.isprintable()
     assert card.error.startswith("no such CID: bafyU+0000U+202Exxx") and card.error[-1] == "…"
 
@@ -256,7 +263,7 @@ def test_every_format_character_is_refused_in_a_name() -> None:
     ],
 )
 def test_mixed_scripts_in_a_word_are_flagged(card: dict[str, Any], flags: tuple[str, ...]) -> None:
-    assert cards.parse_card(card_bytes(card)) == cards.Card("ok", None, card, flags)
+    assert parse_card(card_bytes(card)) == Card("ok", None, card, flags)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +286,7 @@ def test_mixed_scripts_in_a_word_are_flagged(card: dict[str, Any], flags: tuple[
 )
 def test_ordinary_names_are_not_flagged(name: str) -> None:
     card = {"name": name, "tags": name.split()}
-    assert cards.parse_card(card_bytes(card)) == cards.Card("ok", None, card, ())
+    assert parse_card(card_bytes(card)) == Card("ok", None, card, ())
 
 
 # ------------------------------------------------------------------------- cost
@@ -294,9 +301,9 @@ def test_a_64_kib_card_is_quick() -> None:
         {"name": "x", "tags": [1] * 30000},
     ):
         raw = orjson.dumps(card)
-        assert len(raw) <= cards.MAX_CARD_BYTES
+        assert len(raw) <= MAX_CARD_BYTES
         started = time.perf_counter()
-        cards.parse_card(raw)
+        parse_card(raw)
         assert time.perf_counter() - started < 1.0
 
 
@@ -366,7 +373,7 @@ def strings_in(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, 
 def test_any_card_is_refused_with_a_code_or_safe(card: Any, escape: bool) -> None:
     # escaped: lone surrogates as "\ud800"; raw: as the CESU-8 bytes a lax encoder writes
     raw = json.dumps(card, ensure_ascii=escape).encode("utf-8", "surrogatepass")
-    parsed = cards.parse_card(raw)
+    parsed = parse_card(raw)
     event(parsed.status)
     if parsed.status != "ok":
         refusal(raw)  # a known code, a short printable message, no data
@@ -387,4 +394,4 @@ def test_any_card_is_refused_with_a_code_or_safe(card: Any, escape: bool) -> Non
     assert orjson.loads(orjson.dumps(parsed.data)) == parsed.data
     name = parsed.data["name"]
     assert name == unicodedata.normalize("NFC", name).strip() != ""
-    assert set(parsed.flags) <= set(cards.FLAGS)
+    assert set(parsed.flags) <= set(FLAGS)

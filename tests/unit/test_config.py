@@ -37,9 +37,9 @@ def test_readme_documents_every_setting():
 
 
 def test_settings_pick_the_store(tmp_path):
+    from storage.backends import open_store
     from storage.ipfs import IpfsStore
     from storage.local import LocalStore
-    from storage.store import open_store
 
     local = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     assert isinstance(open_store(local.store_dir, local.ipfs_api), LocalStore)

@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
-from inference import errors
+from inference import codecs, errors
 from inference.demos import DEMO_DIR
-from inference.inspect import Limits, ModelInfo, inspect_bytes
+from inference.inspect import ModelInfo, inspect_bytes
+from inference.limits import Limits
 from inference.probe import probe_load
 from inference.sessions import RuntimeSettings, SessionCache
 from tests.fixtures import hostile_models as hm
@@ -84,10 +86,20 @@ def test_memory_bomb_is_refused(sessions, tmp_path):
     _still_serving(sessions, tmp_path)
 
 
-def test_oversized_input_is_refused_before_running(sessions, tmp_path):
-    model = sessions.get("identity", _file(tmp_path, hm.identity()))
+def test_oversized_input_is_refused_before_running(sessions):
+    # two inputs, each under the cap, over it together: refused as decoded, nothing runs
+    half = (1 << 20) // 2 + 1
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": "FP32", "shape": [half], "data": [0.0] * half}
+                for n in ("x", "y")
+            ]
+        }
+    )
+    limit = sessions.runtime.max_input_elements
     with pytest.raises(errors.InputTooLarge, match="limit is 1048576"):
-        sessions.run(model, {"x": np.zeros(((1 << 20) // 4 + 1, 4), np.float32)})
+        codecs.decode_request(body, max_elements=limit)
 
 
 def test_hostile_file_never_loads_into_a_session(sessions, tmp_path):

@@ -2,12 +2,7 @@
 pragma solidity 0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-
-interface IModelMarketplace {
-    function purchase(uint256 modelId, uint256 calls, uint256 maxPricePerCall)
-        external
-        returns (uint256);
-}
+import {IModelMarketplace} from "../IModelMarketplace.sol";
 
 /// @title BulkBuyer (benchmarks and tests only)
 /// @notice Makes many purchases in one transaction, so a benchmark can put thousands of

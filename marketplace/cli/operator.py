@@ -1,0 +1,156 @@
+"""Operator commands: run the embedded default, follow the chain."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from marketplace.cli.group import domain_errors, main, out
+from marketplace.config import Settings
+from marketplace.db.migrate import migrate
+from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
+
+
+@main.command()
+@domain_errors
+def run() -> None:
+    """Start the embedded default: anvil, contracts deployed, demo accounts funded, the
+    indexer following the chain and the gateway (both API families) under gunicorn.
+
+    State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
+    Ctrl-C stops everything it started.
+    """
+    settings = Settings()
+    if not settings.rpc_url and "confirmations" not in settings.model_fields_set:
+        # The embedded anvil is one node that mines on each transaction and never
+        # reorgs: waiting for N more blocks would wait forever on a quiet dev chain.
+        settings = settings.model_copy(update={"confirmations": 0})
+    stop = threading.Event()
+    # SIGTERM too, so `kill <pid>` shuts down as cleanly as Ctrl-C.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    # The embedded default is the one thing that starts devstack; production runs the
+    # gateway and the indexer as their own processes against a real chain.
+    from marketplace.bootstrap import make_indexer
+    from marketplace.devstack.deploy import running
+    from marketplace.devstack.serve import start_gunicorn
+
+    with running(settings, progress=lambda m: out.print(f"• {m}", markup=False)) as (
+        rpc_url,
+        deployment,
+        new,
+    ):
+        out.print("deployed" if new else f"reusing the deployment in {settings.deployment_path}")
+        out.print(f"  chain id     {deployment.chain_id}")
+        out.print(f"  rpc url      {rpc_url}")
+        out.print(f"  marketplace  {deployment.marketplace}")
+        out.print(f"  token (MMT)  {deployment.token}")
+        out.print(f"  start block  {deployment.start_block}")
+        migrate(settings.db_url)
+        idx = make_indexer(settings, rpc_url)
+        worker = threading.Thread(target=_follow, args=(idx, stop), name="indexer", daemon=True)
+        worker.start()
+        out.print(f"  database     {settings.db_url}")
+        confirmations = f"{settings.confirmations} confirmations"
+        out.print(f"  indexer      following the chain in-process ({confirmations})")
+        gateway = start_gunicorn(
+            "app:create_app()",
+            {
+                "MODELMARKET_DATA_DIR": str(settings.data_dir.resolve()),
+                "MODELMARKET_CONFIRMATIONS": str(settings.confirmations),
+            },
+            workers=settings.http_workers,
+            threads=8,
+            reuse_port=True,
+            host=settings.http_host,
+            port=settings.http_port,
+            log=settings.data_dir / "gateway.log",
+            ready_path="/v2/health/ready",
+        )
+        try:
+            out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")
+            out.print(f"  openapi      {gateway.url}/api/v1/openapi.json")
+            out.print("ready. Ctrl-C to stop.")
+            stop.wait()
+        finally:
+            gateway.stop()  # its workers give their leased calls back on the way out
+        worker.join(10)
+        out.print("stopping…")
+    out.print("stopped.")
+
+
+def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
+    """The embedded default's indexer loop: progress and errors on the terminal."""
+
+    def shown(result: RunResult) -> None:
+        if result.events or result.reorged_from is not None:
+            out.print(
+                f"• indexed to block {result.last_block}: {result.events} events", markup=False
+            )
+
+    follow(
+        idx,
+        stop,
+        interval=interval,
+        on_result=shown,
+        on_error=lambda text: out.print(f"• indexer: {text}", markup=False),
+    )
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between polls.")
+@domain_errors
+def indexer(once: bool, interval: float) -> None:
+    """Follow the chain into the database: listings, model cards, purchases (credits).
+
+    Shows blocks/s, events/s and blocks left while catching up. Uses the embedded chain
+    of a running `modelmarket run`, or MODELMARKET_RPC_URL.
+    """
+    from rich.progress import BarColumn, TextColumn
+    from rich.progress import Progress as Bar
+
+    from marketplace.bootstrap import make_indexer
+
+    settings = Settings()
+    migrate(settings.db_url)
+    idx = make_indexer(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    columns = (TextColumn("indexing"), BarColumn(), TextColumn("{task.description}"))
+    with Bar(*columns, console=out, transient=False) as bar:
+        task = bar.add_task("", total=None)
+
+        def show(p: Progress) -> None:
+            bar.update(
+                task,
+                total=max(p.target_block - p.start_block + 1, 1),
+                completed=p.current_block - p.start_block + 1,
+                description=(
+                    f"block {p.current_block}/{p.target_block}  {p.blocks_left} left"
+                    f"  {p.blocks_per_s:,.0f} blocks/s  {p.events_per_s:,.0f} events/s"
+                ),
+            )
+
+        def done(result: RunResult) -> None:
+            if result.reorged_from is not None:
+                out.print(f"reorg: rolled back to block {result.reorged_from}")
+            out.print(
+                f"indexed up to block {result.last_block} ({result.events} new events,"
+                f" {result.cards} model cards and {result.models} models settled)"
+            )
+
+        if once:
+            done(idx.run_once(progress=show))
+        else:
+            follow(
+                idx,
+                stop,
+                interval=interval,
+                progress=show,
+                on_result=lambda r: done(r) if r.events or r.reorged_from is not None else None,
+                on_error=lambda text: out.print(f"indexer: {text}", markup=False),
+            )

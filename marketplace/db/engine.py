@@ -1,0 +1,67 @@
+"""The SQLAlchemy 2.0 engine and sessions, for SQLite (embedded) and PostgreSQL, and the
+one dialect-aware INSERT."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for `url`. SQLite gets WAL, foreign keys and a busy timeout, so several
+    processes (gateway workers, the indexer) can share one file."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # autocommit off in the driver's own sense: SQLAlchemy issues BEGIN itself
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Transactions take the write lock up front (no read-then-upgrade deadlocks
+            # between writers); plain reads run in autocommit and take no lock at all.
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for single reads: autocommit, no transaction, no lock (a request's key
+    and listing lookups)."""
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine` that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert(session: Session | Connection, table: Any) -> Any:
+    """An INSERT for the dialect of `session` (PostgreSQL's or SQLite's), so callers can
+    add `ON CONFLICT` clauses, which SQLAlchemy's generic insert lacks."""
+    dialect = (
+        session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
+    )
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def core_table(entity: Any) -> Table:
+    """The Core Table of a mapped class, for Core statements on hot paths."""
+    table = entity.__table__
+    assert isinstance(table, Table)
+    return table

@@ -1,0 +1,264 @@
+"""The tables: listings (with their model cards), purchases, credits, the indexer's
+state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+UINT256_DIGITS = 78
+# SQLite only autoincrements a column declared INTEGER
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Uint256(TypeDecorator[int]):
+    """An exact unsigned 256-bit integer: NUMERIC(78, 0) on PostgreSQL; elsewhere a
+    zero-padded decimal string, so comparisons and ORDER BY still sort numerically."""
+
+    impl = String(UINT256_DIGITS)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(UINT256_DIGITS, 0))
+        return dialect.type_descriptor(String(UINT256_DIGITS))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value < 0 or value >= 1 << 256:
+            raise ValueError(f"{value} is not a uint256")
+        if dialect.name == "postgresql":
+            return Decimal(value)
+        return str(value).zfill(UINT256_DIGITS)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+class Listing(Base):
+    """A model on sale, as the chain says, plus its model card (untrusted text)."""
+
+    __tablename__ = "listings"
+
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seller: Mapped[str] = mapped_column(String(42), index=True)
+    model_cid: Mapped[str] = mapped_column(String(128))
+    metadata_cid: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(String(42))
+    price_per_call: Mapped[int] = mapped_column(Uint256)
+    active: Mapped[bool] = mapped_column(default=True)
+    listed_block: Mapped[int] = mapped_column(BigInteger)
+    updated_block: Mapped[int] = mapped_column(BigInteger)
+    # "pending" until fetched; "ok"; or why the card is unusable: missing, too_large,
+    # invalid_json, invalid_card, cid_mismatch, unavailable. The listing stays visible.
+    card_status: Mapped[str] = mapped_column(String(32), default="pending", index=True)
+    card_error: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    license: Mapped[str | None] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Warnings about a card that was kept (e.g. "name_mixed_scripts": a look-alike name)
+    card_flags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    # "pending" until the indexer fetched and inspected the model; "ok" (offered for sale
+    # and served); "unavailable" (retried); or the refusal's code (external_data,
+    # absurd_shape, model_load_too_costly, ...) with the reason in model_error. Only "ok"
+    # listings are offered anywhere.
+    model_status: Mapped[str] = mapped_column(
+        String(32), default="pending", server_default="pending", index=True
+    )
+    model_error: Mapped[str | None] = mapped_column(Text)
+    # The inspected signature ({"inputs": [...], "outputs": [...]}: OIP metadata without
+    # loading the model) and what loading it cost in the probe.
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    model_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    load_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # An "unavailable" card or model is fetched again after a backoff that doubles per
+    # attempt (epoch seconds), so unreachable content never slows every indexer pass.
+    card_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    card_retry_at: Mapped[float | None]
+    model_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    model_retry_at: Mapped[float | None]
+
+
+class Purchase(Base):
+    """One `Purchased` event, credited once: (tx_hash, log_index) is unique."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_purchase_log"),)
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(Uint256)
+    fee: Mapped[int] = mapped_column(Uint256)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    # "credited", or "orphaned" when a reorg removed its block (its calls taken back)
+    state: Mapped[str] = mapped_column(String(16), default="credited")
+    source: Mapped[str] = mapped_column(String(16))  # "indexer" or "receipt"
+
+
+class Credit(Base):
+    """Calls a buyer may still make on a model. Goes below zero only when a reorg takes
+    back calls already spent (the debt is paid by the next purchase)."""
+
+    __tablename__ = "credits"
+
+    buyer: Mapped[str] = mapped_column(String(42), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    remaining: Mapped[int] = mapped_column(BigInteger, default=0)  # not counting leases
+    purchased: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Scratch: the size of the latest lease, set by the same UPDATE that takes it. The
+    # grant depends on the old balance (smaller near the end), and RETURNING sees only
+    # new values on SQLite and PostgreSQL < 18: without this column, taking a lease
+    # would need a read, then a write (a race between workers) or a second statement.
+    last_lease: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class CreditLease(Base):
+    """Calls a gateway worker took from a credit in one statement, to spend in memory.
+    Until settled, `granted - used` of them belong to the lease; settling gives the
+    rest back to the credit, once."""
+
+    __tablename__ = "credit_leases"
+    __table_args__ = (
+        # Settled leases stay as history; every lookup is of open ones (partial indexes).
+        Index(
+            "ix_credit_leases_open_credit",
+            "buyer",
+            "model_id",
+            sqlite_where=text("settled_at IS NULL"),
+            postgresql_where=text("settled_at IS NULL"),
+        ),
+        Index(
+            "ix_credit_leases_open_heartbeat",
+            "heartbeat_at",
+            sqlite_where=text("settled_at IS NULL"),
+            postgresql_where=text("settled_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    buyer: Mapped[str] = mapped_column(String(42))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(64))  # host:pid:random of the worker
+    granted: Mapped[int] = mapped_column(BigInteger)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # epoch seconds (the holder's clock); a lease not heard from for the TTL is swept
+    heartbeat_at: Mapped[float]
+    recall: Mapped[bool] = mapped_column(default=False)  # another worker needs the calls
+    settled_at: Mapped[float | None]
+
+
+class ChainEvent(Base):
+    """Every marketplace event the indexer applied, so a reorg can undo exactly them."""
+
+    __tablename__ = "chain_events"
+    __table_args__ = (
+        UniqueConstraint("tx_hash", "log_index", name="uq_event_log"),
+        Index("ix_chain_events_model_block", "model_id", "block_number"),
+    )
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class BlockHash(Base):
+    """Hashes of recently indexed blocks, to notice when one is no longer canonical."""
+
+    __tablename__ = "block_hashes"
+
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(66))
+
+
+class IndexerState(Base):
+    """Where the indexer is, per chain and contract (one row each)."""
+
+    __tablename__ = "indexer_state"
+
+    contract: Mapped[str] = mapped_column(String(42), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    last_block: Mapped[int] = mapped_column(BigInteger)
+    # How the follower loop is doing, for health checks in any process: when it last
+    # finished a pass (epoch seconds), and the error of the failing passes since.
+    heartbeat_at: Mapped[float | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class Nonce(Base):
+    """A Sign-In with Ethereum nonce: single use, short-lived."""
+
+    __tablename__ = "siwe_nonces"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used: Mapped[bool] = mapped_column(default=False)
+
+
+class ApiKey(Base):
+    """An API key of a signed-in address. Only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Usage(Base):
+    """One paid call: charged when it began, refunded once if it failed on our side."""
+
+    __tablename__ = "usage"
+    # Written once per paid call, and every index is paid for on every call: only the
+    # primary key until a query needs more (a buyer's usage history will).
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
+    key_id: Mapped[str] = mapped_column(String(16))
+    buyer: Mapped[str] = mapped_column(String(42))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # ok, failed
+    lease_id: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(String(64))
+    latency_ms: Mapped[float | None]
+    charged: Mapped[bool] = mapped_column(default=True)
+    refunded: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,121 @@
+"""One paid call, whatever pays for it: pick the method from the request, mint the
+inference id, begin, run the model, complete (or complete after error), hand the method
+the call's usage row, and build the 402 from every method's offer.
+
+The usage row is built here and written by the method, in the same transaction as its
+own accounting: for prepaid credits the row is what counts a call against its lease, so
+writing it apart would let a crash between the two charge a call twice or never.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from marketplace import errors
+from marketplace.db.tables import Listing
+from marketplace.payments.method import Headers, Payer, Payment, PaymentMethod
+from marketplace.usage.records import UsageRecord
+
+T = TypeVar("T")
+MAX_ERROR_CODE = 64  # the usage row's column
+
+
+class InferenceIds:
+    """Inference ids: unique across workers and restarts, not secret (usage is shown
+    only to the key's owner). os.urandom per call cost as much as the rest of the
+    payment, so a random prefix per process and a counter (next() is atomic)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():  # gunicorn may build the app before forking
+            self._prefix, self._pid = secrets.token_hex(10), os.getpid()
+        return f"{self._prefix}{next(self._count):012x}"
+
+
+class PaymentPipeline:
+    """The payment methods of a gateway, in the order their offers are listed."""
+
+    def __init__(self, methods: Sequence[PaymentMethod] = ()) -> None:
+        self.methods: list[PaymentMethod] = list(methods)
+        self.ids = InferenceIds()
+
+    def register(self, method: PaymentMethod) -> None:
+        """Accept payments with `method` from now on (its offer goes last)."""
+        self.methods.append(method)
+
+    def identify(self, headers: Headers) -> tuple[PaymentMethod, Payer]:
+        """The method this request pays with, and who pays. A request that names no
+        method is the first method's to refuse (prepaid credits: 401, no API key)."""
+        if not self.methods:
+            raise errors.ConfigurationError("no payment method is registered")
+        method = next((m for m in self.methods if m.claims(headers)), self.methods[0])
+        return method, method.identify(headers)
+
+    def offers(self, listing: Listing) -> list[dict[str, object]]:
+        """Every method's offer for `listing` (a 402's `accepts`)."""
+        return [offer for m in self.methods if (offer := m.offer(listing)) is not None]
+
+    def begin(self, method: PaymentMethod, payer: Payer, listing: Listing) -> Payment:
+        """Begin paying for one call; a 402 lists every method's offer."""
+        try:
+            return method.begin(payer, listing, self.ids.next())
+        except errors.PaymentRequired as exc:
+            raise errors.PaymentRequired(exc.message, self.offers(listing)) from None
+
+    def complete(self, method: PaymentMethod, payment: Payment) -> dict[str, str]:
+        """The call was served: the headers the answer carries."""
+        headers = method.complete(payment, _usage(payment, "ok", None))
+        headers["X-Inference-Id"] = payment.inference_id
+        return headers
+
+    def complete_after_error(
+        self, method: PaymentMethod, payment: Payment, exc: Exception
+    ) -> dict[str, str]:
+        """The call failed with `exc` after its payment began: given back; the headers
+        the error answer carries."""
+        code = str(errors.describe(exc)[1]["error"])[:MAX_ERROR_CODE]
+        headers = method.complete_after_error(payment, _usage(payment, "failed", code))
+        headers["X-Inference-Id"] = payment.inference_id
+        return headers
+
+    def run(
+        self,
+        method: PaymentMethod,
+        payer: Payer,
+        listing: Listing,
+        call: Callable[[], T],
+    ) -> tuple[T, dict[str, str]]:
+        """Begin, run `call`, complete: its result and the headers the answer carries.
+        A failure after the payment began is given back and raised as a PaidCallFailed
+        that carries the cause and the headers saying what was given back."""
+        payment = self.begin(method, payer, listing)
+        try:
+            result = call()
+        except Exception as exc:
+            headers = self.complete_after_error(method, payment, exc)
+            raise errors.PaidCallFailed(exc, headers) from exc
+        return result, self.complete(method, payment)
+
+
+def _usage(payment: Payment, status: str, error: str | None) -> UsageRecord:
+    return UsageRecord(
+        id=payment.inference_id,
+        key_id=payment.payer.key_id,
+        buyer=payment.payer.address,
+        model_id=payment.model_id,
+        status=status,
+        lease_id=payment.reference,
+        error=error,
+        latency_ms=payment.elapsed_ms,
+        charged=True,
+        refunded=status != "ok",
+        created_at=payment.created_at,
+    )

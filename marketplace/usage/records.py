@@ -1,0 +1,67 @@
+"""Usage rows: one per paid call, whatever paid for it, as a typed record, and the one
+writer that puts them in the database at the driver level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+import orjson
+from sqlalchemy.engine import Connection
+
+
+class UsageRecord(NamedTuple):
+    """One finished paid call, as the `usage` table stores it. A NamedTuple: built on
+    every paid call, and handed to the driver as the row it is."""
+
+    id: str  # the inference id
+    key_id: str
+    buyer: str
+    model_id: int
+    status: str  # "ok" or "failed"
+    lease_id: str | None  # the payment's own reference (prepaid: the lease it came from)
+    error: str | None  # the stable code of what failed
+    latency_ms: float
+    charged: bool
+    refunded: bool
+    created_at: datetime
+
+
+USAGE_COLUMNS = UsageRecord._fields
+_CHARGED = USAGE_COLUMNS.index("charged")
+_USAGE_SQL = ", ".join(USAGE_COLUMNS)
+# PostgreSQL: one statement over the rows as one JSON text (orjson writes it in C; the
+# server parses it in C). psycopg's per-row executemany, or its array adaptation, cost
+# 10-15 us a row in Python.
+_USAGE_PG = (
+    f"INSERT INTO usage ({_USAGE_SQL}) SELECT {_USAGE_SQL}"  # noqa: S608 (constants only)
+    " FROM json_populate_recordset(NULL::usage, %s::json) ON CONFLICT (id) DO NOTHING"
+)
+_USAGE_SQLITE = (
+    f"INSERT INTO usage ({_USAGE_SQL}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"  # noqa: S608
+    " ON CONFLICT (id) DO NOTHING"
+)
+
+
+def write_usage(conn: Connection, records: Sequence[UsageRecord]) -> int:
+    """Insert usage rows at the driver level; returns how many were new (a row already
+    written, by id, is skipped).
+
+    A row per paid call: SQLAlchemy's per-row parameter processing cost ~4x the
+    driver's own work (measured: ~9 us against ~2 us a row on SQLite), so rows go to
+    the driver as they are stored (SQLite: SQLAlchemy's DATETIME text and 0/1)."""
+    if conn.dialect.name == "sqlite":
+        rows = [
+            (
+                *record[:_CHARGED],
+                int(record.charged),
+                int(record.refunded),
+                # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
+                record.created_at.isoformat(" ", "microseconds")[:26],
+            )
+            for record in records
+        ]
+        return int(conn.exec_driver_sql(_USAGE_SQLITE, rows).rowcount)
+    text = orjson.dumps([record._asdict() for record in records])
+    return int(conn.exec_driver_sql(_USAGE_PG, (text.decode(),)).rowcount)

@@ -1,0 +1,38 @@
+"""The web faces: the marketplace API (/api/v1), the Open Inference Protocol (/v2) and
+the OpenAPI document, registered on one Flask app with the request bounds, the headers
+every answer carries, and the one error handler."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from marketplace.bootstrap import Gateway
+from marketplace.web import api, oip
+from marketplace.web.errors import error_response
+from marketplace.web.openapi import spec
+
+
+def register(app: Flask, gateway: Gateway) -> None:
+    """Serve `gateway` from `app`."""
+    app.extensions["modelmarket"] = gateway
+    settings = gateway.settings
+
+    @app.before_request
+    def bound_the_body() -> None:
+        # Bounded before anything reads the body: Werkzeug answers 413 past this, whether
+        # the length is declared or the body streams in chunks.
+        request.max_content_length = (
+            settings.max_infer_body_bytes
+            if request.path.startswith("/v2/")
+            else settings.max_api_body_bytes
+        )
+
+    @app.after_request
+    def no_sniffing(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    app.register_error_handler(Exception, error_response)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(oip.blueprint)
+    spec.register(app)
