@@ -6,7 +6,7 @@ from flask import Flask
 
 from marketplace import web
 from marketplace.bootstrap import Gateway
-from marketplace.config import Settings
+from marketplace.config import Settings, load_settings
 
 
 def __getattr__(name: str) -> object:
@@ -20,5 +20,5 @@ def __getattr__(name: str) -> object:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
     app = Flask(__name__)
-    web.register(app, Gateway(settings or Settings()))
+    web.register(app, Gateway(settings or load_settings()))
     return app

@@ -1,8 +1,8 @@
 """The paid gateway under load, in one run: paid `/v2/models/{id}/infer` vs an unpaid
-minimal Flask endpoint running the same session, both under gunicorn (2 workers), with
-SQLite and with PostgreSQL, at 1 and 16 connections (wrk).
+minimal Flask endpoint running the same session, both under gunicorn (2 workers x 8
+threads), with SQLite and with PostgreSQL, at 1 and 16 connections (wrk).
 
-    .venv/bin/python -m bench.gateway [--seconds 5]        # (or: make bench)
+    .venv/bin/python -m bench.gateway [--seconds 4] [--runs 3]      # (or: make bench)
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ class RuntimeSettings:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     time_limit_s: float = 10.0
-    max_input_elements: int = 1 << 24
     arena_max_bytes: int = 4 << 30
     # Largest tensor constant folding may create at load. onnxruntime's own default is
     # 1 GiB (a 157-byte ConstantOfShape -> Neg model then loads into 3 GB); without folding

@@ -34,7 +34,6 @@ def runtime_settings(settings: Settings) -> RuntimeSettings:
     return RuntimeSettings(
         intra_op_threads=settings.inference_threads,
         time_limit_s=settings.inference_time_limit,
-        max_input_elements=settings.max_input_elements,
         arena_max_bytes=settings.inference_memory_bytes,
     )
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from marketplace.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,3 +192,16 @@ class Settings(BaseSettings):
     def deployment_path(self) -> Path:
         """Where the deployment record lives."""
         return self.deployment_file or self.data_dir / "deployment.json"
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env; ConfigurationError naming each bad
+    variable (never its value: it may be a key)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MODELMARKET_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

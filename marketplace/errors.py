@@ -250,7 +250,7 @@ class ReceiptNotPurchase(ReceiptRejected):
 
 # ------------------------------------------------- the one mapping of every error
 
-# storage and inference errors by code: (HTTP status, our stable code)
+# storage and inference errors: their stable code -> the HTTP status it answers with
 _FOREIGN: dict[str, int] = {
     "content_mismatch": 502,
     "content_not_found": 503,

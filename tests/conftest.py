@@ -13,19 +13,18 @@ from web3 import Web3
 from marketplace.chain.artifacts import Deployment
 from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import Signer, connect
-from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.config import Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import Anvil, dev_signers, start_anvil
 from tests.support.launchers import JsIpfs, start_jsipfs, start_postgres
+from tests.support.market import funded_market
+from tests.support.paths import ANVIL_BIN, ARTIFACTS, JSIPFS
 
 # CI runs a fixed sequence of examples (a red run must be reproducible); local runs
 # explore new ones each time.
 hypothesis_settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
-
-ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
-ANVIL_BIN = PROJECT_ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
 
 
 @pytest.fixture
@@ -55,8 +54,6 @@ def signers() -> list[Signer]:
 
 @pytest.fixture(scope="session")
 def deployment(w3: Web3, signers: list[Signer]) -> Deployment:
-    from tests.support.market import funded_market  # it imports this module's paths
-
     return funded_market(w3, signers).deployment
 
 
@@ -69,8 +66,6 @@ def market(w3: Web3, deployment: Deployment) -> Iterator[Marketplace]:
 
 
 # ----------------------------------------------------------------------- IPFS
-
-JSIPFS = PROJECT_ROOT / "node_modules/.bin/jsipfs"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@
 Environment: DEPLOYER_PRIVATE_KEY (required; never printed), FEE_BPS (default 250),
 TREASURY (default: the deployer), TOKEN (an existing ERC-20 to allowlist instead of
 deploying MarketToken), DEPLOYMENT_OUT (where to write the deployment record, the same
-JSON that marketplace/chain.py's Deployment reads).
+JSON that marketplace/chain/artifacts.py's Deployment reads).
 """
 
 import json

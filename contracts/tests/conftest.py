@@ -7,7 +7,8 @@ PRICE = 10**16
 MODEL_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 META_CID = "bafkreidgvpkjawlxz6sffxzwgooowe5yt7i6wsyg236mfoks77nywkptdq"
 BUYER_FUNDS = 10**24
-MAX_CALLS = 10**15  # MAX_CALLS_PER_PURCHASE; marketplace/ledger.py MAX_CREDITED_CALLS
+# MAX_CALLS_PER_PURCHASE: marketplace/payments/prepaid/ledger.py's MAX_CREDITED_CALLS
+MAX_CALLS = 10**15
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import threading
 import click
 
 from marketplace.cli.group import domain_errors, main, out
-from marketplace.config import Settings
+from marketplace.config import load_settings
 from marketplace.db.migrate import migrate
 from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
 
@@ -22,7 +22,7 @@ def run() -> None:
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
     """
-    settings = Settings()
+    settings = load_settings()
     if not settings.rpc_url and "confirmations" not in settings.model_fields_set:
         # The embedded anvil is one node that mines on each transaction and never
         # reorgs: waiting for N more blocks would wait forever on a quiet dev chain.
@@ -114,7 +114,7 @@ def indexer(once: bool, interval: float) -> None:
 
     from marketplace.bootstrap import make_indexer
 
-    settings = Settings()
+    settings = load_settings()
     migrate(settings.db_url)
     idx = make_indexer(settings)
     stop = threading.Event()

@@ -1,5 +1,6 @@
-"""The tables: listings (with their model cards), purchases, credits, the indexer's
-state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
+"""The tables: listings (with their model cards and model checks), purchases, credits
+and the leases they are spent from, usage rows, API keys and sign-in nonces, the
+indexer's state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
 
 from __future__ import annotations
 

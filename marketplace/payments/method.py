@@ -28,7 +28,7 @@ class Payer:
     """Who pays for a call, as a method identified them (nothing taken yet)."""
 
     address: str  # the buyer's address, lower case
-    key_id: str  # the credential that identified them (an API key's id; an x402 nonce)
+    key_id: str  # the credential that identified them (an API key's id), at most 16 chars
 
 
 @dataclass(eq=False)
@@ -41,7 +41,7 @@ class Payment:
     reference: str | None = None  # the method's own handle, kept on the usage row
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
-    done: bool = False  # completed, either way; a second completion changes nothing
+    done: bool = False  # completed, either way: each method completes a payment once
 
     @property
     def elapsed_ms(self) -> float:
@@ -73,8 +73,9 @@ class PaymentMethod(Protocol):
         ...
 
     def complete(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:
-        """The call was served: keep the money, record `usage` durably with the
-        method's own accounting. Returns the headers the answer carries."""
+        """The call was served: keep the money and record `usage` with the method's own
+        accounting (in the same transaction; prepaid credits write it in their next
+        round). Returns the headers the answer carries."""
         ...
 
     def complete_after_error(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:

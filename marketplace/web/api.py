@@ -236,7 +236,7 @@ def credits() -> Response:
     gateway = current_gateway()
     with gateway.reads() as s:
         rows = s.execute(select(Credit).where(Credit.buyer == key.address)).scalars().all()
-        left = gateway.prepaid.remaining_by_model(s, key.address)
+        left = gateway.prepaid.calls_left(s, key.address)
         return json_response(
             [
                 {"model_id": c.model_id, "remaining": left[c.model_id], "purchased": c.purchased}

@@ -1,5 +1,5 @@
 """The bodies of both API families as pydantic models: what each route takes and what
-it answers, for the OpenAPI document (marketplace/openapi.py) and for the routes that
+it answers, for the OpenAPI document (web/openapi.py) and for the routes that
 parse a request with them. Responses are built by the routes as plain dicts; these
 models describe them (a schema-driven test checks the two agree)."""
 

@@ -8,8 +8,8 @@ import pytest
 from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import Signer, connect
 from marketplace.devstack.anvil import dev_signers, start_anvil
-from tests.conftest import ANVIL_BIN
 from tests.support.market import funded_market
+from tests.support.paths import ANVIL_BIN
 from tests.support.world import World, make_world
 
 

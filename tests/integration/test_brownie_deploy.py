@@ -1,4 +1,5 @@
-"""The brownie deploy script against a real anvil it did not start, read back by chain.py."""
+"""The brownie deploy script against a real anvil it did not start, read back by the
+chain binding."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import connect
 from marketplace.config import PROJECT_ROOT
 from marketplace.devstack.anvil import ANVIL_CHAIN_ID, dev_key, dev_signers, start_anvil
-from tests.conftest import ANVIL_BIN, ARTIFACTS
+from tests.support.paths import ANVIL_BIN, ARTIFACTS
 
 
 @pytest.mark.slow

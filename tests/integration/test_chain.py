@@ -1,5 +1,5 @@
-"""chain.py against a real anvil and the real contracts: transactions, events, and
-contract reverts reaching Python as domain errors with a human message."""
+"""The chain binding (marketplace/chain/) against a real anvil and the real contracts:
+transactions, events, and contract reverts reaching Python as domain errors with a human message."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from marketplace.chain.transactions import Signer, connect, send, wait_for_recei
 from marketplace.devstack.anvil import ANVIL_CHAIN_ID, dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
 from marketplace.payments.prepaid import ledger
-from tests.conftest import ANVIL_BIN, ARTIFACTS
+from tests.support.paths import ANVIL_BIN, ARTIFACTS
 
 MODEL_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 META_CID = "bafkreidgvpkjawlxz6sffxzwgooowe5yt7i6wsyg236mfoks77nywkptdq"

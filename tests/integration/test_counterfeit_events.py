@@ -12,7 +12,7 @@ from marketplace.chain.artifacts import load_artifact
 from marketplace.chain.transactions import Signer, deploy, send
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.tables import Credit, Listing, Purchase
-from tests.conftest import ARTIFACTS
+from tests.support.paths import ARTIFACTS
 from tests.support.world import PRICE, World, buy, infer, sign_in
 
 FORGED_CALLS = 1_000_000

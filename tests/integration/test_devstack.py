@@ -18,7 +18,7 @@ from marketplace.db.engine import make_engine, session_factory
 from marketplace.devstack.anvil import DEMO_TOKENS, dev_signers
 from marketplace.devstack.deploy import deployment_is_live, running
 from marketplace.devstack.ports import free_port
-from tests.conftest import ARTIFACTS
+from tests.support.paths import ARTIFACTS
 
 
 def _alive(pid: int) -> bool:
@@ -122,7 +122,7 @@ def test_missing_anvil_is_a_clear_cli_error(tmp_path):
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a missing or invalid setting (README: exit codes)
     assert proc.stderr.strip().splitlines() == [
         f"error: anvil is not installed at {tmp_path / 'no-anvil'}; run `make setup`"
         " [configuration_error]"
@@ -176,7 +176,7 @@ def test_indexer_command_without_a_chain_is_one_clear_line(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a missing or invalid setting (README: exit codes)
     assert proc.stderr.strip() == (
         "error: no chain to talk to: set MODELMARKET_RPC_URL, or start `make run` first"
         " [configuration_error]"

@@ -12,7 +12,7 @@ from app import create_app
 from inference import codecs
 from marketplace.devstack.anvil import start_anvil
 from storage.local import LocalStore
-from tests.conftest import ANVIL_BIN
+from tests.support.paths import ANVIL_BIN
 from tests.support.world import PRICE, World, buy, infer, sign_in
 
 

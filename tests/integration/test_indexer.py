@@ -18,7 +18,7 @@ from marketplace.indexer.follow import Indexer
 from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
 from storage.store import ContentStore
-from tests.conftest import ARTIFACTS
+from tests.support.paths import ARTIFACTS
 
 PRICE = 10**15
 CONFIRMATIONS = 3

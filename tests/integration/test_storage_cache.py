@@ -16,9 +16,9 @@ from storage.cache import ModelCache
 from storage.errors import ContentMismatch, ContentTooLarge, StoreUnavailable
 from storage.ipfs import IpfsStore
 from storage.local import LocalStore
-from tests.conftest import JSIPFS
 from tests.integration.test_storage_ipfs import car_text, pseudo_random
 from tests.support.launchers import start_jsipfs
+from tests.support.paths import JSIPFS
 
 MiB = 1 << 20
 

@@ -15,8 +15,8 @@ from storage import car, cid, unixfs
 from storage.errors import ContentMismatch, StoreTimeout, StoreUnavailable
 from storage.ipfs import IpfsStore
 from storage.local import LocalStore
-from tests.conftest import JSIPFS, JsIpfs
-from tests.support.launchers import start_jsipfs
+from tests.support.launchers import JsIpfs, start_jsipfs
+from tests.support.paths import JSIPFS
 
 K = 256 * 1024
 MiB = 1 << 20

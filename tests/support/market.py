@@ -7,7 +7,7 @@ from web3 import Web3
 
 from marketplace.chain.market import Marketplace, deploy_marketplace
 from marketplace.chain.transactions import Signer, send
-from tests.conftest import ARTIFACTS
+from tests.support.paths import ARTIFACTS
 
 FUNDS = 10**24  # tokens each funded account holds
 

@@ -27,8 +27,8 @@ from marketplace.config import Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from storage.local import LocalStore
-from tests.conftest import ANVIL_BIN
 from tests.support.market import funded_market
+from tests.support.paths import ANVIL_BIN
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

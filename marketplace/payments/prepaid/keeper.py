@@ -2,13 +2,15 @@
 finished calls' usage rows and counts them against their leases, keeps open leases
 alive, settles retired ones, takes the standby leases busy credits asked for, and now
 and then sweeps other workers' leases whose holder went silent (a crashed worker's).
-The only writer of the pool's state to the database; a failed round is retried whole.
+(Request threads write too, but only to take a lease a call is waiting for.) A failed
+round is retried whole.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine
 
 from marketplace.payments.prepaid import leases
-from marketplace.payments.prepaid.pool import Credit, LeasePool
+from marketplace.payments.prepaid.pool import CreditKey, LeasePool
 
 FLUSH_INTERVAL = 0.1  # seconds between writes of finished calls
 
@@ -31,7 +33,7 @@ class LeaseKeeper:
         self,
         engine: Engine,
         pool: LeasePool,
-        take_standby: Callable[[Credit], None],
+        take_standby: Callable[[CreditKey], None],
         ttl: float,
     ) -> None:
         self.engine = engine
@@ -42,9 +44,13 @@ class LeaseKeeper:
         self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="credit-leases", daemon=True)
+        self._pid = -1
 
     def start(self) -> None:
+        """Run in this process; its leases are given back when the process exits."""
+        self._pid = os.getpid()
         self._thread.start()
+        atexit.register(self.stop)
 
     def flush(self) -> None:
         """Write finished calls, settle leases that are done, keep the rest alive, and
@@ -71,9 +77,11 @@ class LeaseKeeper:
                 leases.settle(conn, lease_id, now)
 
     def stop(self) -> None:
-        """Write everything and give every lease back (the worker is stopping)."""
-        if self._stop.is_set():
+        """Write everything and give every lease back (the worker is stopping). Only in
+        the process that started it: a forked child must never settle its parent's."""
+        if self._pid != os.getpid() or self._stop.is_set():
             return
+        atexit.unregister(self.stop)
         self._stop.set()
         self.pool.wake.set()
         self.pool.retire_all()
@@ -119,8 +127,3 @@ class LeaseKeeper:
                 self.flush()
             except Exception:  # the next round retries; never kill the thread
                 log.exception("writing paid calls failed")
-
-
-def stop_at_exit(keeper: LeaseKeeper) -> None:
-    """Give the keeper's leases back when the process exits normally."""
-    atexit.register(keeper.stop)

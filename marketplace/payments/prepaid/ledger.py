@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, tuple_, union_all, update
 from sqlalchemy.orm import Session
 
 from marketplace.db.engine import insert
@@ -175,19 +175,16 @@ def remaining(session: Session, buyer: str, model_id: int) -> int:
 
 
 def remaining_by_model(session: Session, buyer: str) -> dict[int, int]:
-    """`remaining` for each model `buyer` holds credits on."""
+    """`remaining` for each model `buyer` holds credits on, in one statement (one
+    snapshot: a lease taken or settled meanwhile is never counted twice or missed)."""
     buyer = buyer.lower()
-    totals = {
-        int(m): int(r)
-        for m, r in session.execute(
-            select(Credit.model_id, Credit.remaining).where(Credit.buyer == buyer)
-        )
-    }
-    leased = session.execute(
-        select(CreditLease.model_id, func.sum(CreditLease.granted - CreditLease.used))
-        .where(CreditLease.buyer == buyer, CreditLease.settled_at.is_(None))
-        .group_by(CreditLease.model_id)
+    held = union_all(
+        select(Credit.model_id, Credit.remaining.label("calls")).where(Credit.buyer == buyer),
+        select(CreditLease.model_id, (CreditLease.granted - CreditLease.used).label("calls")).where(
+            CreditLease.buyer == buyer, CreditLease.settled_at.is_(None)
+        ),
+    ).subquery()
+    rows = session.execute(
+        select(held.c.model_id, func.sum(held.c.calls)).group_by(held.c.model_id)
     )
-    for model_id, n in leased:
-        totals[int(model_id)] = totals.get(int(model_id), 0) + int(n or 0)
-    return totals
+    return {int(model_id): int(calls or 0) for model_id, calls in rows}

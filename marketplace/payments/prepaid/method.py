@@ -37,8 +37,8 @@ from marketplace.chain.artifacts import Deployment
 from marketplace.db.tables import Listing
 from marketplace.payments.method import Headers, Payer, Payment
 from marketplace.payments.prepaid import leases, ledger
-from marketplace.payments.prepaid.keeper import FLUSH_INTERVAL, LeaseKeeper, stop_at_exit
-from marketplace.payments.prepaid.pool import Credit, Lease, LeasePool
+from marketplace.payments.prepaid.keeper import FLUSH_INTERVAL, LeaseKeeper
+from marketplace.payments.prepaid.pool import CreditKey, Lease, LeasePool
 from marketplace.usage.records import UsageRecord
 
 RECALL_WAIT = 1.5  # how long a worker that found the credit empty waits for recalled calls
@@ -73,7 +73,6 @@ class PrepaidCredits:
         self.ttl = ttl
         self._pid = -1
         self._start_lock = threading.Lock()
-        self._sweeper: LeaseKeeper | None = None
 
     # ---------------------------------------------------------------- the method
 
@@ -144,13 +143,14 @@ class PrepaidCredits:
         left = self.pool.remaining((payment.payer.address, payment.model_id))
         return {"X-Credits-Remaining": str(left)}
 
-    def remaining_by_model(self, session: Session, buyer: str) -> dict[int, int]:
-        """Calls `buyer` has left per model: the database's count, less the calls this
-        worker served and has not written yet. A read: it writes nothing itself (it
-        starts this worker's keeper, whose sweeps give back a crashed worker's leases)."""
+    def calls_left(self, session: Session, buyer: str) -> dict[int, int]:
+        """Calls `buyer` has left per model as this worker knows them: the database's
+        count (one statement: one snapshot), less the calls this worker served and has
+        not written yet. A read: it writes nothing itself (it starts this worker's
+        keeper, whose sweeps give back a crashed worker's leases)."""
         if self._pid != os.getpid():
             self._start()
-        with self.keeper.between_writes():
+        with self.keeper.between_writes():  # no write lands between the two counts
             left = ledger.remaining_by_model(session, buyer)
             for model_id, served in self.pool.unwritten(buyer.lower()).items():
                 left[model_id] = left.get(model_id, 0) - served
@@ -159,11 +159,9 @@ class PrepaidCredits:
     # ------------------------------------------------------------ the worker
 
     def flush(self) -> None:
-        """Write finished calls now (the keeper does every FLUSH_INTERVAL), or, in a
-        process that began no call, only sweep."""
+        """Write finished calls now, rather than in the keeper's next round."""
         if self._pid != os.getpid():
-            self._sweep_only().sweep(time.monotonic())
-            return
+            self._start()
         self.keeper.flush()
 
     def close(self) -> None:
@@ -182,16 +180,8 @@ class PrepaidCredits:
             self.keeper = LeaseKeeper(self.engine, self.pool, self._take_standby, self.ttl)
             self._pid = os.getpid()  # after the state: other threads wait until now
             self.keeper.start()
-            stop_at_exit(self.keeper)
 
-    def _sweep_only(self) -> LeaseKeeper:
-        if self._sweeper is None:
-            self._sweeper = LeaseKeeper(
-                self.engine, LeasePool(self.lease_size, self.ttl), self._take_standby, self.ttl
-            )
-        return self._sweeper
-
-    def _lease_and_spend(self, credit: Credit, listing: Listing) -> tuple[Lease, int]:
+    def _lease_and_spend(self, credit: CreditKey, listing: Listing) -> tuple[Lease, int]:
         deadline = time.monotonic() + RECALL_WAIT
         retried_empty = False
         while True:
@@ -214,7 +204,7 @@ class PrepaidCredits:
                 raise errors.PaymentRequired(_no_calls_left(listing), [])
             time.sleep(FLUSH_INTERVAL / 4)  # other workers are giving their calls back
 
-    def _take_lease(self, conn: Connection, credit: Credit) -> tuple[Lease, int] | None:
+    def _take_lease(self, conn: Connection, credit: CreditKey) -> tuple[Lease, int] | None:
         """A new lease of `credit` and the calls left outside leases, or None."""
         lease_id = secrets.token_hex(16)
         got = leases.lease(
@@ -231,7 +221,7 @@ class PrepaidCredits:
         now = time.monotonic()
         return Lease(lease_id, credit[0], credit[1], got[0], got[0], now, now, taken=now), got[1]
 
-    def _take_standby(self, credit: Credit) -> None:
+    def _take_standby(self, credit: CreditKey) -> None:
         """The next lease of a busy credit, taken by the keeper before the open one runs
         dry, so that a paid call does not wait for the database."""
         with self.pool.refill_lock(credit):

@@ -1,8 +1,9 @@
 """The in-memory lease pool of one worker: the calls it holds for each (buyer, model)
 credit, handed out one per paid call without a database round trip, and the finished
 calls waiting to be written. Pure: no database, no thread; the method takes leases into
-it and the keeper writes what it hands back. Every method holds the pool's lock for a
-few dictionary operations at most: every paid call of the worker takes it.
+it and the keeper writes what it hands back. The paid path holds the pool's lock for a
+few dictionary operations at most (every paid call of the worker takes it); only the
+credits read (`unwritten`) scans the calls not written yet, at most FLUSH_INTERVAL's.
 
 A credit has an open lease (spent from) and at most one standby lease (taken in the
 background before the open one runs dry, so that a paid call does not wait for the
@@ -19,7 +20,7 @@ from typing import Protocol
 
 from marketplace.usage.records import UsageRecord
 
-Credit = tuple[str, int]  # (buyer, model id)
+CreditKey = tuple[str, int]  # (buyer, model id)
 MIN_LEASE = 16  # a credit's first lease; busy credits' leases double up to lease_size
 LEASE_SECONDS = 1.0  # a busy credit's lease should last about this long
 IDLE_SECONDS = 2.0  # a lease unused this long goes back
@@ -41,7 +42,7 @@ class Lease:
     closed: bool = False  # no longer spent from; settled once nothing is in flight
 
     @property
-    def credit(self) -> Credit:
+    def credit(self) -> CreditKey:
         return (self.buyer, self.model_id)
 
 
@@ -71,19 +72,19 @@ class LeasePool:
         self.lease_size = lease_size
         self.ttl = ttl
         self.lock = threading.Lock()
-        self._refill_locks: dict[Credit, threading.Lock] = {}
-        self._open: dict[Credit, Lease] = {}
-        self._standby: dict[Credit, Lease] = {}
-        self._wanted: set[Credit] = set()  # credits whose standby lease is to be taken
-        self._want: dict[Credit, int] = {}  # the next lease's size, per credit
-        self._outside: dict[Credit, int] = {}  # calls left outside leases, last seen
+        self._refill_locks: dict[CreditKey, threading.Lock] = {}
+        self._open: dict[CreditKey, Lease] = {}
+        self._standby: dict[CreditKey, Lease] = {}
+        self._wanted: set[CreditKey] = set()  # credits whose standby lease is to be taken
+        self._want: dict[CreditKey, int] = {}  # the next lease's size, per credit
+        self._outside: dict[CreditKey, int] = {}  # calls left outside leases, last seen
         self._closing: list[Lease] = []
         self._done: list[UsageRecord] = []
         self.wake = threading.Event()  # set when a standby lease is wanted
 
     # ------------------------------------------------------------- spending
 
-    def spend(self, credit: Credit, now: float) -> tuple[Lease, int] | None:
+    def spend(self, credit: CreditKey, now: float) -> tuple[Lease, int] | None:
         """Hand out one call of the open lease (or of the standby one): the lease and the
         calls left after it; None when this worker holds none."""
         with self.lock:
@@ -120,7 +121,7 @@ class LeasePool:
                 lease.left += 1
             self._done.append(record)
 
-    def remaining(self, credit: Credit) -> int:
+    def remaining(self, credit: CreditKey) -> int:
         """Calls left as this worker knows them (another worker's recent calls show up
         when this one next takes a lease)."""
         with self.lock:
@@ -135,13 +136,13 @@ class LeasePool:
                     counts[record.model_id] = counts.get(record.model_id, 0) + 1
         return counts
 
-    def refill_lock(self, credit: Credit) -> threading.Lock:
+    def refill_lock(self, credit: CreditKey) -> threading.Lock:
         """One lease taken at a time per credit and worker (a call that finds the lease
         dry waits for the standby being taken rather than taking another)."""
         with self.lock:
             return self._refill_locks.setdefault(credit, threading.Lock())
 
-    def next_size(self, credit: Credit) -> int:
+    def next_size(self, credit: CreditKey) -> int:
         """How many calls the next lease of `credit` asks for."""
         with self.lock:
             return self._size(credit)
@@ -159,13 +160,13 @@ class LeasePool:
             self._open[credit] = lease
             self._outside[credit] = outside
 
-    def take_wanted(self) -> list[Credit]:
+    def take_wanted(self) -> list[CreditKey]:
         """The credits that asked for a standby lease since the last call."""
         with self.lock:
             wanted, self._wanted = self._wanted, set()
         return sorted(wanted)
 
-    def wants_standby(self, credit: Credit) -> bool:
+    def wants_standby(self, credit: CreditKey) -> bool:
         """Whether `credit` is still busy here and has no standby lease."""
         with self.lock:
             return credit in self._open and credit not in self._standby
@@ -248,10 +249,10 @@ class LeasePool:
             and now - lease.alive_at < self.ttl / 2  # might be swept: never spend it
         )
 
-    def _size(self, credit: Credit) -> int:
+    def _size(self, credit: CreditKey) -> int:
         return self._want.get(credit, min(MIN_LEASE, self.lease_size))
 
-    def _resize(self, credit: Credit, spent: Lease, now: float) -> None:
+    def _resize(self, credit: CreditKey, spent: Lease, now: float) -> None:
         """Size the next lease so that a busy credit's lease lasts about LEASE_SECONDS:
         few database round trips at any rate, small leases for slow buyers."""
         want = self._size(credit)
@@ -262,7 +263,7 @@ class LeasePool:
             want = max(want // 2, min(MIN_LEASE, self.lease_size))
         self._want[credit] = want
 
-    def _remaining(self, credit: Credit) -> int:
+    def _remaining(self, credit: CreditKey) -> int:
         held = (self._open.get(credit), self._standby.get(credit), *self._closing)
         leased = sum(lease.left for lease in held if lease and lease.credit == credit)
         return leased + self._outside.get(credit, 0)
