@@ -1,0 +1,1 @@
+"""What is for sale: which listings are offered, search, and purchase preparation."""

@@ -1,0 +1,1 @@
+"""Prepaid credits: calls bought on-chain in advance, spent from leases."""

@@ -77,8 +77,8 @@ class PrepaidCredits:
     # ---------------------------------------------------------------- the method
 
     def claims(self, headers: Headers) -> bool:
-        """An `Authorization: Bearer <API key>` header pays with prepaid credits."""
-        return bearer_token(headers.get("Authorization")) is not None
+        """An `Authorization` header (an API key) pays with prepaid credits."""
+        return headers.get("Authorization") is not None
 
     def identify(self, headers: Headers) -> Payer:
         """The API key's owner (401 without a live key)."""
@@ -120,14 +120,15 @@ class PrepaidCredits:
         """Take one call; PaymentRequired when none is left."""
         if self._pid != os.getpid():
             self._start()
-        credit = (payer.address, listing.model_id)
+        model_id = listing.model_id  # an ORM attribute: read once
+        credit = (payer.address, model_id)
         taken = self.pool.spend(credit, time.monotonic())
         if taken is None:
             with self.pool.refill_lock(credit):
                 taken = self._lease_and_spend(credit, listing)
         lease, remaining = taken
         return PrepaidPayment(
-            inference_id, payer, listing.model_id, lease.id, lease=lease, remaining=remaining
+            inference_id, payer, model_id, lease.id, lease=lease, remaining=remaining
         )
 
     def complete(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:

@@ -265,7 +265,9 @@ class LeasePool:
 
     def _remaining(self, credit: CreditKey) -> int:
         held = (self._open.get(credit), self._standby.get(credit), *self._closing)
-        leased = sum(lease.left for lease in held if lease and lease.credit == credit)
+        leased = sum(
+            lease.left for lease in held if lease and (lease.buyer, lease.model_id) == credit
+        )
         return leased + self._outside.get(credit, 0)
 
     def _retire(self, lease: Lease | None) -> None:
