@@ -189,6 +189,13 @@ def _shape(shape: Any, name: str, max_elements: int) -> list[int]:
         raise InputTooLarge(
             f"input '{name}': a dimension of {max(shape)} is over the limit of {max_elements}"
         )
+    # numpy sizes a zero-size array by its other dimensions too: [0, 2^21, 2^21, 2^23]
+    # holds nothing yet is one numpy cannot make
+    spanned = math.prod(d for d in shape if d)
+    if spanned > max_elements:
+        raise InputTooLarge(
+            f"input '{name}': shape {shape} spans {spanned} elements; the limit is {max_elements}"
+        )
     return shape
 
 

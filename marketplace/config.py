@@ -35,6 +35,19 @@ class Settings(BaseSettings):
         default=None,
         description="Hex key that signs transactions sent from this process. Never logged.",
     )
+    keystore: Path | None = Field(
+        default=None,
+        description="An encrypted Ethereum keystore file (JSON, eth-account) that signs the"
+        " CLI's transactions and sign-ins; used when MODELMARKET_PRIVATE_KEY is unset.",
+    )
+    keystore_password: SecretStr | None = Field(
+        default=None,
+        description="The keystore's password. Unset: the CLI asks for it. Never logged.",
+    )
+    config_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".config" / "modelmarket",
+        description="Where the CLI keeps the API keys it signed in for (mode 600).",
+    )
     confirmations: int = Field(
         default=2, ge=0, description="Blocks on top of a transaction before it counts."
     )

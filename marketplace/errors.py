@@ -205,6 +205,33 @@ class PaidCallFailed(Exception):
         self.headers = headers
 
 
+class RemoteError(ModelMarketError):
+    """An error the gateway answered with, as the buyer SDK raises it: the gateway's own
+    stable code, HTTP status and message (a 402 keeps its `accepts`)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, accepts: list[dict[str, object]] | None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+        self.accepts = accepts or []
+
+
+class PurchaseNotRedeemed(ModelMarketError):
+    """Tokens moved on-chain but the gateway did not credit them yet (the indexer will)."""
+
+    code = "purchase_not_redeemed"
+    http_status = 503
+
+
+class GatewayUnavailable(ModelMarketError):
+    """The gateway did not answer."""
+
+    code = "gateway_unavailable"
+    http_status = 503
+
+
 class ReceiptRejected(ModelMarketError):
     """A posted transaction does not prove a purchase by the caller. Subclasses say why."""
 

@@ -4,6 +4,7 @@ CID; every request has a timeout, since a missing CID otherwise hangs forever.""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -19,6 +20,12 @@ from storage.errors import (
     InvalidCar,
     StoreTimeout,
     StoreUnavailable,
+)
+
+# ipfshttpclient 0.7 (unmaintained) hands urllib3 a parameter it no longer needs, and
+# urllib3 says so on stderr at every connection: noise for a CLI user, not our problem.
+warnings.filterwarnings(
+    "ignore", message="The 'strict' parameter is no longer needed", category=FutureWarning
 )
 
 ADD_OPTS = {"cid-base": "base32"}

@@ -91,6 +91,7 @@ class Marketplace:
         self._token_abi = load_artifact(artifacts_dir, "MarketToken").abi
         self._domains: dict[str, Any] = {}  # token -> its EIP-712 domain
         self._tokens: dict[str, Contract] = {}
+        self._decimals: dict[str, int] = {}
         self.token = self.token_contract(deployment.token)
 
     def token_contract(self, address: str) -> Contract:
@@ -265,6 +266,15 @@ class Marketplace:
             self.contract.functions.getListing(model_id)
         )
         return OnchainListing(model_id, seller, active, token, price, model_cid, metadata_cid)
+
+    def token_decimals(self, token: str | None = None) -> int:
+        """The ERC-20's `decimals()` (read once per token)."""
+        address = to_checksum_address(token or self.deployment.token)
+        if address not in self._decimals:
+            self._decimals[address] = int(
+                self._call(self.token_contract(address).functions.decimals())
+            )
+        return self._decimals[address]
 
     def earnings(self, seller: str, token: str | None = None) -> int:
         """What `seller` can withdraw in `token`."""

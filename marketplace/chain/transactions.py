@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import requests
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.abi import function_signature_to_4byte_selector
@@ -66,6 +67,10 @@ class Signer:
     def sign(self, tx: TxParams) -> HexBytes:
         """The signed raw transaction."""
         return HexBytes(self._account.sign_transaction(dict(tx)).raw_transaction)  # type: ignore[arg-type]
+
+    def sign_message(self, text: str) -> bytes:
+        """An EIP-191 personal signature of `text` (what a Sign-In with Ethereum is)."""
+        return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
 
     def sign_typed_data(self, full_message: dict[str, Any]) -> tuple[int, bytes, bytes]:
         """EIP-712 signature as (v, r, s)."""

@@ -3,7 +3,7 @@ commands in their own module, registered on it by import."""
 
 from __future__ import annotations
 
-from marketplace.cli import operator
+from marketplace.cli import buyer, operator, seller
 from marketplace.cli.group import main
 
-__all__ = ["main", "operator"]
+__all__ = ["buyer", "main", "operator", "seller"]

@@ -92,8 +92,18 @@ def deployment() -> Response:
 @blueprint.post("/auth/nonce")
 @documented(resp=marketplace_responses({200: Nonce}), tags=["auth"])
 def nonce() -> Response:
-    """A single-use nonce for a Sign-In with Ethereum message."""
-    return json_response({"nonce": siwe.issue_nonce(current_gateway().secret)})
+    """A single-use nonce for a Sign-In with Ethereum message, and what the message must
+    name (domain, URI, chain)."""
+    gateway = current_gateway()
+    terms = gateway.siwe_terms
+    return json_response(
+        {
+            "nonce": siwe.issue_nonce(gateway.secret),
+            "domain": terms.domain,
+            "uri": terms.origin,
+            "chain_id": terms.chain_id,
+        }
+    )
 
 
 @blueprint.post("/auth/verify")

@@ -91,6 +91,9 @@ class DeploymentInfo(BaseModel):
 
 class Nonce(BaseModel):
     nonce: str = Field(description="single use, valid 10 minutes")
+    domain: str = Field(description="the domain a sign-in message must name")
+    uri: str = Field(description="the URI a sign-in message must name")
+    chain_id: int = Field(description="the chain a sign-in message must name")
 
 
 class NewKey(BaseModel):

@@ -224,7 +224,15 @@ def test_no_request_body_raises_anything_but_a_clear_error(doc, binary, header):
 
 @pytest.mark.parametrize(
     "shape",
-    [[4294967296, 4294967296, 0], [2**63, 0], [0] * 33, [2**64, 0], [0, 2**40, 2**40]],
+    [
+        [4294967296, 4294967296, 0],
+        [2**63, 0],
+        [0] * 33,
+        [2**64, 0],
+        [0, 2**40, 2**40],
+        # every dimension under the limit, none holding data, their product past numpy's
+        [0, 213759, 1769359, 6096624],
+    ],
 )
 def test_absurd_shapes_with_no_data_are_refused(shape):
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]})

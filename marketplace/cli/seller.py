@@ -1,0 +1,227 @@
+"""Seller commands: upload and list a model, see and change your listings, withdraw."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+import orjson
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from inference.inspect import inspect_bytes
+from inference.limits import Limits
+from inference.probe import probe_load
+from marketplace import errors
+from marketplace.bootstrap import load_deployment, runtime_settings
+from marketplace.chain.endpoint import rpc_url_for
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import connect
+from marketplace.cli.group import domain_errors, main, out
+from marketplace.cli.output import emit, json_option, line, show_fields
+from marketplace.cli.wallet import signer
+from marketplace.config import Settings, load_settings
+from marketplace.indexer.cards import parse_card
+from storage.backends import open_store
+
+
+def market(settings: Settings) -> Marketplace:
+    """The marketplace binding of the deployment in use."""
+    w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout)
+    return Marketplace(w3, load_deployment(settings), settings.artifacts_dir)
+
+
+def parse_price(text: str, decimals: int) -> int:
+    """A price per call in the token's units ("0.02") as its smallest unit."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise errors.BadRequest(f"price: {text!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise errors.BadRequest(f"price: must be above 0, not {text}")
+    atomic = value.scaleb(decimals)
+    if atomic != atomic.to_integral_value():
+        raise errors.BadRequest(f"price: {text} has more than the token's {decimals} decimals")
+    if atomic >= 2**96:
+        raise errors.BadRequest(f"price: {text} is over the contract's limit (2**96 units)")
+    return int(atomic)
+
+
+def _card(
+    path: Path,
+    name: str,
+    description: str | None,
+    license_: str | None,
+    tags: tuple[str, ...],
+    settings: Settings,
+) -> tuple[bytes, bytes]:
+    """The model's bytes and its card, both checked as the indexer will check them."""
+    data = path.read_bytes()
+    info = inspect_bytes(data, Limits(max_file_bytes=settings.max_model_bytes))
+    probe_load(
+        data,
+        memory_bytes=settings.model_load_memory_bytes,
+        timeout=settings.model_load_timeout,
+        runtime=runtime_settings(settings),
+    )
+    card: dict[str, object] = {"name": name, "signature": info.to_dict(), "sha256": info.sha256}
+    if description:
+        card["description"] = description
+    if license_:
+        card["license"] = license_
+    if tags:
+        card["tags"] = list(tags)
+    raw = orjson.dumps(card)
+    checked = parse_card(raw, max_bytes=settings.max_card_bytes)
+    if checked.status != "ok":
+        raise errors.BadRequest(f"the model card is refused ({checked.status}): {checked.error}")
+    return data, raw
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The listing's title.")
+@click.option("--description", help="What the model does.")
+@click.option("--license", "license_", help="A licence name or SPDX id.")
+@click.option("--tags", default="", help="Comma-separated labels.")
+@click.option("--price", required=True, help="Price per call in token units, e.g. 0.02.")
+@click.option("--token", help="The ERC-20 to be paid in (default: the marketplace's token).")
+@json_option
+@domain_errors
+def upload(
+    model: Path,
+    name: str,
+    description: str | None,
+    license_: str | None,
+    tags: str,
+    price: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Check MODEL.onnx, store it and its model card, and list it for sale.
+
+    \b
+    Example:
+      modelmarket upload iris.onnx --name "Iris" --tags tabular,demo --price 0.001
+    """
+    settings = load_settings()
+    labels = tuple(t.strip() for t in tags.split(",") if t.strip())
+    data, card = _card(model, name, description, license_, labels, settings)
+    binding = market(settings)
+    atomic = parse_price(price, binding.token_decimals(token))
+    key = signer(settings)
+    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=out, transient=True, disable=as_json) as bar:
+        task = bar.add_task("storing", total=len(data))
+        model_cid = store.add(io.BytesIO(data), on_bytes=lambda n: bar.update(task, advance=n))
+    card_cid = store.add(io.BytesIO(card))
+    model_id, receipt = binding.list_model(key, model_cid, card_cid, atomic, token)
+    result = {
+        "model_id": model_id,
+        "model_cid": model_cid,
+        "card_cid": card_cid,
+        "tx_hash": receipt["transactionHash"].to_0x_hex(),
+        "price_per_call": str(atomic),
+        "url": f"{settings.public}/api/v1/models/{model_id}",
+    }
+    emit(result, as_json, lambda: show_fields(result))
+
+
+def _change(verb: str, model_id: int, as_json: bool, send: object) -> None:
+    result = {"model_id": model_id, "tx_hash": send}
+    emit(result, as_json, lambda: line(f"model {model_id} {verb} (tx {send})"))
+
+
+@main.command("set-price")
+@click.argument("model_id", type=int)
+@click.argument("price")
+@json_option
+@domain_errors
+def set_price(model_id: int, price: str, as_json: bool) -> None:
+    """Change a listing's price per call (token units).
+
+    \b
+    Example:
+      modelmarket set-price 3 0.002
+    """
+    settings = load_settings()
+    binding = market(settings)
+    atomic = parse_price(price, binding.token_decimals(binding.listing(model_id).token))
+    receipt = binding.set_price(signer(settings), model_id, atomic)
+    _change(
+        f"now costs {atomic} per call", model_id, as_json, receipt["transactionHash"].to_0x_hex()
+    )
+
+
+@main.command()
+@click.argument("model_id", type=int)
+@json_option
+@domain_errors
+def delist(model_id: int, as_json: bool) -> None:
+    """Stop selling a listing (buyers keep the calls they hold).
+
+    \b
+    Example:
+      modelmarket delist 3
+    """
+    settings = load_settings()
+    receipt = market(settings).delist(signer(settings), model_id)
+    _change("is delisted", model_id, as_json, receipt["transactionHash"].to_0x_hex())
+
+
+@main.command()
+@click.argument("model_id", type=int)
+@json_option
+@domain_errors
+def relist(model_id: int, as_json: bool) -> None:
+    """Sell a delisted listing again.
+
+    \b
+    Example:
+      modelmarket relist 3
+    """
+    settings = load_settings()
+    receipt = market(settings).relist(signer(settings), model_id)
+    _change("is listed again", model_id, as_json, receipt["transactionHash"].to_0x_hex())
+
+
+@main.command()
+@click.option("--token", help="The ERC-20 (default: the marketplace's token).")
+@json_option
+@domain_errors
+def earnings(token: str | None, as_json: bool) -> None:
+    """What you can withdraw, in the token's smallest unit and in token units.
+
+    \b
+    Example:
+      modelmarket earnings
+    """
+    settings = load_settings()
+    binding = market(settings)
+    me = signer(settings).address
+    amount = binding.earnings(me, token)
+    units = Decimal(amount).scaleb(-binding.token_decimals(token))
+    result = {"seller": me, "earnings": str(amount), "tokens": str(units)}
+    emit(result, as_json, lambda: line(f"{me} can withdraw {units} ({amount} units)"))
+
+
+@main.command()
+@click.option("--token", help="The ERC-20 (default: the marketplace's token).")
+@json_option
+@domain_errors
+def withdraw(token: str | None, as_json: bool) -> None:
+    """Move your earnings to your address.
+
+    \b
+    Example:
+      modelmarket withdraw
+    """
+    settings = load_settings()
+    binding = market(settings)
+    key = signer(settings)
+    amount = binding.earnings(key.address, token)
+    receipt = binding.withdraw(key, token)
+    result = {"withdrawn": str(amount), "tx_hash": receipt["transactionHash"].to_0x_hex()}
+    emit(result, as_json, lambda: line(f"withdrew {amount} units (tx {result['tx_hash']})"))

@@ -1,0 +1,197 @@
+"""The buyer SDK: the gateway's HTTP API as typed Python calls. Sign in with an Ethereum
+key, manage API keys, search listings, prepare and redeem purchases, read credits, and
+run paid inference with numpy arrays in and out (the binary tensor extension, so large
+inputs cost no JSON). Errors are domain errors: the gateway's own code and message.
+
+    client = ModelMarketClient("http://127.0.0.1:8000")
+    client.sign_in(private_key)
+    result = client.infer(1, {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)})
+    print(result.outputs["label"], result.calls_left)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import requests
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from inference import codecs
+from marketplace import errors
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # abnf's grammar warnings at import
+    import siwe
+
+
+class MessageSigner(Protocol):
+    """Who signs the sign-in message."""
+
+    @property
+    def address(self) -> str: ...
+
+    def sign_message(self, text: str) -> bytes: ...
+
+
+class _KeySigner:
+    def __init__(self, private_key: str) -> None:
+        self._account = Account.from_key(private_key)
+        self.address = str(self._account.address)
+
+    def sign_message(self, text: str) -> bytes:
+        return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """A paid call's answer: the output arrays, and what the payment said."""
+
+    outputs: dict[str, np.ndarray]
+    calls_left: int | None
+    inference_id: str
+    model_cid: str
+
+
+class ModelMarketClient:
+    """One gateway, and optionally the API key calls are made with."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self._http = requests.Session()
+
+    # ------------------------------------------------------------- sign-in, keys
+
+    def sign_in(self, signer: MessageSigner | str, key_name: str = "sdk") -> str:
+        """Sign in with Ethereum as `signer` (a private key, or anything that signs EIP-191
+        messages, such as `chain.transactions.Signer`); the new API key is kept for the
+        calls that follow, and returned (it is shown once)."""
+        account = _KeySigner(signer) if isinstance(signer, str) else signer
+        terms = self._call("POST", "/api/v1/auth/nonce")
+        message = siwe.SiweMessage(
+            domain=terms["domain"],
+            address=account.address,
+            statement="Sign in to ModelMarket",
+            uri=terms["uri"],
+            version="1",
+            chain_id=terms["chain_id"],
+            nonce=terms["nonce"],
+            issued_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        ).prepare_message()
+        signature = account.sign_message(message)
+        answer = self._call(
+            "POST",
+            "/api/v1/auth/verify",
+            json={
+                "message": message,
+                "signature": "0x" + bytes(signature).hex(),
+                "key_name": key_name,
+            },
+        )
+        self.api_key = str(answer["api_key"])
+        return self.api_key
+
+    def keys(self) -> list[dict[str, Any]]:
+        """The signed-in address's API keys (never their secrets)."""
+        return list(self._call("GET", "/api/v1/keys"))
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke one of the signed-in address's keys."""
+        self._call("DELETE", f"/api/v1/keys/{key_id}")
+
+    # ------------------------------------------------------------------ listings
+
+    def deployment(self) -> dict[str, Any]:
+        """The chain id and contract addresses the gateway serves."""
+        return dict(self._call("GET", "/api/v1/deployment"))
+
+    def models(self, text: str | None = None, **query: Any) -> dict[str, Any]:
+        """A page of offered listings (`tag`, `min_price`, `max_price`, `sort`, `page`,
+        `per_page` as the API takes them)."""
+        params = {"q": text, **query}
+        clean = {k: v for k, v in params.items() if v is not None}
+        return dict(self._call("GET", "/api/v1/models", params=clean))
+
+    def model(self, model_id: int) -> dict[str, Any]:
+        """One listing with its model card."""
+        return dict(self._call("GET", f"/api/v1/models/{model_id}"))
+
+    def metadata(self, model_id: int) -> dict[str, Any]:
+        """The model's inputs and outputs (Open Inference Protocol metadata)."""
+        return dict(self._call("GET", f"/v2/models/{model_id}"))
+
+    # ----------------------------------------------------------------- payments
+
+    def purchase_plan(
+        self, model_id: int, calls: int, *, buyer: str | None = None, deadline: int | None = None
+    ) -> dict[str, Any]:
+        """Calldata for approve + purchase (and permit typed data given buyer and deadline)."""
+        body: dict[str, Any] = {"calls": calls}
+        if buyer and deadline:
+            body |= {"buyer": buyer, "deadline": deadline}
+        return dict(self._call("POST", f"/api/v1/models/{model_id}/purchase", json=body))
+
+    def redeem(self, tx_hash: str) -> list[dict[str, Any]]:
+        """Credit a purchase transaction to the signed-in buyer."""
+        return list(self._call("POST", "/api/v1/receipts", json={"tx_hash": tx_hash})["credited"])
+
+    def credits(self) -> dict[int, int]:
+        """Calls left per model."""
+        return {
+            int(c["model_id"]): int(c["remaining"]) for c in self._call("GET", "/api/v1/credits")
+        }
+
+    def infer(self, model_id: int, inputs: dict[str, np.ndarray]) -> InferResult:
+        """One paid call; inputs and outputs travel as binary tensors."""
+        body, headers = codecs.encode_request(inputs, binary=True)
+        response = self._send("POST", f"/v2/models/{model_id}/infer", data=body, headers=headers)
+        length = response.headers.get(codecs.HEADER_LENGTH)
+        outputs = codecs.decode_response(response.content, int(length) if length else None)
+        left = response.headers.get("X-Credits-Remaining")
+        return InferResult(
+            outputs,
+            int(left) if left is not None else None,
+            response.headers.get("X-Inference-Id", ""),
+            response.headers.get("X-Model-CID", ""),
+        )
+
+    # ---------------------------------------------------------------- transport
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        return orjson.loads(self._send(method, path, **kw).content)
+
+    def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
+        headers = dict(kw.pop("headers", None) or {})
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            response = self._http.request(
+                method, self.base_url + path, headers=headers, timeout=self.timeout, **kw
+            )
+        except requests.RequestException:
+            raise errors.GatewayUnavailable(
+                f"cannot reach the gateway at {self.base_url}"
+            ) from None
+        if response.status_code >= 400:
+            raise _remote_error(response)
+        return response
+
+
+def _remote_error(response: requests.Response) -> errors.RemoteError:
+    """The gateway's error, in either API family's shape."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = {}
+    code = str(body.get("code") or body.get("error") or "http_error")
+    message = str(body.get("message") or body.get("error") or response.reason)
+    if message.startswith(f"[{code}] "):  # the /v2 shape names the code in its message
+        message = message[len(code) + 3 :]
+    return errors.RemoteError(response.status_code, code, message, body.get("accepts"))

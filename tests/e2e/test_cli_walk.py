@@ -1,0 +1,217 @@
+"""The seller and buyer walk from a terminal: `modelmarket` run as subprocesses, exactly
+as a user would, against a real anvil, the embedded store and the gateway on a real HTTP
+server; then the same walk through the buyer SDK in a few lines; then bad input, each
+one clear line and its exit code, with nothing half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eth_account import Account
+from werkzeug.serving import make_server
+
+from app import create_app
+from inference.demos import DEMO_DIR
+from marketplace.bootstrap import make_indexer
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import connect
+from marketplace.client import ModelMarketClient
+from marketplace.config import Settings
+from marketplace.db.migrate import migrate
+from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
+from marketplace.devstack.ports import free_port
+from tests.support.market import funded_market
+from tests.support.paths import ANVIL_BIN
+
+pytestmark = pytest.mark.slow
+IRIS = DEMO_DIR / "iris-classifier.onnx"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Market:
+    settings: Settings
+    market: Marketplace
+    env: dict[str, str]
+    keystore: Path
+    tmp: Path
+
+    def cli(self, *args: str, who: str = "seller", **env: str) -> subprocess.CompletedProcess[str]:
+        """`modelmarket ARGS` as `who` (the seller by private key, the buyer by keystore)."""
+        role = (
+            {"MODELMARKET_PRIVATE_KEY": dev_key(1)}
+            if who == "seller"
+            else {
+                "MODELMARKET_KEYSTORE": str(self.keystore),
+                "MODELMARKET_KEYSTORE_PASSWORD": PASSWORD,
+            }
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "marketplace.cli", *args],
+            env={**self.env, **role, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    def json(self, *args: str, who: str = "seller") -> object:
+        done = self.cli(*args, "--json", who=who)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def index(self) -> None:
+        self.market.w3.provider.make_request("anvil_mine", [1])  # type: ignore[arg-type]
+        make_indexer(self.settings).run_once()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Market]:
+    """anvil with the contracts, a migrated database, and the gateway on a real server."""
+    anvil = start_anvil(ANVIL_BIN)
+    port = free_port()
+    try:
+        w3 = connect(anvil.rpc_url)
+        market = funded_market(w3, dev_signers(5))
+        settings = Settings(
+            _env_file=None,
+            data_dir=tmp_path / "data",  # type: ignore[call-arg]
+            rpc_url=anvil.rpc_url,
+            confirmations=0,
+            public_url=f"http://127.0.0.1:{port}",
+        )
+        market.deployment.save(settings.deployment_path)
+        migrate(settings.db_url)
+        app = create_app(settings)
+        server = make_server("127.0.0.1", port, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        keystore = tmp_path / "buyer.json"
+        keystore.write_text(json.dumps(Account.encrypt(dev_key(2), PASSWORD)))
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")},
+            "MODELMARKET_DATA_DIR": str(settings.data_dir),
+            "MODELMARKET_RPC_URL": anvil.rpc_url,
+            "MODELMARKET_PUBLIC_URL": settings.public,
+            "MODELMARKET_CONFIRMATIONS": "0",
+            "MODELMARKET_CONFIG_DIR": str(tmp_path / "config"),
+        }
+        yield Market(settings, market, env, keystore, tmp_path)
+        server.shutdown()
+        thread.join(5)
+        app.extensions["modelmarket"].prepaid.close()
+    finally:
+        anvil.stop()
+
+
+def test_upload_login_buy_infer_credits_earnings_withdraw(live: Market):
+    listed = live.json(
+        "upload", str(IRIS), "--name", "Iris", "--tags", "tabular,demo", "--price", "0.001"
+    )
+    assert isinstance(listed, dict)
+    model_id = int(listed["model_id"])
+    assert listed["price_per_call"] == str(10**15)
+    assert listed["url"].endswith(f"/api/v1/models/{model_id}")
+    live.index()
+
+    login = live.json("login", who="buyer")
+    saved = Path(login["saved_to"])  # type: ignore[index]
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert dev_key(2)[2:] not in saved.read_text()  # the API key is kept, never the wallet's
+
+    bought = live.json("buy", str(model_id), "--calls", "5", who="buyer")
+    assert bought["credited"][0]["calls"] == 5  # type: ignore[index]
+    request = live.tmp / "in.json"
+    request.write_text(json.dumps({"features": [[5.1, 3.5, 1.4, 0.2]]}))
+    lefts = [
+        live.json("infer", str(model_id), "--input", str(request), who="buyer")["calls_left"]
+        for _ in range(3)
+    ]  # type: ignore[index]
+    assert lefts == [4, 3, 2]
+    assert live.json("credits", who="buyer") == {str(model_id): 2}
+
+    seller = dev_signers(2)[1].address
+    earned = int(live.json("earnings")["earnings"])  # type: ignore[index]
+    assert earned == 5 * 10**15 * (10_000 - 250) // 10_000  # 5 calls, less the 2.5% fee
+    before = live.market.token_balance(seller)
+    live.json("withdraw")
+    assert live.market.token_balance(seller) == before + earned
+    assert live.json("earnings")["earnings"] == "0"  # type: ignore[index]
+
+    # the same walk as a buyer's script, through the SDK
+    sdk = ModelMarketClient(live.settings.public)
+    sdk.sign_in(dev_key(3))
+    buyer = dev_signers(4)[3]
+    plan = sdk.purchase_plan(model_id, 2)
+    assert int(plan["total"]) == 2 * 10**15
+    live.market.approve(buyer, 2 * 10**15)
+    tx = live.market.purchase(buyer, model_id, 2, 10**15)["transactionHash"].to_0x_hex()
+    assert sdk.redeem(tx)[0]["calls"] == 2
+    answer = sdk.infer(model_id, {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)})
+    assert answer.calls_left == 1 and answer.outputs["label"].shape == (1,)
+    assert sdk.credits() == {model_id: 1}
+
+
+def _one_line(done: subprocess.CompletedProcess[str], code: int, error: str) -> None:
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert done.stderr.rstrip().endswith(f"[{error}]"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_input_is_one_clear_line_and_nothing_is_half_done(live: Market):
+    count = live.market.contract.functions.listingCount().call
+    not_onnx = live.tmp / "notes.onnx"
+    not_onnx.write_bytes(b"these are not the weights you are looking for")
+    _one_line(live.cli("upload", str(not_onnx), "--name", "x", "--price", "1"), 3, "not_onnx")
+    for price in ("-1", "abc", "0", "0.0000000000000000001"):
+        _one_line(live.cli("upload", str(IRIS), "--name", "x", "--price", price), 3, "bad_request")
+    dead = f"http://127.0.0.1:{free_port()}"
+    _one_line(
+        live.cli("upload", str(IRIS), "--name", "x", "--price", "1", MODELMARKET_RPC_URL=dead),
+        5,
+        "chain_unavailable",
+    )
+    _one_line(
+        live.cli(
+            "upload",
+            str(IRIS),
+            "--name",
+            "x",
+            "--price",
+            "1",
+            MODELMARKET_IPFS_API=f"/ip4/127.0.0.1/tcp/{free_port()}/http",
+        ),
+        5,
+        "store_unavailable",
+    )
+    assert count() == 0, "nothing was listed"
+    assert not (live.settings.store_dir).exists() or not any(
+        live.settings.store_dir.rglob("*.onnx")
+    )
+
+    _one_line(
+        live.cli("login", who="buyer", MODELMARKET_KEYSTORE_PASSWORD="wrong"), 4, "unauthenticated"
+    )
+    assert live.cli("login", who="buyer").returncode == 0
+    balance = live.market.token_balance(dev_signers(3)[2].address)
+    _one_line(live.cli("buy", "999", "--calls", "1", who="buyer"), 3, "not_found")
+    assert live.market.token_balance(dev_signers(3)[2].address) == balance, "no tokens spent"
+
+    listed = live.json("upload", str(IRIS), "--name", "Iris", "--price", "0.001")
+    live.index()
+    request = live.tmp / "in.json"
+    request.write_text(json.dumps({"features": [[5.1, 3.5, 1.4, 0.2]]}))
+    _one_line(
+        live.cli("infer", str(listed["model_id"]), "--input", str(request), who="buyer"),  # type: ignore[index]
+        4,
+        "payment_required",
+    )
