@@ -267,6 +267,10 @@ class Marketplace:
         )
         return OnchainListing(model_id, seller, active, token, price, model_cid, metadata_cid)
 
+    def listing_count(self) -> int:
+        """How many listings were ever made (ids run from 1)."""
+        return int(self._call(self.contract.functions.listingCount()))
+
     def token_decimals(self, token: str | None = None) -> int:
         """The ERC-20's `decimals()` (read once per token)."""
         address = to_checksum_address(token or self.deployment.token)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import signal
 import threading
+from urllib.parse import urlsplit
 
 import click
 
+from marketplace.chain.artifacts import Deployment
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import connect
 from marketplace.cli.group import domain_errors, main, out
-from marketplace.config import load_settings
+from marketplace.config import Settings, load_settings
 from marketplace.db.migrate import migrate
 from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
+from storage.backends import open_store
 
 
 @main.command()
@@ -72,6 +77,8 @@ def run() -> None:
         try:
             out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")
             out.print(f"  openapi      {gateway.url}/api/v1/openapi.json")
+            if not settings.rpc_url:  # the embedded chain: its dev accounts run the demo
+                _open_demo_market(settings, rpc_url, deployment)
             out.print("ready. Ctrl-C to stop.")
             stop.wait()
         finally:
@@ -79,6 +86,25 @@ def run() -> None:
         worker.join(10)
         out.print("stopping…")
     out.print("stopped.")
+
+
+def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) -> None:
+    """List the demo models and give the demo buyer calls; print a paid call to try."""
+    from marketplace.cli.seller import checks
+    from marketplace.devstack.demo import open_for_business, seed
+
+    market = Marketplace(
+        connect(rpc_url, timeout=settings.rpc_timeout), deployment, settings.artifacts_dir
+    )
+    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    shown = lambda m: out.print(f"• {m}", markup=False)  # noqa: E731
+    ids = seed(settings, market, store, checks(settings), progress=shown)
+    listing = ", ".join(f"{model_id} {name}" for name, model_id in ids.items())
+    out.print(f"  demo models  {listing}", markup=False)
+    curl = open_for_business(settings, market, ids["Iris classifier"], progress=shown)
+    out.print(f"  siwe domain  {urlsplit(settings.public).netloc}", markup=False)
+    out.print("  a paid call (the demo buyer's key; calls left come back in X-Credits-Remaining):")
+    out.print(f"    {curl}", markup=False, soft_wrap=True)
 
 
 def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import io
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import click
-import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from inference.inspect import inspect_bytes
-from inference.limits import Limits
-from inference.probe import probe_load
-from marketplace import errors
 from marketplace.bootstrap import load_deployment, runtime_settings
+from marketplace.catalog.publish import CardText, Checks, checked_card, parse_price, publish
 from marketplace.chain.endpoint import rpc_url_for
 from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import connect
@@ -22,7 +17,6 @@ from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
 from marketplace.config import Settings, load_settings
-from marketplace.indexer.cards import parse_card
 from storage.backends import open_store
 
 
@@ -32,51 +26,15 @@ def market(settings: Settings) -> Marketplace:
     return Marketplace(w3, load_deployment(settings), settings.artifacts_dir)
 
 
-def parse_price(text: str, decimals: int) -> int:
-    """A price per call in the token's units ("0.02") as its smallest unit."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise errors.BadRequest(f"price: {text!r} is not a number") from None
-    if not value.is_finite() or value <= 0:
-        raise errors.BadRequest(f"price: must be above 0, not {text}")
-    atomic = value.scaleb(decimals)
-    if atomic != atomic.to_integral_value():
-        raise errors.BadRequest(f"price: {text} has more than the token's {decimals} decimals")
-    if atomic >= 2**96:
-        raise errors.BadRequest(f"price: {text} is over the contract's limit (2**96 units)")
-    return int(atomic)
-
-
-def _card(
-    path: Path,
-    name: str,
-    description: str | None,
-    license_: str | None,
-    tags: tuple[str, ...],
-    settings: Settings,
-) -> tuple[bytes, bytes]:
-    """The model's bytes and its card, both checked as the indexer will check them."""
-    data = path.read_bytes()
-    info = inspect_bytes(data, Limits(max_file_bytes=settings.max_model_bytes))
-    probe_load(
-        data,
-        memory_bytes=settings.model_load_memory_bytes,
-        timeout=settings.model_load_timeout,
+def checks(settings: Settings) -> Checks:
+    """The bounds the indexer holds a model to, from Settings."""
+    return Checks(
+        max_model_bytes=settings.max_model_bytes,
+        max_card_bytes=settings.max_card_bytes,
+        load_memory_bytes=settings.model_load_memory_bytes,
+        load_timeout=settings.model_load_timeout,
         runtime=runtime_settings(settings),
     )
-    card: dict[str, object] = {"name": name, "signature": info.to_dict(), "sha256": info.sha256}
-    if description:
-        card["description"] = description
-    if license_:
-        card["license"] = license_
-    if tags:
-        card["tags"] = list(tags)
-    raw = orjson.dumps(card)
-    checked = parse_card(raw, max_bytes=settings.max_card_bytes)
-    if checked.status != "ok":
-        raise errors.BadRequest(f"the model card is refused ({checked.status}): {checked.error}")
-    return data, raw
 
 
 @main.command()
@@ -107,7 +65,8 @@ def upload(
     """
     settings = load_settings()
     labels = tuple(t.strip() for t in tags.split(",") if t.strip())
-    data, card = _card(model, name, description, license_, labels, settings)
+    data = model.read_bytes()
+    card = checked_card(data, CardText(name, description, license_, labels), checks(settings))
     binding = market(settings)
     atomic = parse_price(price, binding.token_decimals(token))
     key = signer(settings)
@@ -115,16 +74,23 @@ def upload(
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=out, transient=True, disable=as_json) as bar:
         task = bar.add_task("storing", total=len(data))
-        model_cid = store.add(io.BytesIO(data), on_bytes=lambda n: bar.update(task, advance=n))
-    card_cid = store.add(io.BytesIO(card))
-    model_id, receipt = binding.list_model(key, model_cid, card_cid, atomic, token)
+        done = publish(
+            binding,
+            store,
+            key,
+            data,
+            card,
+            atomic,
+            token=token,
+            on_bytes=lambda n: bar.update(task, advance=n),
+        )
     result = {
-        "model_id": model_id,
-        "model_cid": model_cid,
-        "card_cid": card_cid,
-        "tx_hash": receipt["transactionHash"].to_0x_hex(),
+        "model_id": done.model_id,
+        "model_cid": done.model_cid,
+        "card_cid": done.card_cid,
+        "tx_hash": done.tx_hash,
         "price_per_call": str(atomic),
-        "url": f"{settings.public}/api/v1/models/{model_id}",
+        "url": f"{settings.public}/api/v1/models/{done.model_id}",
     }
     emit(result, as_json, lambda: show_fields(result))
 

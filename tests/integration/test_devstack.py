@@ -74,7 +74,7 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
     try:
         assert proc.stdout is not None
         lines = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the demo models are checked and listed first
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
@@ -94,6 +94,16 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
         assert requests.get(f"{gateway}/api/v1/deployment", timeout=10).json()["marketplace"] == (
             marketplace
         )
+        # a live market: the demo models listed and checked, and a paid call that works
+        # exactly as printed
+        listed = requests.get(f"{gateway}/api/v1/models", timeout=10).json()
+        assert listed["total"] >= 3 and all(m["model_status"] == "ok" for m in listed["models"])
+        curl = next(x.strip() for x in lines if x.strip().startswith("curl "))
+        answer = subprocess.run(
+            ["bash", "-c", curl + " -i"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        assert answer.startswith("HTTP/1.1 200") and "X-Credits-Remaining: 99" in answer
+        assert '"name":"label"' in answer
     except BaseException:
         # a failed assertion must not leave the stack running: Ctrl-C stops its children
         proc.send_signal(signal.SIGINT)

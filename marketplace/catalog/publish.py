@@ -1,0 +1,119 @@
+"""Publishing a model, the one path `modelmarket upload` and the demo market take: the
+model checked as the indexer will check it (inspected, loaded once in a bounded child),
+its card built and held to the card rules, both stored (every failure before any
+transaction: no listing without its content), then `listModel`."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import orjson
+
+from inference.inspect import inspect_bytes
+from inference.limits import Limits
+from inference.probe import probe_load
+from inference.runtime import RuntimeSettings
+from marketplace import errors
+from marketplace.chain.market import Marketplace
+from marketplace.chain.transactions import Signer
+from marketplace.indexer.cards import parse_card
+from storage.store import ContentStore
+
+
+@dataclass(frozen=True)
+class CardText:
+    """What a seller says about a model."""
+
+    name: str
+    description: str | None = None
+    license: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checks:
+    """How far a model may go, as the indexer will hold it."""
+
+    max_model_bytes: int
+    max_card_bytes: int
+    load_memory_bytes: int
+    load_timeout: float
+    runtime: RuntimeSettings
+
+
+@dataclass(frozen=True)
+class Published:
+    """A listed model."""
+
+    model_id: int
+    model_cid: str
+    card_cid: str
+    tx_hash: str
+    price_per_call: int
+
+
+def parse_price(text: str, decimals: int) -> int:
+    """A price per call in the token's units ("0.02") as its smallest unit."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise errors.BadRequest(f"price: {text!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise errors.BadRequest(f"price: must be above 0, not {text}")
+    atomic = value.scaleb(decimals)
+    if atomic != atomic.to_integral_value():
+        raise errors.BadRequest(f"price: {text} has more than the token's {decimals} decimals")
+    if atomic >= 2**96:
+        raise errors.BadRequest(f"price: {text} is over the contract's limit (2**96 units)")
+    return int(atomic)
+
+
+def checked_card(data: bytes, text: CardText, checks: Checks) -> bytes:
+    """The model's card, once the model passed inspection and a load, and the card the
+    card rules (the indexer's own)."""
+    info = inspect_bytes(data, Limits(max_file_bytes=checks.max_model_bytes))
+    probe_load(
+        data,
+        memory_bytes=checks.load_memory_bytes,
+        timeout=checks.load_timeout,
+        runtime=checks.runtime,
+    )
+    card: dict[str, object] = {
+        "name": text.name,
+        "signature": info.to_dict(),
+        "sha256": info.sha256,
+    }
+    if text.description:
+        card["description"] = text.description
+    if text.license:
+        card["license"] = text.license
+    if text.tags:
+        card["tags"] = list(text.tags)
+    raw = orjson.dumps(card)
+    verdict = parse_card(raw, max_bytes=checks.max_card_bytes)
+    if verdict.status != "ok":
+        raise errors.BadRequest(f"the model card is refused ({verdict.status}): {verdict.error}")
+    return raw
+
+
+def publish(
+    market: Marketplace,
+    store: ContentStore,
+    seller: Signer,
+    data: bytes,
+    card: bytes,
+    price_per_call: int,
+    *,
+    token: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Published:
+    """Store the model and its card, then list them."""
+    model_cid = store.add(io.BytesIO(data), on_bytes=on_bytes)
+    card_cid = store.add(io.BytesIO(card))
+    model_id, receipt = market.list_model(seller, model_cid, card_cid, price_per_call, token)
+    return Published(
+        model_id, model_cid, card_cid, receipt["transactionHash"].to_0x_hex(), price_per_call
+    )
