@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import asdict
 from urllib.parse import urlsplit
 
 import click
+from web3.types import TxReceipt
 
+from marketplace.bootstrap import load_deployment
 from marketplace.chain.artifacts import Deployment
-from marketplace.chain.market import Marketplace
+from marketplace.chain.endpoint import rpc_url_for
+from marketplace.chain.market import Marketplace, deploy_marketplace
 from marketplace.chain.transactions import connect
 from marketplace.cli.group import domain_errors, main, out
+from marketplace.cli.output import emit, json_option, line, show_fields
+from marketplace.cli.wallet import signer
 from marketplace.config import Settings, load_settings
 from marketplace.db.migrate import migrate
 from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
@@ -180,3 +187,98 @@ def indexer(once: bool, interval: float) -> None:
                 on_result=lambda r: done(r) if r.events or r.reorged_from is not None else None,
                 on_error=lambda text: out.print(f"indexer: {text}", markup=False),
             )
+
+
+@main.command()
+@click.option("--fee-bps", type=click.IntRange(0, 10_000), help="Protocol fee (basis points).")
+@json_option
+@domain_errors
+def deploy(fee_bps: int | None, as_json: bool) -> None:
+    """Deploy MarketToken and ModelMarketplace with your key to MODELMARKET_RPC_URL, and
+    write the deployment record (MODELMARKET_DEPLOYMENT_FILE).
+
+    \b
+    Example:
+      MODELMARKET_RPC_URL=http://127.0.0.1:8545 MODELMARKET_KEYSTORE=owner.json \\
+        modelmarket deploy --fee-bps 250
+    """
+    settings = load_settings()
+    w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout)
+    record = deploy_marketplace(
+        w3,
+        signer(settings),
+        settings.artifacts_dir,
+        fee_bps=settings.fee_bps if fee_bps is None else fee_bps,
+        timeout=settings.tx_timeout,
+    )
+    record.save(settings.deployment_path)
+    result = {**asdict(record), "saved_to": str(settings.deployment_path)}
+    emit(result, as_json, lambda: show_fields(result))
+
+
+@main.command("migrate")
+@json_option
+@domain_errors
+def migrate_command(as_json: bool) -> None:
+    """Bring the database (MODELMARKET_DATABASE_URL) to the newest schema.
+
+    \b
+    Example:
+      MODELMARKET_DATABASE_URL=postgresql+psycopg://mm@db/mm modelmarket migrate
+    """
+    settings = load_settings()
+    migrate(settings.db_url)
+    emit({"migrated": True}, as_json, lambda: line("the database is at the newest schema"))
+
+
+def _owner_call(action: str, as_json: bool, send: Callable[..., TxReceipt]) -> None:
+    settings = load_settings()
+    market = Marketplace(
+        connect(rpc_url_for(settings), timeout=settings.rpc_timeout),
+        load_deployment(settings),
+        settings.artifacts_dir,
+        timeout=settings.tx_timeout,
+    )
+    receipt = send(market, signer(settings))
+    result = {"done": action, "tx_hash": receipt["transactionHash"].to_0x_hex()}
+    emit(result, as_json, lambda: line(f"{action} (tx {result['tx_hash']})"))
+
+
+@main.command()
+@json_option
+@domain_errors
+def pause(as_json: bool) -> None:
+    """Owner: stop listings and purchases (withdrawals still work).
+
+    \b
+    Example:
+      modelmarket pause
+    """
+    _owner_call("paused", as_json, lambda m, s: m.pause(s))
+
+
+@main.command()
+@json_option
+@domain_errors
+def unpause(as_json: bool) -> None:
+    """Owner: allow listings and purchases again.
+
+    \b
+    Example:
+      modelmarket unpause
+    """
+    _owner_call("unpaused", as_json, lambda m, s: m.unpause(s))
+
+
+@main.command("set-fee")
+@click.argument("fee_bps", type=click.IntRange(0, 10_000))
+@json_option
+@domain_errors
+def set_fee(fee_bps: int, as_json: bool) -> None:
+    """Owner: the protocol fee in basis points (the contract caps it).
+
+    \b
+    Example:
+      modelmarket set-fee 250
+    """
+    _owner_call(f"fee set to {fee_bps} bps", as_json, lambda m, s: m.set_fee(s, fee_bps))

@@ -191,3 +191,41 @@ def withdraw(token: str | None, as_json: bool) -> None:
     receipt = binding.withdraw(key, token)
     result = {"withdrawn": str(amount), "tx_hash": receipt["transactionHash"].to_0x_hex()}
     emit(result, as_json, lambda: line(f"withdrew {amount} units (tx {result['tx_hash']})"))
+
+
+@main.command("export-car")
+@click.argument("cid")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@domain_errors
+def export_car(cid: str, out: Path, as_json: bool) -> None:
+    """Write a stored file (a model, a card) as a CAR v1 file, to move it to any IPFS node.
+
+    \b
+    Example:
+      modelmarket export-car bafkrei... iris.car
+    """
+    settings = load_settings()
+    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    with out.open("wb") as stream:
+        size = store.export_car(cid, stream)
+    result = {"cid": cid, "car": str(out), "bytes": size}
+    emit(result, as_json, lambda: line(f"wrote {cid} to {out} ({size:,} bytes)"))
+
+
+@main.command("import-car")
+@click.argument("car", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@domain_errors
+def import_car(car: Path, as_json: bool) -> None:
+    """Store the file a CAR v1 holds (every block verified); prints its root CID.
+
+    \b
+    Example:
+      modelmarket import-car iris.car
+    """
+    settings = load_settings()
+    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    with car.open("rb") as stream:
+        root = store.import_car(stream)
+    emit({"cid": root}, as_json, lambda: line(f"stored {root}"))

@@ -215,3 +215,35 @@ def test_bad_input_is_one_clear_line_and_nothing_is_half_done(live: Market):
         4,
         "payment_required",
     )
+
+
+def test_operator_commands_from_a_folder_whose_path_holds_a_dot(live: Market, tmp_path: Path):
+    where = tmp_path / "tmp.checkout"  # brownie once imported such a path as a module
+    where.mkdir()
+    record = where / "deployment.json"
+    owner = {"MODELMARKET_PRIVATE_KEY": dev_key(0), "MODELMARKET_DEPLOYMENT_FILE": str(record)}
+    done = subprocess.run(
+        [sys.executable, "-m", "marketplace.cli", "deploy", "--fee-bps", "100", "--json"],
+        env={**live.env, **owner},
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    deployed = json.loads(done.stdout)
+    assert json.loads(record.read_text())["marketplace"] == deployed["marketplace"]
+    assert live.market.w3.eth.get_code(deployed["marketplace"]) != b""
+
+    # the owner pauses the marketplace the gateway serves: listing is refused, then works
+    as_owner = {"MODELMARKET_PRIVATE_KEY": dev_key(0)}
+    assert live.cli("pause", **as_owner).returncode == 0
+    _one_line(live.cli("upload", str(IRIS), "--name", "x", "--price", "1"), 5, "marketplace_paused")
+    assert live.cli("unpause", **as_owner).returncode == 0
+    listed = live.json("upload", str(IRIS), "--name", "Iris", "--price", "1")
+
+    # a listed model's bytes travel as a CAR file and come back to the same CID
+    car = live.tmp / "iris.car"
+    exported = live.json("export-car", listed["model_cid"], str(car))  # type: ignore[index]
+    assert exported["bytes"] == car.stat().st_size > IRIS.stat().st_size  # type: ignore[index]
+    assert live.json("import-car", str(car))["cid"] == listed["model_cid"]  # type: ignore[index]
