@@ -31,6 +31,7 @@ class CardText:
     description: str | None = None
     license: str | None = None
     tags: tuple[str, ...] = ()
+    supersedes: int | None = None  # the earlier listing this is a new version of
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def checked_card(data: bytes, text: CardText, checks: Checks) -> bytes:
         card["license"] = text.license
     if text.tags:
         card["tags"] = list(text.tags)
+    if text.supersedes is not None:
+        card["supersedes"] = text.supersedes
     raw = orjson.dumps(card)
     verdict = parse_card(raw, max_bytes=checks.max_card_bytes)
     if verdict.status != "ok":

@@ -45,6 +45,7 @@ def checks(settings: Settings) -> Checks:
 @click.option("--tags", default="", help="Comma-separated labels.")
 @click.option("--price", required=True, help="Price per call in token units, e.g. 0.02.")
 @click.option("--token", help="The ERC-20 to be paid in (default: the marketplace's token).")
+@click.option("--supersedes", type=click.IntRange(min=1), help="A new version of listing ID.")
 @json_option
 @domain_errors
 def upload(
@@ -55,9 +56,11 @@ def upload(
     tags: str,
     price: str,
     token: str | None,
+    supersedes: int | None,
     as_json: bool,
 ) -> None:
-    """Check MODEL.onnx, store it and its model card, and list it for sale.
+    """Check MODEL.onnx, store it and its model card, and list it for sale (with
+    --supersedes, as a new version of one of your listings).
 
     \b
     Example:
@@ -66,7 +69,8 @@ def upload(
     settings = load_settings()
     labels = tuple(t.strip() for t in tags.split(",") if t.strip())
     data = model.read_bytes()
-    card = checked_card(data, CardText(name, description, license_, labels), checks(settings))
+    text = CardText(name, description, license_, labels, supersedes)
+    card = checked_card(data, text, checks(settings))
     binding = market(settings)
     atomic = parse_price(price, binding.token_decimals(token))
     key = signer(settings)

@@ -82,6 +82,9 @@ class Listing(Base):
     description: Mapped[str | None] = mapped_column(Text)
     license: Mapped[str | None] = mapped_column(String(100))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # the earlier listing this one is a new version of (from its card; honoured only
+    # when both have the same seller and the earlier one is older)
+    supersedes: Mapped[int | None] = mapped_column(BigInteger, index=True)
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Warnings about a card that was kept (e.g. "name_mixed_scripts": a look-alike name)
     card_flags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")

@@ -29,6 +29,7 @@ SELLER, BUYER = 1, 2  # dev accounts
 DEMO_CALLS = 100
 READY_WAIT = 120.0  # seconds for the indexer to list and check a demo model
 IRIS_INPUT = [5.1, 3.5, 1.4, 0.2]
+IRIS = "Iris classifier"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def demo_models() -> list[DemoModel]:
         DemoModel(
             DEMO_DIR / "iris-classifier.onnx",
             CardText(
-                "Iris classifier",
+                IRIS,
                 "Iris species from four flower measurements.",
                 "MIT",
                 ("tabular", "classification", "demo"),
@@ -119,15 +120,18 @@ def seed(
 def open_for_business(
     settings: Settings,
     market: Marketplace,
-    model_id: int,
+    ids: dict[str, int],
     *,
     progress: Callable[[str], None],
 ) -> str:
-    """The demo buyer signed in (its key kept in the data dir) with calls on `model_id`;
-    returns a `curl` of a paid call that works as printed."""
+    """Every demo model offered, and the demo buyer signed in (its key kept in the data
+    dir) with calls on the iris model; returns a `curl` of a paid call that works as
+    printed."""
     buyer = dev_signers()[BUYER]
     sdk = ModelMarketClient(settings.public)
-    _wait_until_offered(sdk, model_id)
+    for listed in ids.values():
+        _wait_until_offered(sdk, listed)
+    model_id = ids[IRIS]
     saved = settings.data_dir / "demo-buyer.json"
     sdk.api_key = _saved_key(saved)
     try:

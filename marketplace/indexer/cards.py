@@ -11,6 +11,8 @@ The card format (`CARD_SCHEMA`) is an object; only `name` is required:
 - `signature`: an object describing the model's inputs and outputs; any JSON inside, its
   keys and strings held to the same text rules as everything else.
 - `sha256`: the ONNX file's SHA-256, 64 lowercase hex digits.
+- `supersedes`: the model id of the earlier listing this one is a new version of; the
+  indexer honours it only when both listings have the same seller and it is older.
 
 Other keys are kept as they are. `parse_card` never raises: it returns a `Card` whose
 `status` (the listing's `card_status`) is "ok" or one of `REFUSAL_CODES` (each at most 16
@@ -89,6 +91,7 @@ CARD_SCHEMA: dict[str, Any] = {
         },
         "signature": {"type": "object"},
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "supersedes": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     },
 }
 

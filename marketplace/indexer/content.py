@@ -114,6 +114,18 @@ def _store_card(
         listing.description = data.get("description")
         listing.license = data.get("license")
         listing.tags = list(data.get("tags", []))
+        listing.supersedes = _earlier_version(session, listing, data.get("supersedes"))
+
+
+def _earlier_version(session: Session, listing: Listing, claimed: object) -> int | None:
+    """The card's `supersedes`, when it names an older listing of the same seller (anyone
+    can claim anything in a card: another seller's model is never made a version)."""
+    if not isinstance(claimed, int) or claimed >= listing.model_id:
+        return None
+    earlier = session.get(Listing, claimed)
+    if earlier is None or earlier.seller != listing.seller:
+        return None
+    return claimed
 
 
 def _store_verdict(

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from marketplace.accounts import keys as api_keys
 from marketplace.accounts import siwe
+from marketplace.catalog.listings import versions
 from marketplace.catalog.purchase import purchase_plan
 from marketplace.catalog.search import Query, Sort, search
 from marketplace.db.tables import Credit, Listing
@@ -68,6 +69,7 @@ def listing_json(listing: Listing) -> dict[str, Any]:
         "model_error": listing.model_error,
         "offered": listing.active and listing.model_status == "ok",
         "listed_block": listing.listed_block,
+        "supersedes": listing.supersedes,
     }
 
 
@@ -184,8 +186,11 @@ def models() -> Response:
 @blueprint.get(f"/models/{MODEL_ID}")
 @documented(resp=marketplace_responses({200: ListingInfo}, 404), tags=["marketplace"])
 def model(model_id: int) -> Response:
-    """One listing with its model card."""
-    return json_response(listing_json(the_listing(model_id)))
+    """One listing with its model card and its versions."""
+    listing = the_listing(model_id)
+    with current_gateway().reads() as s:
+        every = versions(s, listing)
+    return json_response({**listing_json(listing), "versions": every})
 
 
 @blueprint.post(f"/models/{MODEL_ID}/purchase")

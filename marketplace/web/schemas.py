@@ -135,6 +135,11 @@ class ListingInfo(BaseModel):
     model_error: str | None
     offered: bool
     listed_block: int
+    supersedes: int | None = Field(description="the earlier version this listing replaces")
+    versions: list[int] = Field(
+        default_factory=list,
+        description="every version of this model, newest first (on a single listing)",
+    )
 
 
 class ModelPage(BaseModel):

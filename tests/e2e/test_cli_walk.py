@@ -46,10 +46,12 @@ class Market:
     tmp: Path
 
     def cli(self, *args: str, who: str = "seller", **env: str) -> subprocess.CompletedProcess[str]:
-        """`modelmarket ARGS` as `who` (the seller by private key, the buyer by keystore)."""
+        """`modelmarket ARGS` as `who` (the seller or a stranger by private key, the buyer
+        by keystore)."""
+        keys = {"seller": dev_key(1), "stranger": dev_key(4)}
         role = (
-            {"MODELMARKET_PRIVATE_KEY": dev_key(1)}
-            if who == "seller"
+            {"MODELMARKET_PRIVATE_KEY": keys[who]}
+            if who in keys
             else {
                 "MODELMARKET_KEYSTORE": str(self.keystore),
                 "MODELMARKET_KEYSTORE_PASSWORD": PASSWORD,
@@ -247,3 +249,36 @@ def test_operator_commands_from_a_folder_whose_path_holds_a_dot(live: Market, tm
     exported = live.json("export-car", listed["model_cid"], str(car))  # type: ignore[index]
     assert exported["bytes"] == car.stat().st_size > IRIS.stat().st_size  # type: ignore[index]
     assert live.json("import-car", str(car))["cid"] == listed["model_cid"]  # type: ignore[index]
+
+
+def test_a_new_version_lists_its_versions_and_only_its_seller_can_claim_one(live: Market):
+    first = live.json("upload", str(IRIS), "--name", "Iris", "--price", "0.001")
+    second = live.json(
+        "upload",
+        str(IRIS),
+        "--name",
+        "Iris v2",
+        "--price",
+        "0.002",
+        "--supersedes",
+        str(first["model_id"]),
+    )  # type: ignore[index]
+    # another seller claims to supersede the first seller's model: never honoured
+    stranger = live.json(
+        "upload",
+        str(IRIS),
+        "--name",
+        "Iris (not)",
+        "--price",
+        "0.001",
+        "--supersedes",
+        str(first["model_id"]),  # type: ignore[index]
+        who="stranger",
+    )
+    live.index()
+    sdk = ModelMarketClient(live.settings.public)
+    ids = [int(x["model_id"]) for x in (first, second, stranger)]  # type: ignore[index]
+    assert sdk.model(ids[1])["supersedes"] == ids[0]
+    assert sdk.model(ids[0])["versions"] == sdk.model(ids[1])["versions"] == [ids[1], ids[0]]
+    assert sdk.model(ids[2])["supersedes"] is None
+    assert sdk.model(ids[2])["versions"] == [ids[2]]
