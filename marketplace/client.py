@@ -123,6 +123,10 @@ class ModelMarketClient:
         """One listing with its model card."""
         return dict(self._call("GET", f"/api/v1/models/{model_id}"))
 
+    def seller_models(self, seller: str) -> list[dict[str, Any]]:
+        """A seller's listings, offered or not, with the calls each sold and served."""
+        return list(self._call("GET", f"/api/v1/sellers/{seller}/models"))
+
     def metadata(self, model_id: int) -> dict[str, Any]:
         """The model's inputs and outputs (Open Inference Protocol metadata)."""
         return dict(self._call("GET", f"/v2/models/{model_id}"))

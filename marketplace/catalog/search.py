@@ -10,7 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer
 
-from marketplace.db.tables import Listing
+from marketplace.db.tables import Listing, Purchase, Usage
 
 Sort = Literal["newest", "price_asc", "price_desc", "name"]
 
@@ -83,3 +83,42 @@ def search(session: Session, q: Query) -> Page:
         )
     }
     return Page(total, [rows[i] for i in page_ids])
+
+
+@dataclass(frozen=True)
+class SellerListing:
+    """One of a seller's listings, whatever its state, with what it sold and served."""
+
+    listing: Listing
+    calls_sold: int
+    calls_served: int
+
+
+def by_seller(session: Session, seller: str, limit: int = 1000) -> list[SellerListing]:
+    """A seller's listings, newest first (offered or not: the seller sees why not), each
+    with the calls bought on-chain and the calls the gateway served."""
+    rows = session.scalars(
+        select(Listing)
+        .options(defer(Listing.card), defer(Listing.signature))
+        .where(Listing.seller == seller.lower())
+        .order_by(Listing.model_id.desc())
+        .limit(limit)
+    ).all()
+    ids = [r.model_id for r in rows]
+    sold = {
+        int(model_id): int(calls or 0)
+        for model_id, calls in session.execute(
+            select(Purchase.model_id, func.sum(Purchase.calls))
+            .where(Purchase.model_id.in_(ids), Purchase.state == "credited")
+            .group_by(Purchase.model_id)
+        )
+    }
+    served = {
+        int(model_id): int(count)
+        for model_id, count in session.execute(
+            select(Usage.model_id, func.count())
+            .where(Usage.model_id.in_(ids), Usage.status == "ok")
+            .group_by(Usage.model_id)
+        )
+    }
+    return [SellerListing(r, sold.get(r.model_id, 0), served.get(r.model_id, 0)) for r in rows]

@@ -6,7 +6,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
 
 from marketplace.bootstrap import load_deployment, runtime_settings
 from marketplace.catalog.publish import CardText, Checks, checked_card, parse_price, publish
@@ -16,6 +18,7 @@ from marketplace.chain.transactions import connect
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
+from marketplace.client import ModelMarketClient
 from marketplace.config import Settings, load_settings
 from storage.backends import open_store
 
@@ -233,3 +236,41 @@ def import_car(car: Path, as_json: bool) -> None:
     with car.open("rb") as stream:
         root = store.import_car(stream)
     emit({"cid": root}, as_json, lambda: line(f"stored {root}"))
+
+
+@main.command()
+@click.option("--seller", help="Whose listings (default: your own address).")
+@json_option
+@domain_errors
+def models(seller: str | None, as_json: bool) -> None:
+    """Your listings, offered or not: status, price, calls sold and served; and what you
+    can withdraw.
+
+    \b
+    Example:
+      modelmarket models
+    """
+    settings = load_settings()
+    who = seller or signer(settings).address
+    rows = ModelMarketClient(settings.public).seller_models(who)
+    binding = market(settings)
+    owed = binding.earnings(who)
+    units = Decimal(owed).scaleb(-binding.token_decimals())
+    result = {"seller": who, "earnings": str(owed), "models": rows}
+
+    def show() -> None:
+        table = Table("id", "name", "status", "price", "sold", "served")
+        for r in rows:
+            status = r["model_status"] if r["active"] else "delisted"
+            table.add_row(
+                str(r["model_id"]),
+                escape(r["name"] or ""),
+                status,
+                r["price_per_call"],
+                str(r["calls_sold"]),
+                str(r["calls_served"]),
+            )
+        out.print(table)
+        line(f"earnings: {units} (withdraw with `modelmarket withdraw`)")
+
+    emit(result, as_json, show)

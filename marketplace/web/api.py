@@ -4,17 +4,19 @@ purchase preparation. Routes parse, call the domain, and render; nothing else.""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC
 from typing import Any, cast
 
 from flask import Blueprint, Response, request
 from sqlalchemy import select
 
+from marketplace import errors
 from marketplace.accounts import keys as api_keys
 from marketplace.accounts import siwe
 from marketplace.catalog.listings import versions
 from marketplace.catalog.purchase import purchase_plan
-from marketplace.catalog.search import Query, Sort, search
+from marketplace.catalog.search import Query, Sort, by_seller, search
 from marketplace.db.tables import Credit, Listing
 from marketplace.payments.prepaid.redeem import redeem
 from marketplace.web.openapi import BEARER, documented, marketplace_responses, spec
@@ -43,10 +45,12 @@ from marketplace.web.schemas import (
     PurchasePlan,
     ReceiptBody,
     RevokedKey,
+    SellerListingInfo,
     VerifyBody,
 )
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def listing_json(listing: Listing) -> dict[str, Any]:
@@ -181,6 +185,21 @@ def models() -> Response:
     return json_response(
         {"total": found.total, "page": q.page, "per_page": q.per_page, "models": models}
     )
+
+
+@blueprint.get("/sellers/<address>/models")
+@documented(resp=marketplace_responses({200: list[SellerListingInfo]}, 400), tags=["marketplace"])
+def seller_models(address: str) -> Response:
+    """A seller's listings, offered or not, with the calls each sold and served."""
+    if not ADDRESS.fullmatch(address):
+        raise errors.BadRequest("address: must be 0x and 40 hex digits")
+    with current_gateway().reads() as s:
+        rows = by_seller(s, address)
+        body = [
+            {**listing_json(r.listing), "calls_sold": r.calls_sold, "calls_served": r.calls_served}
+            for r in rows
+        ]
+    return json_response(body)
 
 
 @blueprint.get(f"/models/{MODEL_ID}")

@@ -142,6 +142,11 @@ class ListingInfo(BaseModel):
     )
 
 
+class SellerListingInfo(ListingInfo):
+    calls_sold: int = Field(description="calls bought on-chain (credited purchases)")
+    calls_served: int = Field(description="paid calls the gateway served")
+
+
 class ModelPage(BaseModel):
     total: int
     page: int

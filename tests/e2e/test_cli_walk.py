@@ -141,7 +141,13 @@ def test_upload_login_buy_infer_credits_earnings_withdraw(live: Market):
     assert live.json("credits", who="buyer") == {str(model_id): 2}
 
     seller = dev_signers(2)[1].address
+    mine = live.json("models")
+    assert isinstance(mine, dict)
+    (row,) = mine["models"]
+    assert (row["model_id"], row["calls_sold"], row["calls_served"]) == (model_id, 5, 3)
+    assert row["model_status"] == "ok" and row["name"] == "Iris"
     earned = int(live.json("earnings")["earnings"])  # type: ignore[index]
+    assert int(mine["earnings"]) == earned
     assert earned == 5 * 10**15 * (10_000 - 250) // 10_000  # 5 calls, less the 2.5% fee
     before = live.market.token_balance(seller)
     live.json("withdraw")
