@@ -8,6 +8,7 @@ import functools
 import threading
 import time
 
+from inference.limits import Limits
 from inference.runtime import RuntimeSettings
 from inference.sessions import SessionCache
 from marketplace import errors
@@ -27,6 +28,7 @@ from marketplace.payments.pipeline import PaymentPipeline
 from marketplace.payments.prepaid.method import PrepaidCredits
 from storage.backends import open_store
 from storage.cache import ModelCache
+from storage.store import ContentStore
 
 
 def runtime_settings(settings: Settings) -> RuntimeSettings:
@@ -43,11 +45,42 @@ def load_deployment(settings: Settings) -> Deployment:
     return Deployment.load(settings.deployment_path)
 
 
+def make_store(settings: Settings) -> ContentStore:
+    """The content store in use: an IPFS node when one is configured, else the embedded."""
+    return open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+
+
+def make_market(
+    settings: Settings, rpc_url: str | None = None, deployment: Deployment | None = None
+) -> Marketplace:
+    """The marketplace binding of the deployment in use (connects now)."""
+    w3 = connect(rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout)
+    return Marketplace(
+        w3,
+        deployment or load_deployment(settings),
+        settings.artifacts_dir,
+        timeout=settings.tx_timeout,
+    )
+
+
+def model_checks(settings: Settings) -> ModelChecks:
+    """How far a model may go before it is listed: the indexer's bounds, which `upload`
+    applies too."""
+    return ModelChecks(
+        max_bytes=settings.max_model_bytes,
+        fetch_timeout=settings.storage_timeout,
+        load_memory_bytes=settings.model_load_memory_bytes,
+        load_timeout=settings.model_load_timeout,
+        limits=Limits(max_file_bytes=settings.max_model_bytes),
+        runtime=runtime_settings(settings),
+    )
+
+
 def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
     """An Indexer for the deployment in use, writing to the configured database."""
     w3 = connect(rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout)
     engine = make_engine(settings.db_url)
-    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    store = make_store(settings)
     return Indexer(
         session_factory(engine),
         w3,
@@ -60,13 +93,7 @@ def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
             store,
             max_card_bytes=settings.max_card_bytes,
             card_timeout=settings.storage_timeout,
-            models=ModelChecks(
-                max_bytes=settings.max_model_bytes,
-                fetch_timeout=settings.storage_timeout,
-                load_memory_bytes=settings.model_load_memory_bytes,
-                load_timeout=settings.model_load_timeout,
-                runtime=runtime_settings(settings),
-            ),
+            models=model_checks(settings),
         ),
     )
 
@@ -82,9 +109,7 @@ class Gateway:
         self.reads = read_session_factory(self.engine)
         self.keys = KeyCache(self.reads, settings.key_cache_ttl)
         self.secret = load_secret(settings.secret_path, settings.secret_key)
-        self.store = open_store(
-            settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout
-        )
+        self.store = make_store(settings)
         self.model_files = ModelCache(
             settings.cache_dir,
             self.store,
@@ -141,8 +166,5 @@ class Gateway:
     def market(self) -> Marketplace:
         """The marketplace binding of the deployment record (connects on first use)."""
         if self._market is None:
-            w3 = connect(rpc_url_for(self.settings), timeout=self.settings.rpc_timeout)
-            self._market = Marketplace(
-                w3, self.deployment, self.settings.artifacts_dir, timeout=self.settings.tx_timeout
-            )
+            self._market = make_market(self.settings, deployment=self.deployment)
         return self._market

@@ -12,14 +12,11 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 
-from inference.inspect import inspect_bytes
-from inference.limits import Limits
-from inference.probe import probe_load
-from inference.runtime import RuntimeSettings
 from marketplace import errors
 from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import Signer
 from marketplace.indexer.cards import parse_card
+from marketplace.indexer.model_checks import ModelChecks, inspect_and_load
 from storage.store import ContentStore
 
 
@@ -32,17 +29,6 @@ class CardText:
     license: str | None = None
     tags: tuple[str, ...] = ()
     supersedes: int | None = None  # the earlier listing this is a new version of
-
-
-@dataclass(frozen=True)
-class Checks:
-    """How far a model may go, as the indexer will hold it."""
-
-    max_model_bytes: int
-    max_card_bytes: int
-    load_memory_bytes: int
-    load_timeout: float
-    runtime: RuntimeSettings
 
 
 @dataclass(frozen=True)
@@ -72,16 +58,10 @@ def parse_price(text: str, decimals: int) -> int:
     return int(atomic)
 
 
-def checked_card(data: bytes, text: CardText, checks: Checks) -> bytes:
-    """The model's card, once the model passed inspection and a load, and the card the
-    card rules (the indexer's own)."""
-    info = inspect_bytes(data, Limits(max_file_bytes=checks.max_model_bytes))
-    probe_load(
-        data,
-        memory_bytes=checks.load_memory_bytes,
-        timeout=checks.load_timeout,
-        runtime=checks.runtime,
-    )
+def checked_card(data: bytes, text: CardText, checks: ModelChecks, *, max_card_bytes: int) -> bytes:
+    """The model's card, once the model passed the indexer's own inspection and load, and
+    the card the card rules."""
+    info, _load = inspect_and_load(data, checks)
     card: dict[str, object] = {
         "name": text.name,
         "signature": info.to_dict(),
@@ -96,7 +76,7 @@ def checked_card(data: bytes, text: CardText, checks: Checks) -> bytes:
     if text.supersedes is not None:
         card["supersedes"] = text.supersedes
     raw = orjson.dumps(card)
-    verdict = parse_card(raw, max_bytes=checks.max_card_bytes)
+    verdict = parse_card(raw, max_bytes=max_card_bytes)
     if verdict.status != "ok":
         raise errors.BadRequest(f"the model card is refused ({verdict.status}): {verdict.error}")
     return raw

@@ -12,9 +12,9 @@ import numpy as np
 from rich.table import Table
 
 from marketplace import errors
+from marketplace.bootstrap import make_market
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
-from marketplace.cli.seller import market
 from marketplace.cli.wallet import api_key, save_api_key, signer
 from marketplace.client import ModelMarketClient
 from marketplace.config import Settings, load_settings
@@ -100,7 +100,7 @@ def buy(model_id: int, calls: int, as_json: bool) -> None:
     listing = sdk.model(model_id)  # 404 for an unknown model, before any transaction
     if not listing["offered"]:
         raise errors.ListingInactive(f"model {model_id} is not for sale")
-    binding = market(settings)
+    binding = make_market(settings)
     price = int(listing["price_per_call"])
     receipt = binding.purchase_with_permit(
         signer(settings), model_id, calls, price, deadline=int(time.time()) + 3600

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import click
 from web3.types import TxReceipt
 
-from marketplace.bootstrap import load_deployment
+from marketplace.bootstrap import make_market, make_store, model_checks
 from marketplace.chain.artifacts import Deployment
 from marketplace.chain.endpoint import rpc_url_for
-from marketplace.chain.market import Marketplace, deploy_marketplace
+from marketplace.chain.market import deploy_marketplace
 from marketplace.chain.transactions import connect
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
@@ -22,7 +22,6 @@ from marketplace.cli.wallet import signer
 from marketplace.config import Settings, load_settings
 from marketplace.db.migrate import migrate
 from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
-from storage.backends import open_store
 
 
 @main.command()
@@ -97,15 +96,11 @@ def run() -> None:
 
 def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) -> None:
     """List the demo models and give the demo buyer calls; print a paid call to try."""
-    from marketplace.cli.seller import checks
     from marketplace.devstack.demo import open_for_business, seed
 
-    market = Marketplace(
-        connect(rpc_url, timeout=settings.rpc_timeout), deployment, settings.artifacts_dir
-    )
-    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    market = make_market(settings, rpc_url, deployment)
     shown = lambda m: out.print(f"• {m}", markup=False)  # noqa: E731
-    ids = seed(settings, market, store, checks(settings), progress=shown)
+    ids = seed(settings, market, make_store(settings), model_checks(settings), progress=shown)
     listing = ", ".join(f"{model_id} {name}" for name, model_id in ids.items())
     out.print(f"  demo models  {listing}", markup=False)
     curl = open_for_business(settings, market, ids, progress=shown)
@@ -233,13 +228,7 @@ def migrate_command(as_json: bool) -> None:
 
 def _owner_call(action: str, as_json: bool, send: Callable[..., TxReceipt]) -> None:
     settings = load_settings()
-    market = Marketplace(
-        connect(rpc_url_for(settings), timeout=settings.rpc_timeout),
-        load_deployment(settings),
-        settings.artifacts_dir,
-        timeout=settings.tx_timeout,
-    )
-    receipt = send(market, signer(settings))
+    receipt = send(make_market(settings), signer(settings))
     result = {"done": action, "tx_hash": receipt["transactionHash"].to_0x_hex()}
     emit(result, as_json, lambda: line(f"{action} (tx {result['tx_hash']})"))
 

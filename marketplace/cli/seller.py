@@ -10,34 +10,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from marketplace.bootstrap import load_deployment, runtime_settings
-from marketplace.catalog.publish import CardText, Checks, checked_card, parse_price, publish
-from marketplace.chain.endpoint import rpc_url_for
-from marketplace.chain.market import Marketplace
-from marketplace.chain.transactions import connect
+from marketplace.bootstrap import make_market, make_store, model_checks
+from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
 from marketplace.client import ModelMarketClient
-from marketplace.config import Settings, load_settings
-from storage.backends import open_store
-
-
-def market(settings: Settings) -> Marketplace:
-    """The marketplace binding of the deployment in use."""
-    w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout)
-    return Marketplace(w3, load_deployment(settings), settings.artifacts_dir)
-
-
-def checks(settings: Settings) -> Checks:
-    """The bounds the indexer holds a model to, from Settings."""
-    return Checks(
-        max_model_bytes=settings.max_model_bytes,
-        max_card_bytes=settings.max_card_bytes,
-        load_memory_bytes=settings.model_load_memory_bytes,
-        load_timeout=settings.model_load_timeout,
-        runtime=runtime_settings(settings),
-    )
+from marketplace.config import load_settings
 
 
 @main.command()
@@ -73,11 +52,11 @@ def upload(
     labels = tuple(t.strip() for t in tags.split(",") if t.strip())
     data = model.read_bytes()
     text = CardText(name, description, license_, labels, supersedes)
-    card = checked_card(data, text, checks(settings))
-    binding = market(settings)
+    card = checked_card(data, text, model_checks(settings), max_card_bytes=settings.max_card_bytes)
+    binding = make_market(settings)
     atomic = parse_price(price, binding.token_decimals(token))
     key = signer(settings)
-    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    store = make_store(settings)
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=out, transient=True, disable=as_json) as bar:
         task = bar.add_task("storing", total=len(data))
@@ -120,7 +99,7 @@ def set_price(model_id: int, price: str, as_json: bool) -> None:
       modelmarket set-price 3 0.002
     """
     settings = load_settings()
-    binding = market(settings)
+    binding = make_market(settings)
     atomic = parse_price(price, binding.token_decimals(binding.listing(model_id).token))
     receipt = binding.set_price(signer(settings), model_id, atomic)
     _change(
@@ -140,7 +119,7 @@ def delist(model_id: int, as_json: bool) -> None:
       modelmarket delist 3
     """
     settings = load_settings()
-    receipt = market(settings).delist(signer(settings), model_id)
+    receipt = make_market(settings).delist(signer(settings), model_id)
     _change("is delisted", model_id, as_json, receipt["transactionHash"].to_0x_hex())
 
 
@@ -156,7 +135,7 @@ def relist(model_id: int, as_json: bool) -> None:
       modelmarket relist 3
     """
     settings = load_settings()
-    receipt = market(settings).relist(signer(settings), model_id)
+    receipt = make_market(settings).relist(signer(settings), model_id)
     _change("is listed again", model_id, as_json, receipt["transactionHash"].to_0x_hex())
 
 
@@ -172,7 +151,7 @@ def earnings(token: str | None, as_json: bool) -> None:
       modelmarket earnings
     """
     settings = load_settings()
-    binding = market(settings)
+    binding = make_market(settings)
     me = signer(settings).address
     amount = binding.earnings(me, token)
     units = Decimal(amount).scaleb(-binding.token_decimals(token))
@@ -192,7 +171,7 @@ def withdraw(token: str | None, as_json: bool) -> None:
       modelmarket withdraw
     """
     settings = load_settings()
-    binding = market(settings)
+    binding = make_market(settings)
     key = signer(settings)
     amount = binding.earnings(key.address, token)
     receipt = binding.withdraw(key, token)
@@ -213,7 +192,7 @@ def export_car(cid: str, out: Path, as_json: bool) -> None:
       modelmarket export-car bafkrei... iris.car
     """
     settings = load_settings()
-    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    store = make_store(settings)
     with out.open("wb") as stream:
         size = store.export_car(cid, stream)
     result = {"cid": cid, "car": str(out), "bytes": size}
@@ -232,7 +211,7 @@ def import_car(car: Path, as_json: bool) -> None:
       modelmarket import-car iris.car
     """
     settings = load_settings()
-    store = open_store(settings.store_dir, settings.ipfs_api, timeout=settings.storage_timeout)
+    store = make_store(settings)
     with car.open("rb") as stream:
         root = store.import_car(stream)
     emit({"cid": root}, as_json, lambda: line(f"stored {root}"))
@@ -253,7 +232,7 @@ def models(seller: str | None, as_json: bool) -> None:
     settings = load_settings()
     who = seller or signer(settings).address
     rows = ModelMarketClient(settings.public).seller_models(who)
-    binding = market(settings)
+    binding = make_market(settings)
     owed = binding.earnings(who)
     units = Decimal(owed).scaleb(-binding.token_decimals())
     result = {"seller": who, "earnings": str(owed), "models": rows}

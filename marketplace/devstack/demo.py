@@ -17,11 +17,12 @@ import orjson
 
 from inference.demos import DEMO_DIR, minilm_model_path
 from marketplace import errors
-from marketplace.catalog.publish import CardText, Checks, checked_card, parse_price, publish
+from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
 from marketplace.chain.market import Marketplace
 from marketplace.client import ModelMarketClient
 from marketplace.config import Settings
 from marketplace.devstack.anvil import dev_signers
+from marketplace.indexer.model_checks import ModelChecks
 from storage import cid
 from storage.store import ContentStore
 
@@ -91,7 +92,7 @@ def seed(
     settings: Settings,
     market: Marketplace,
     store: ContentStore,
-    checks: Checks,
+    checks: ModelChecks,
     *,
     progress: Callable[[str], None],
 ) -> dict[str, int]:
@@ -110,7 +111,7 @@ def seed(
         if known is not None:
             ids[demo.card.name] = known
             continue
-        card = checked_card(data, demo.card, checks)
+        card = checked_card(data, demo.card, checks, max_card_bytes=settings.max_card_bytes)
         done = publish(market, store, seller, data, card, parse_price(demo.price, decimals))
         progress(f"listed {demo.card.name} as model {done.model_id} ({len(data):,} bytes)")
         ids[demo.card.name] = done.model_id

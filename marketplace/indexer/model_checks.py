@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.errors import InferenceError, InvalidModel
-from inference.inspect import inspect_bytes
+from inference.inspect import ModelInfo, inspect_bytes
 from inference.limits import Limits
-from inference.probe import probe_load
+from inference.probe import LoadReport, probe_load
 from inference.runtime import RuntimeSettings
 from marketplace.indexer.card_text import printable
 from storage import cid
@@ -73,6 +73,19 @@ def fetch_verified(
     return None
 
 
+def inspect_and_load(data: bytes, checks: ModelChecks) -> tuple[ModelInfo, LoadReport]:
+    """Inspect a model and load it once in a bounded child process; an InvalidModel
+    subclass for a model that may not be listed."""
+    info = inspect_bytes(data, checks.limits)
+    report = probe_load(
+        data,
+        memory_bytes=checks.load_memory_bytes,
+        timeout=checks.load_timeout,
+        runtime=checks.runtime,
+    )
+    return info, report
+
+
 def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> ModelVerdict:
     """Fetch `model_cid` (every byte verified, at most `checks.max_bytes`), inspect it,
     and load it once in a bounded child process."""
@@ -90,13 +103,7 @@ def check_model(store: ContentStore, model_cid: str, checks: ModelChecks) -> Mod
         tmp.seek(0)
         data = tmp.read()
     try:
-        info = inspect_bytes(data, checks.limits)
-        report = probe_load(
-            data,
-            memory_bytes=checks.load_memory_bytes,
-            timeout=checks.load_timeout,
-            runtime=checks.runtime,
-        )
+        info, report = inspect_and_load(data, checks)
     except InvalidModel as exc:  # the model's fault: recorded, never offered
         return ModelVerdict(exc.code, exc.message, size=len(data))
     except InferenceError as exc:  # ours (the probe did not start): checked again later
