@@ -25,7 +25,7 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 
 # Dependencies first, so code changes do not reinstall them.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --no-install-project
+RUN uv sync --locked --no-dev --no-install-project --compile-bytecode
 
 COPY app.py alembic.ini ./
 COPY migrations/ migrations/
@@ -33,7 +33,7 @@ COPY marketplace/ marketplace/
 COPY storage/ storage/
 COPY inference/ inference/
 COPY contracts/artifacts/ contracts/artifacts/
-RUN uv sync --locked --no-dev
+RUN uv sync --locked --no-dev --compile-bytecode
 
 RUN useradd --create-home --uid 10001 modelmarket \
     && mkdir -p /data \

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Flask
 
 from marketplace import web
-from marketplace.bootstrap import Gateway
 from marketplace.config import Settings, load_settings
+from marketplace.web.gateway import Gateway
 
 
 def __getattr__(name: str) -> object:

@@ -25,10 +25,6 @@ from eth_account.messages import encode_defunct
 from inference import codecs
 from marketplace import errors
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # abnf's grammar warnings at import
-    import siwe
-
 
 class MessageSigner(Protocol):
     """Who signs the sign-in message."""
@@ -75,6 +71,11 @@ class ModelMarketClient:
         calls that follow, and returned (it is shown once)."""
         account = _KeySigner(signer) if isinstance(signer, str) else signer
         terms = self._call("POST", "/api/v1/auth/nonce")
+        # siwe compiles its ABNF grammar at import (~1 s): only signing in pays for it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # abnf's grammar warnings at import
+            import siwe
+
         message = siwe.SiweMessage(
             domain=terms["domain"],
             address=account.address,

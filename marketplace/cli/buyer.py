@@ -5,25 +5,28 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 from rich.table import Table
 
 from marketplace import errors
-from marketplace.bootstrap import make_market
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import api_key, save_api_key, signer
-from marketplace.client import ModelMarketClient
 from marketplace.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from marketplace.client import ModelMarketClient
 
 REDEEM_WAIT = 30.0  # seconds a purchase may take to gather its confirmations
 
 
 def client(settings: Settings, *, signed_in: bool = True) -> ModelMarketClient:
     """The SDK against the configured gateway, with the saved API key."""
+    from marketplace.client import ModelMarketClient
+
     return ModelMarketClient(settings.public, api_key(settings) if signed_in else None)
 
 
@@ -95,6 +98,8 @@ def buy(model_id: int, calls: int, as_json: bool) -> None:
     Example:
       modelmarket buy 3 --calls 100
     """
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     sdk = client(settings)
     listing = sdk.model(model_id)  # 404 for an unknown model, before any transaction

@@ -6,22 +6,21 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
-from web3.types import TxReceipt
 
-from marketplace.bootstrap import make_market, make_store, model_checks
-from marketplace.chain.artifacts import Deployment
-from marketplace.chain.endpoint import rpc_url_for
-from marketplace.chain.market import deploy_marketplace
-from marketplace.chain.transactions import connect
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
 from marketplace.config import Settings, load_settings
-from marketplace.db.migrate import migrate
-from marketplace.indexer.follow import Indexer, Progress, RunResult, follow
+
+if TYPE_CHECKING:
+    from web3.types import TxReceipt
+
+    from marketplace.chain.artifacts import Deployment
+    from marketplace.indexer.follow import Indexer
 
 
 @main.command()
@@ -33,6 +32,8 @@ def run() -> None:
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
     """
+    from marketplace.db.migrate import migrate
+
     settings = load_settings()
     if not settings.rpc_url and "confirmations" not in settings.model_fields_set:
         # The embedded anvil is one node that mines on each transaction and never
@@ -96,6 +97,7 @@ def run() -> None:
 
 def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) -> None:
     """List the demo models and give the demo buyer calls; print a paid call to try."""
+    from marketplace.bootstrap import make_market, make_store, model_checks
     from marketplace.devstack.demo import open_for_business, seed
 
     market = make_market(settings, rpc_url, deployment)
@@ -111,6 +113,7 @@ def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) 
 
 def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
     """The embedded default's indexer loop: progress and errors on the terminal."""
+    from marketplace.indexer.follow import RunResult, follow
 
     def shown(result: RunResult) -> None:
         if result.events or result.reorged_from is not None:
@@ -141,6 +144,8 @@ def indexer(once: bool, interval: float) -> None:
     from rich.progress import Progress as Bar
 
     from marketplace.bootstrap import make_indexer
+    from marketplace.db.migrate import migrate
+    from marketplace.indexer.follow import Progress, RunResult, follow
 
     settings = load_settings()
     migrate(settings.db_url)
@@ -197,6 +202,10 @@ def deploy(fee_bps: int | None, as_json: bool) -> None:
       MODELMARKET_RPC_URL=http://127.0.0.1:8545 MODELMARKET_KEYSTORE=owner.json \\
         modelmarket deploy --fee-bps 250
     """
+    from marketplace.chain.endpoint import rpc_url_for
+    from marketplace.chain.market import deploy_marketplace
+    from marketplace.chain.transactions import connect
+
     settings = load_settings()
     w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout)
     record = deploy_marketplace(
@@ -221,12 +230,16 @@ def migrate_command(as_json: bool) -> None:
     Example:
       MODELMARKET_DATABASE_URL=postgresql+psycopg://mm@db/mm modelmarket migrate
     """
+    from marketplace.db.migrate import migrate
+
     settings = load_settings()
     migrate(settings.db_url)
     emit({"migrated": True}, as_json, lambda: line("the database is at the newest schema"))
 
 
 def _owner_call(action: str, as_json: bool, send: Callable[..., TxReceipt]) -> None:
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     receipt = send(make_market(settings), signer(settings))
     result = {"done": action, "tx_hash": receipt["transactionHash"].to_0x_hex()}

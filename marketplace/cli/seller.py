@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,12 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from marketplace.bootstrap import make_market, make_store, model_checks
-from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
-from marketplace.client import ModelMarketClient
 from marketplace.config import load_settings
 
 
@@ -48,11 +46,22 @@ def upload(
     Example:
       modelmarket upload iris.onnx --name "Iris" --tags tabular,demo --price 0.001
     """
+    from marketplace.bootstrap import make_market, make_store, model_checks
+    from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
+
     settings = load_settings()
     labels = tuple(t.strip() for t in tags.split(",") if t.strip())
     data = model.read_bytes()
     text = CardText(name, description, license_, labels, supersedes)
-    card = checked_card(data, text, model_checks(settings), max_card_bytes=settings.max_card_bytes)
+    # the trial load of a large model takes seconds: say what is happening meanwhile
+    with (
+        out.status(f"checking {escape(model.name)} (inspect and a trial load)")
+        if not as_json
+        else nullcontext()
+    ):
+        card = checked_card(
+            data, text, model_checks(settings), max_card_bytes=settings.max_card_bytes
+        )
     binding = make_market(settings)
     atomic = parse_price(price, binding.token_decimals(token))
     key = signer(settings)
@@ -98,6 +107,9 @@ def set_price(model_id: int, price: str, as_json: bool) -> None:
     Example:
       modelmarket set-price 3 0.002
     """
+    from marketplace.bootstrap import make_market
+    from marketplace.catalog.publish import parse_price
+
     settings = load_settings()
     binding = make_market(settings)
     atomic = parse_price(price, binding.token_decimals(binding.listing(model_id).token))
@@ -118,6 +130,8 @@ def delist(model_id: int, as_json: bool) -> None:
     Example:
       modelmarket delist 3
     """
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     receipt = make_market(settings).delist(signer(settings), model_id)
     _change("is delisted", model_id, as_json, receipt["transactionHash"].to_0x_hex())
@@ -134,6 +148,8 @@ def relist(model_id: int, as_json: bool) -> None:
     Example:
       modelmarket relist 3
     """
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     receipt = make_market(settings).relist(signer(settings), model_id)
     _change("is listed again", model_id, as_json, receipt["transactionHash"].to_0x_hex())
@@ -150,6 +166,8 @@ def earnings(token: str | None, as_json: bool) -> None:
     Example:
       modelmarket earnings
     """
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     binding = make_market(settings)
     me = signer(settings).address
@@ -170,6 +188,8 @@ def withdraw(token: str | None, as_json: bool) -> None:
     Example:
       modelmarket withdraw
     """
+    from marketplace.bootstrap import make_market
+
     settings = load_settings()
     binding = make_market(settings)
     key = signer(settings)
@@ -191,6 +211,8 @@ def export_car(cid: str, out: Path, as_json: bool) -> None:
     Example:
       modelmarket export-car bafkrei... iris.car
     """
+    from marketplace.bootstrap import make_store
+
     settings = load_settings()
     store = make_store(settings)
     with out.open("wb") as stream:
@@ -210,6 +232,8 @@ def import_car(car: Path, as_json: bool) -> None:
     Example:
       modelmarket import-car iris.car
     """
+    from marketplace.bootstrap import make_store
+
     settings = load_settings()
     store = make_store(settings)
     with car.open("rb") as stream:
@@ -229,6 +253,9 @@ def models(seller: str | None, as_json: bool) -> None:
     Example:
       modelmarket models
     """
+    from marketplace.bootstrap import make_market
+    from marketplace.client import ModelMarketClient
+
     settings = load_settings()
     who = seller or signer(settings).address
     rows = ModelMarketClient(settings.public).seller_models(who)

@@ -8,20 +8,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from eth_account import Account
 
 from marketplace import errors
-from marketplace.chain.transactions import Signer
 from marketplace.config import Settings
+
+if TYPE_CHECKING:
+    from marketplace.chain.transactions import Signer
 
 CREDENTIALS = "credentials.json"
 
 
 def signer(settings: Settings) -> Signer:
     """Who signs this command's transactions and sign-ins."""
+    from eth_account import Account
+
+    from marketplace.chain.transactions import Signer
+
     if settings.private_key is not None:
         return Signer(settings.private_key)
     if settings.keystore is None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from marketplace.bootstrap import Gateway
 from marketplace.web import api, oip
 from marketplace.web.errors import error_response
+from marketplace.web.gateway import Gateway
 from marketplace.web.openapi import spec
 
 

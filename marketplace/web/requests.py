@@ -13,9 +13,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from marketplace import errors
 from marketplace.accounts.keys import bearer_token
-from marketplace.bootstrap import Gateway
 from marketplace.catalog.listings import listed, offered
 from marketplace.db.tables import ApiKey, Listing
+from marketplace.web.gateway import Gateway
 
 # A model id in a route: the database keeps it in 64 signed bits, so a larger one is no
 # listing (404 from the router) rather than an overflow in the query.
