@@ -29,6 +29,7 @@ from marketplace.config import Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
+from tests.fixtures import hostile_models
 from tests.support.launchers import JsIpfs
 from tests.support.market import funded_market
 from tests.support.paths import ANVIL_BIN
@@ -184,6 +185,17 @@ def test_bad_input_is_one_clear_line_and_nothing_is_half_done(live: Market):
     not_onnx = live.tmp / "notes.onnx"
     not_onnx.write_bytes(b"these are not the weights you are looking for")
     _one_line(live.cli("upload", str(not_onnx), "--name", "x", "--price", "1"), 3, "not_onnx")
+    # models the validator refuses, one of each kind: its rules, its graph check, the
+    # load-cost bound and the trial load
+    for build, error in (
+        (hostile_models.external_data, "external_data"),
+        (hostile_models.invalid_graph, "invalid_graph"),
+        (hostile_models.sparse_constant, "load_size_too_large"),
+        (hostile_models.unsupported_kernel, "model_load_failed"),
+    ):
+        refused = live.tmp / f"{error}.onnx"
+        refused.write_bytes(build())
+        _one_line(live.cli("upload", str(refused), "--name", "x", "--price", "1"), 3, error)
     for price in ("-1", "abc", "0", "0.0000000000000000001"):
         _one_line(live.cli("upload", str(IRIS), "--name", "x", "--price", price), 3, "bad_request")
     dead = f"http://127.0.0.1:{free_port()}"
