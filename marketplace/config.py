@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.home() / ".config" / "modelmarket",
         description="Where the CLI keeps the API keys it signed in for (mode 600).",
     )
+    redeem_wait: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds `modelmarket buy` waits for its purchase's confirmations before"
+        " it leaves the credit to the indexer.",
+    )
     confirmations: int = Field(
         default=2, ge=0, description="Blocks on top of a transaction before it counts."
     )

@@ -20,9 +20,6 @@ from marketplace.config import Settings, load_settings
 if TYPE_CHECKING:
     from marketplace.client import ModelMarketClient
 
-REDEEM_WAIT = 30.0  # seconds a purchase may take to gather its confirmations
-
-
 def client(settings: Settings, *, signed_in: bool = True) -> ModelMarketClient:
     """The SDK against the configured gateway, with the saved API key."""
     from marketplace.client import ModelMarketClient
@@ -74,9 +71,9 @@ def keys(revoke_id: str | None, as_json: bool) -> None:
     emit(rows, as_json, show)
 
 
-def _redeem(sdk: ModelMarketClient, tx_hash: str) -> list[dict[str, Any]]:
-    """Redeem, waiting for the confirmations the gateway asks for."""
-    deadline = time.monotonic() + REDEEM_WAIT
+def _redeem(sdk: ModelMarketClient, tx_hash: str, wait: float) -> list[dict[str, Any]]:
+    """Redeem, waiting up to `wait` seconds for the confirmations the gateway asks for."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             return sdk.redeem(tx_hash)
@@ -112,7 +109,7 @@ def buy(model_id: int, calls: int, as_json: bool) -> None:
     )
     tx_hash = receipt["transactionHash"].to_0x_hex()
     try:
-        credited = _redeem(sdk, tx_hash)
+        credited = _redeem(sdk, tx_hash, settings.redeem_wait)
     except errors.ModelMarketError as exc:
         # the tokens moved: the indexer credits the purchase on its own
         raise errors.PurchaseNotRedeemed(
@@ -135,7 +132,8 @@ def redeem(tx_hash: str, as_json: bool) -> None:
     Example:
       modelmarket redeem 0x5c50...e1
     """
-    credited = _redeem(client(load_settings()), tx_hash)
+    settings = load_settings()
+    credited = _redeem(client(settings), tx_hash, settings.redeem_wait)
 
     def show() -> None:
         for entry in credited:

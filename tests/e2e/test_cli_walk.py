@@ -77,6 +77,20 @@ class Market:
         make_indexer(self.settings).run_once()
 
 
+def serving(settings: Settings, port: int) -> Iterator[None]:
+    """The gateway for `settings` on a real HTTP server until the generator resumes."""
+    app = create_app(settings)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(5)
+        app.extensions["modelmarket"].prepaid.close()
+
+
 @pytest.fixture
 def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
     """anvil with the contracts, a js-ipfs node, a migrated database, and the gateway on a
@@ -96,10 +110,8 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
         )
         market.deployment.save(settings.deployment_path)
         migrate(settings.db_url)
-        app = create_app(settings)
-        server = make_server("127.0.0.1", port, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+        gateway = serving(settings, port)
+        next(gateway)
         keystore = tmp_path / "buyer.json"
         keystore.write_text(json.dumps(Account.encrypt(dev_key(2), PASSWORD)))
         env = {
@@ -112,9 +124,7 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
             "MODELMARKET_CONFIG_DIR": str(tmp_path / "config"),
         }
         yield Market(settings, market, env, keystore, tmp_path)
-        server.shutdown()
-        thread.join(5)
-        app.extensions["modelmarket"].prepaid.close()
+        next(gateway, None)
     finally:
         anvil.stop()
 
@@ -301,3 +311,39 @@ def test_a_new_version_lists_its_versions_and_only_its_seller_can_claim_one(live
     assert sdk.model(ids[0])["versions"] == sdk.model(ids[1])["versions"] == [ids[1], ids[0]]
     assert sdk.model(ids[2])["supersedes"] is None
     assert sdk.model(ids[2])["versions"] == [ids[2]]
+
+
+def test_a_purchase_the_gateway_cannot_redeem_yet_is_said_so_and_credited_later(live: Market):
+    """The tokens move, then redeeming fails (here: a gateway that wants 5 confirmations
+    on a chain that mines no more blocks). `buy` says the purchase is on-chain and how to
+    check; the indexer credits it once it is confirmed. Nothing is lost or doubled."""
+    listed = live.json("upload", str(IRIS), "--name", "Iris", "--price", "0.001")
+    model_id = int(listed["model_id"])  # type: ignore[index]
+    live.index()
+    port = free_port()
+    strict = live.settings.model_copy(
+        update={"confirmations": 5, "public_url": f"http://127.0.0.1:{port}"}
+    )
+    gateway = serving(strict, port)
+    next(gateway)
+    try:
+        there = {"MODELMARKET_PUBLIC_URL": strict.public, "MODELMARKET_REDEEM_WAIT": "2"}
+        assert live.cli("login", who="buyer", **there).returncode == 0
+        buyer = dev_signers(3)[2].address
+        before = live.market.token_balance(buyer)
+        done = live.cli("buy", str(model_id), "--calls", "4", who="buyer", **there)
+        _one_line(done, 5, "purchase_not_redeemed")
+        assert "modelmarket credits" in done.stderr
+        assert live.market.token_balance(buyer) == before - 4 * 10**15, "the tokens moved"
+        assert live.cli("login", who="buyer").returncode == 0  # at the usual gateway too
+        assert live.json("credits", who="buyer") == {}
+    finally:
+        next(gateway, None)
+    for _ in range(5):
+        live.market.w3.provider.make_request("anvil_mine", [1])  # type: ignore[arg-type]
+    live.index()
+    assert live.json("credits", who="buyer") == {str(model_id): 4}
+    tx = done.stderr.split("(tx ")[1].split(")")[0]
+    # redeeming it now adds nothing: the indexer's credit is the one credit
+    _one_line(live.cli("redeem", tx, who="buyer"), 3, "receipt_already_redeemed")
+    assert live.json("credits", who="buyer") == {str(model_id): 4}
