@@ -24,6 +24,8 @@ CONTRACTS = {
     "BulkBuyer": "src/test/BulkBuyer.sol",
     # tests only: logs shaped like the marketplace's, emitted by another contract
     "EventForger": "src/test/EventForger.sol",
+    # tests only: an ERC-20 without permit, bought with approve + purchase
+    "PlainToken": "src/test/PlainToken.sol",
 }
 
 SETTINGS: dict[str, object] = {

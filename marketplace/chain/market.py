@@ -244,6 +244,47 @@ class Marketplace:
             signer,
         )
 
+    def supports_permit(self, token: str | None = None) -> bool:
+        """Whether `token` takes EIP-2612 permits we can sign: it names its EIP-712 domain
+        (ERC-5267) and counts nonces. Many allowlisted stablecoins do neither."""
+        address = to_checksum_address(token or self.deployment.token)
+        probes = (calldata("eip712Domain()"), calldata("nonces(address)", address))
+        for data in probes:
+            with rpc_errors():
+                answer = self.w3.provider.make_request(
+                    "eth_call",  # type: ignore[arg-type]
+                    [{"to": address, "data": data}, "latest"],
+                )
+            result = answer.get("result")
+            # a revert comes back as an error; a contract without the function and with
+            # no fallback reverts too; an account with no code answers "0x"
+            if "error" in answer or not isinstance(result, str) or len(result) < 66:
+                return False
+        return True
+
+    def buy(
+        self, signer: Signer, model_id: int, calls: int, max_price_per_call: int, *, deadline: int
+    ) -> TxReceipt:
+        """Buy `calls` calls in one transaction with a permit when the listing's token takes
+        one; otherwise approve (only when the allowance falls short), then purchase."""
+        listing = self.listing(model_id)
+        if self.supports_permit(listing.token):
+            return self.purchase_with_permit(
+                signer, model_id, calls, max_price_per_call, deadline=deadline
+            )
+        value = calls * listing.price_per_call
+        allowance = self._read_uint(
+            listing.token,
+            calldata(
+                "allowance(address,address)",
+                to_checksum_address(signer.address),
+                self.contract.address,
+            ),
+        )
+        if allowance < value:
+            self.approve(signer, value, listing.token)
+        return self.purchase(signer, model_id, calls, max_price_per_call)
+
     # owner
 
     def pause(self, signer: Signer) -> TxReceipt:

@@ -20,6 +20,7 @@ from marketplace.config import Settings, load_settings
 if TYPE_CHECKING:
     from marketplace.client import ModelMarketClient
 
+
 def client(settings: Settings, *, signed_in: bool = True) -> ModelMarketClient:
     """The SDK against the configured gateway, with the saved API key."""
     from marketplace.client import ModelMarketClient
@@ -89,7 +90,8 @@ def _redeem(sdk: ModelMarketClient, tx_hash: str, wait: float) -> list[dict[str,
 @json_option
 @domain_errors
 def buy(model_id: int, calls: int, as_json: bool) -> None:
-    """Buy calls of a model on-chain (one transaction, with a permit), then redeem them.
+    """Buy calls of a model on-chain, then redeem them: one transaction with a permit, or
+    approve + purchase when the listing's token takes no permits.
 
     \b
     Example:
@@ -104,7 +106,7 @@ def buy(model_id: int, calls: int, as_json: bool) -> None:
         raise errors.ListingInactive(f"model {model_id} is not for sale")
     binding = make_market(settings)
     price = int(listing["price_per_call"])
-    receipt = binding.purchase_with_permit(
+    receipt = binding.buy(
         signer(settings), model_id, calls, price, deadline=int(time.time()) + 3600
     )
     tx_hash = receipt["transactionHash"].to_0x_hex()

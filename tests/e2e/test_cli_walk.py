@@ -22,8 +22,9 @@ from werkzeug.serving import make_server
 from app import create_app
 from inference.demos import DEMO_DIR
 from marketplace.bootstrap import make_indexer
+from marketplace.chain.artifacts import load_artifact
 from marketplace.chain.market import Marketplace
-from marketplace.chain.transactions import connect
+from marketplace.chain.transactions import connect, deploy, send
 from marketplace.client import ModelMarketClient
 from marketplace.config import Settings
 from marketplace.db.migrate import migrate
@@ -32,7 +33,7 @@ from marketplace.devstack.ports import free_port
 from tests.fixtures import hostile_models
 from tests.support.launchers import JsIpfs
 from tests.support.market import funded_market
-from tests.support.paths import ANVIL_BIN
+from tests.support.paths import ANVIL_BIN, ARTIFACTS
 
 pytestmark = pytest.mark.slow
 IRIS = DEMO_DIR / "iris-classifier.onnx"
@@ -347,3 +348,32 @@ def test_a_purchase_the_gateway_cannot_redeem_yet_is_said_so_and_credited_later(
     # redeeming it now adds nothing: the indexer's credit is the one credit
     _one_line(live.cli("redeem", tx, who="buyer"), 3, "receipt_already_redeemed")
     assert live.json("credits", who="buyer") == {str(model_id): 4}
+
+
+def test_a_token_without_permits_is_bought_with_approve_then_purchase(live: Market):
+    """An allowlisted ERC-20 with no EIP-2612 (many stablecoins): `buy` approves only
+    what the allowance lacks, then purchases; calls are credited as with a permit."""
+    owner = dev_signers(1)[0]
+    w3 = live.market.w3
+    plain = load_artifact(ARTIFACTS, "PlainToken")
+    address, _ = deploy(w3, plain, owner, ARTIFACTS)
+    token = w3.eth.contract(address=address, abi=plain.abi)
+    send(w3, live.market.contract.functions.setTokenAllowed(address, True), owner, ARTIFACTS)
+    buyer = dev_signers(3)[2].address
+    send(w3, token.functions.mint(buyer, 10**18), owner, ARTIFACTS)
+    assert not live.market.supports_permit(address) and live.market.supports_permit()
+
+    listed = live.json("upload", str(IRIS), "--name", "Iris", "--price", "0.01", "--token", address)
+    model_id = int(listed["model_id"])  # type: ignore[index]
+    live.index()
+    assert live.cli("login", who="buyer").returncode == 0
+    bought = live.json("buy", str(model_id), "--calls", "3", who="buyer")
+    assert bought["credited"][0]["calls"] == 3  # type: ignore[index]
+    assert live.market.token_balance(buyer, address) == 10**18 - 3 * 10**16
+    # exactly what was needed was approved, and the purchase used all of it
+    assert token.functions.allowance(buyer, live.market.contract.address).call() == 0
+    assert live.json("buy", str(model_id), "--calls", "2", who="buyer")["credited"]  # type: ignore[index]
+    assert live.json("credits", who="buyer") == {str(model_id): 5}
+    assert live.market.earnings(dev_signers(2)[1].address, address) == (
+        5 * 10**16 * (10_000 - 250) // 10_000
+    )
