@@ -19,6 +19,6 @@ def __getattr__(name: str) -> object:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the storefront serves its own static files
     web.register(app, Gateway(settings or load_settings()))
     return app

@@ -181,6 +181,13 @@ class SiweRejected(Unauthenticated):
     code = "siwe_rejected"
 
 
+class CsrfRejected(ModelMarketError):
+    """A cookie-authenticated change without this session's CSRF token."""
+
+    code = "csrf_rejected"
+    http_status = 403
+
+
 class PaymentRequired(ModelMarketError):
     """No credit left for this model; `accepts` says how to buy more (x402-style)."""
 

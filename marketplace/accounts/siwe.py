@@ -73,6 +73,22 @@ class SiweTerms:
         return cls(parts.netloc, parts.scheme, f"{parts.scheme}://{parts.netloc}", chain_id)
 
 
+def message_for(address: str, terms: SiweTerms, nonce: str) -> str:
+    """The EIP-4361 message `address` (EIP-55) signs to sign in here now."""
+    return str(
+        siwe.SiweMessage(
+            domain=terms.domain,
+            address=address,
+            statement="Sign in to ModelMarket",
+            uri=terms.origin,
+            version="1",
+            chain_id=terms.chain_id,
+            nonce=nonce,
+            issued_at=_now().isoformat().replace("+00:00", "Z"),
+        ).prepare_message()
+    )
+
+
 def _screen(message: str) -> None:
     """Refuse, in one linear pass, any message the EIP-4361 parser could spend long on."""
     lines = message.split("\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 import orjson
 
@@ -40,22 +39,6 @@ class Published:
     card_cid: str
     tx_hash: str
     price_per_call: int
-
-
-def parse_price(text: str, decimals: int) -> int:
-    """A price per call in the token's units ("0.02") as its smallest unit."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise errors.BadRequest(f"price: {text!r} is not a number") from None
-    if not value.is_finite() or value <= 0:
-        raise errors.BadRequest(f"price: must be above 0, not {text}")
-    atomic = value.scaleb(decimals)
-    if atomic != atomic.to_integral_value():
-        raise errors.BadRequest(f"price: {text} has more than the token's {decimals} decimals")
-    if atomic >= 2**96:
-        raise errors.BadRequest(f"price: {text} is over the contract's limit (2**96 units)")
-    return int(atomic)
 
 
 def checked_card(data: bytes, text: CardText, checks: ModelChecks, *, max_card_bytes: int) -> bytes:

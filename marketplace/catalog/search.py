@@ -10,7 +10,8 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer
 
-from marketplace.db.tables import Listing, Purchase, Usage
+from marketplace.catalog.sales import served_counts
+from marketplace.db.tables import Listing, Purchase
 
 Sort = Literal["newest", "price_asc", "price_desc", "name"]
 
@@ -113,12 +114,19 @@ def by_seller(session: Session, seller: str, limit: int = 1000) -> list[SellerLi
             .group_by(Purchase.model_id)
         )
     }
-    served = {
-        int(model_id): int(count)
-        for model_id, count in session.execute(
-            select(Usage.model_id, func.count())
-            .where(Usage.model_id.in_(ids), Usage.status == "ok")
-            .group_by(Usage.model_id)
-        )
-    }
+    served = served_counts(session, ids)
     return [SellerListing(r, sold.get(r.model_id, 0), served.get(r.model_id, 0)) for r in rows]
+
+
+def popular_tags(session: Session, limit: int = 20, scan: int = 2000) -> list[str]:
+    """The most used tags among offered listings (the newest `scan` listings)."""
+    counts: dict[str, int] = {}
+    for tags in session.scalars(
+        select(Listing.tags)
+        .where(Listing.active.is_(True), Listing.model_status == "ok")
+        .order_by(Listing.model_id.desc())
+        .limit(scan)
+    ):
+        for tag in tags or []:
+            counts[tag] = counts.get(tag, 0) + 1
+    return sorted(counts, key=lambda t: (-counts[t], t))[:limit]

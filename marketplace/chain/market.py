@@ -92,6 +92,7 @@ class Marketplace:
         self._domains: dict[str, Any] = {}  # token -> its EIP-712 domain
         self._tokens: dict[str, Contract] = {}
         self._decimals: dict[str, int] = {}
+        self._symbols: dict[str, str] = {}
         self.token = self.token_contract(deployment.token)
 
     def token_contract(self, address: str) -> Contract:
@@ -320,6 +321,14 @@ class Marketplace:
                 self._call(self.token_contract(address).functions.decimals())
             )
         return self._decimals[address]
+
+    def token_symbol(self, token: str | None = None) -> str:
+        """The ERC-20's `symbol()` (read once per token; untrusted text: escape it)."""
+        address = to_checksum_address(token or self.deployment.token)
+        if address not in self._symbols:
+            symbol = self._call(self.token_contract(address).functions.symbol())
+            self._symbols[address] = str(symbol)[:16]
+        return self._symbols[address]
 
     def earnings(self, seller: str, token: str | None = None) -> int:
         """What `seller` can withdraw in `token`."""

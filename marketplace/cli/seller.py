@@ -47,7 +47,8 @@ def upload(
       modelmarket upload iris.onnx --name "Iris" --tags tabular,demo --price 0.001
     """
     from marketplace.bootstrap import make_market, make_store, model_checks
-    from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
+    from marketplace.catalog.publish import CardText, checked_card, publish
+    from marketplace.catalog.units import parse_price
 
     settings = load_settings()
     labels = tuple(t.strip() for t in tags.split(",") if t.strip())
@@ -108,7 +109,7 @@ def set_price(model_id: int, price: str, as_json: bool) -> None:
       modelmarket set-price 3 0.002
     """
     from marketplace.bootstrap import make_market
-    from marketplace.catalog.publish import parse_price
+    from marketplace.catalog.units import parse_price
 
     settings = load_settings()
     binding = make_market(settings)

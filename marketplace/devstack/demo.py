@@ -17,7 +17,8 @@ import orjson
 
 from inference.demos import DEMO_DIR, minilm_model_path
 from marketplace import errors
-from marketplace.catalog.publish import CardText, checked_card, parse_price, publish
+from marketplace.catalog.publish import CardText, checked_card, publish
+from marketplace.catalog.units import parse_price
 from marketplace.chain.market import Marketplace
 from marketplace.client import ModelMarketClient
 from marketplace.config import Settings

@@ -1,15 +1,22 @@
-"""The web faces: the marketplace API (/api/v1), the Open Inference Protocol (/v2) and
-the OpenAPI document, registered on one Flask app with the request bounds, the headers
-every answer carries, and the one error handler."""
+"""The web faces: the storefront (HTML), the marketplace API (/api/v1), the Open
+Inference Protocol (/v2) and the OpenAPI document, registered on one Flask app with the
+request bounds, the browser session, the headers every answer carries, and the one
+error handler."""
 
 from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from marketplace.web import api, oip
+from marketplace.web import api, oip, storefront
+from marketplace.web import session as web_session
 from marketplace.web.errors import error_response
 from marketplace.web.gateway import Gateway
 from marketplace.web.openapi import spec
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 def register(app: Flask, gateway: Gateway) -> None:
@@ -30,9 +37,16 @@ def register(app: Flask, gateway: Gateway) -> None:
     @app.after_request
     def no_sniffing(response: Response) -> Response:
         response.headers["X-Content-Type-Options"] = "nosniff"
+        # Scripts and styles only from our own files: text from the chain or IPFS that
+        # escaped escaping still could not run. Pages cannot be framed.
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
         return response
 
+    web_session.configure(app, gateway.secret, tls=settings.public.startswith("https://"))
     app.register_error_handler(Exception, error_response)
+    app.register_blueprint(storefront.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(oip.blueprint)
     spec.register(app)

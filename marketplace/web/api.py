@@ -34,6 +34,7 @@ from marketplace.web.schemas import (
     Credited,
     CreditInfo,
     DeploymentInfo,
+    KeyBody,
     KeyInfo,
     ListingInfo,
     ModelPage,
@@ -149,6 +150,22 @@ def keys() -> Response:
             for k in rows
         ]
     )
+
+
+@blueprint.post("/keys")
+@documented(
+    json=KeyBody,
+    resp=marketplace_responses({201: NewKey}, 400, 401, 403),
+    security=BEARER,
+    tags=["auth"],
+)
+def create_key() -> Response:
+    """Another API key for the caller's address (shown once)."""
+    key = require_key()
+    body = parse(KeyBody)
+    with current_gateway().sessions() as s, s.begin():
+        row, text = api_keys.create_key(s, key.address, body.name)
+    return json_response({"address": key.address, "key_id": row.id, "api_key": text}, 201)
 
 
 @blueprint.delete("/keys/<key_id>")

@@ -1,14 +1,14 @@
 """The one place an error becomes an HTTP answer: domain, storage and inference errors
 through `errors.describe`, Werkzeug's own (404, 405, 413) by their name, in the
-marketplace's shape on /api/v1 and the Open Inference Protocol's on /v2. Unexpected
-errors are logged, never leaked."""
+marketplace's shape on /api/v1, the Open Inference Protocol's on /v2, and as a page
+for a storefront page. Unexpected errors are logged, never leaked."""
 
 from __future__ import annotations
 
 import logging
 
 import orjson
-from flask import Response, request
+from flask import Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from marketplace import errors
@@ -34,6 +34,10 @@ def error_response(exc: Exception) -> Response:
             log.exception("unexpected error")
         if isinstance(exc, errors.PaidCallFailed):
             headers = exc.headers  # what the payment gave back, and the inference id
+    if request.blueprint == "store" and request.method == "GET":
+        # a page asked for by a browser gets a page, with the same code and message
+        page = render_template("error.html", status=status, error=body)
+        return Response(page, status=status, mimetype="text/html", headers=headers)
     if request.path.startswith("/v2/"):
         body = errors.oip_body(body)
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)

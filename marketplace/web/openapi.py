@@ -24,6 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EVERY_ROUTE = (413, 500)
 
 # page_templates={}: no Swagger/Redoc pages (they load scripts from a CDN).
+# mode="strict": only the API routes (decorated with `documented`), not the storefront's
+# HTML pages and browser-session posts.
 # validation_error_status: spectree adds the status it would answer a request failing
 # its validation to every route's responses; no route lets it validate (see above), so
 # it names 500, which every route documents with its own error body.
@@ -33,6 +35,7 @@ spec = SpecTree(
     version="1",
     path="apidoc",
     page_templates={},
+    mode="strict",
     validation_error_status=500,
     security_schemes=[
         SecurityScheme(

@@ -16,6 +16,7 @@ from marketplace.accounts.keys import bearer_token
 from marketplace.catalog.listings import listed, offered
 from marketplace.db.tables import ApiKey, Listing
 from marketplace.web.gateway import Gateway
+from marketplace.web.session import held_key, require_csrf
 
 # A model id in a route: the database keeps it in 64 signed bits, so a larger one is no
 # listing (404 from the router) rather than an overflow in the query.
@@ -56,9 +57,14 @@ def parse(model: type[M]) -> M:
 
 
 def require_key(gateway: Gateway | None = None) -> ApiKey:
-    """The caller's live API key (401 otherwise)."""
+    """The caller's live API key (401 otherwise): a bearer key, or the key a storefront
+    sign-in keeps in the session cookie (a change made with it needs the CSRF token)."""
     gateway = gateway or current_gateway()
-    return gateway.keys.authenticate(bearer_token(request.headers.get("Authorization")))
+    header = request.headers.get("Authorization")
+    if header is None and (held := held_key()) is not None:
+        require_csrf()
+        return gateway.keys.authenticate(held)
+    return gateway.keys.authenticate(bearer_token(header))
 
 
 def the_listing(model_id: int, gateway: Gateway | None = None) -> Listing:

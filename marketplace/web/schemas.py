@@ -44,6 +44,10 @@ class VerifyBody(BaseModel):
     key_name: str = Field(default="default", max_length=100)
 
 
+class KeyBody(BaseModel):
+    name: str = Field(default="default", max_length=100)
+
+
 class ReceiptBody(BaseModel):
     tx_hash: str = Field(description="The purchase transaction's hash", pattern=TX_HASH.pattern)
 

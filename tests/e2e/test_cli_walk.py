@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eth_account import Account
-from werkzeug.serving import make_server
 
-from app import create_app
 from inference.demos import DEMO_DIR
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.artifacts import load_artifact
@@ -31,7 +28,7 @@ from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
 from tests.fixtures import hostile_models
-from tests.support.launchers import JsIpfs
+from tests.support.launchers import JsIpfs, serving
 from tests.support.market import funded_market
 from tests.support.paths import ANVIL_BIN, ARTIFACTS
 
@@ -78,20 +75,6 @@ class Market:
         make_indexer(self.settings).run_once()
 
 
-def serving(settings: Settings, port: int) -> Iterator[None]:
-    """The gateway for `settings` on a real HTTP server until the generator resumes."""
-    app = create_app(settings)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        thread.join(5)
-        app.extensions["modelmarket"].prepaid.close()
-
-
 @pytest.fixture
 def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
     """anvil with the contracts, a js-ipfs node, a migrated database, and the gateway on a
@@ -111,8 +94,6 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
         )
         market.deployment.save(settings.deployment_path)
         migrate(settings.db_url)
-        gateway = serving(settings, port)
-        next(gateway)
         keystore = tmp_path / "buyer.json"
         keystore.write_text(json.dumps(Account.encrypt(dev_key(2), PASSWORD)))
         env = {
@@ -124,8 +105,8 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
             "MODELMARKET_IPFS_API": jsipfs.api,
             "MODELMARKET_CONFIG_DIR": str(tmp_path / "config"),
         }
-        yield Market(settings, market, env, keystore, tmp_path)
-        next(gateway, None)
+        with serving(settings, port):
+            yield Market(settings, market, env, keystore, tmp_path)
     finally:
         anvil.stop()
 
@@ -325,9 +306,7 @@ def test_a_purchase_the_gateway_cannot_redeem_yet_is_said_so_and_credited_later(
     strict = live.settings.model_copy(
         update={"confirmations": 5, "public_url": f"http://127.0.0.1:{port}"}
     )
-    gateway = serving(strict, port)
-    next(gateway)
-    try:
+    with serving(strict, port):
         there = {"MODELMARKET_PUBLIC_URL": strict.public, "MODELMARKET_REDEEM_WAIT": "2"}
         assert live.cli("login", who="buyer", **there).returncode == 0
         buyer = dev_signers(3)[2].address
@@ -338,8 +317,6 @@ def test_a_purchase_the_gateway_cannot_redeem_yet_is_said_so_and_credited_later(
         assert live.market.token_balance(buyer) == before - 4 * 10**15, "the tokens moved"
         assert live.cli("login", who="buyer").returncode == 0  # at the usual gateway too
         assert live.json("credits", who="buyer") == {}
-    finally:
-        next(gateway, None)
     for _ in range(5):
         live.market.w3.provider.make_request("anvil_mine", [1])  # type: ignore[arg-type]
     live.index()

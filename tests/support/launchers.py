@@ -1,5 +1,5 @@
 """Test and bench launchers for the real parts the runtime does not start itself: a
-js-ipfs daemon and a throwaway PostgreSQL cluster."""
+js-ipfs daemon, a throwaway PostgreSQL cluster, and the app on a real HTTP server."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from flask import Flask
+from werkzeug.serving import make_server
+
+from app import create_app
 from marketplace import errors
+from marketplace.config import Settings
 from marketplace.devstack.ports import free_port
 
 
@@ -164,3 +172,19 @@ def start_postgres(*, durable: bool = True) -> Postgres:
         "start",
     )
     return Postgres(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", root)
+
+
+@contextmanager
+def serving(settings: Settings, port: int) -> Iterator[Flask]:
+    """The gateway (both API families and the storefront) for `settings` on a real,
+    threaded HTTP server at 127.0.0.1:`port`, stopped on exit."""
+    app = create_app(settings)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app
+    finally:
+        server.shutdown()
+        thread.join(5)
+        app.extensions["modelmarket"].prepaid.close()

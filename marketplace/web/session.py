@@ -1,0 +1,80 @@
+"""The storefront's browser session: after Sign-In with Ethereum in the page, a signed
+cookie (HttpOnly, SameSite=Lax, Secure behind TLS) holds the API key the sign-in made,
+so the page's own requests are authenticated without the key ever reaching JavaScript.
+Any change made with that cookie must carry this session's CSRF token (Flask-WTF)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import timedelta
+
+from flask import Flask, request, session
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+
+from marketplace import errors
+
+csrf = CSRFProtect()
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LIFETIME = timedelta(days=7)
+
+
+def configure(app: Flask, secret: bytes, *, tls: bool) -> None:
+    """Sign the cookie with a key derived from the gateway's secret; check CSRF where a
+    cookie authenticates (`require_csrf`), not on every POST: API callers send a bearer
+    key, which a third-party page cannot."""
+    app.secret_key = hmac.new(secret, b"storefront-session", hashlib.sha256).digest()
+    app.config.update(
+        SESSION_COOKIE_NAME="mm_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=tls,
+        PERMANENT_SESSION_LIFETIME=LIFETIME,
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=None,  # as long as the session
+        WTF_CSRF_HEADERS=["X-CSRF-Token"],
+    )
+    csrf.init_app(app)
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (for the page's <meta> tag)."""
+    return str(generate_csrf())
+
+
+def require_csrf() -> None:
+    """CsrfRejected unless the request carries this session's token."""
+    if request.method in SAFE_METHODS:
+        return
+    try:
+        csrf.protect()
+    except CSRFError as exc:
+        raise errors.CsrfRejected(f"refused: {exc.description}") from None
+
+
+def held_key() -> str | None:
+    """The API key this browser signed in with, if any (a cookie-authenticated change
+    must pass `require_csrf` first)."""
+    value = session.get("api_key")
+    return value if isinstance(value, str) else None
+
+
+def signed_in_address() -> str | None:
+    """Who this browser signed in as, if anyone."""
+    value = session.get("address")
+    return value if isinstance(value, str) else None
+
+
+def begin(address: str, api_key: str) -> None:
+    """Remember a sign-in."""
+    session.clear()
+    session.permanent = True
+    session["address"] = address
+    session["api_key"] = api_key
+
+
+def end() -> str | None:
+    """Forget the sign-in; the API key it held (for the caller to revoke)."""
+    key = held_key()
+    session.clear()
+    return key
