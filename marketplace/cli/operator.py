@@ -84,6 +84,7 @@ def run() -> None:
         try:
             out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")
             out.print(f"  openapi      {gateway.url}/api/v1/openapi.json")
+            out.print(f"  storefront   {gateway.url}/")
             if not settings.rpc_url:  # the embedded chain: its dev accounts run the demo
                 _open_demo_market(settings, rpc_url, deployment)
             out.print("ready. Ctrl-C to stop.")

@@ -86,7 +86,7 @@ def upload(
         "card_cid": done.card_cid,
         "tx_hash": done.tx_hash,
         "price_per_call": str(atomic),
-        "url": f"{settings.public}/api/v1/models/{done.model_id}",
+        "url": f"{settings.public}/models/{done.model_id}",  # its storefront page
     }
     emit(result, as_json, lambda: show_fields(result))
 

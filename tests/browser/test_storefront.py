@@ -20,7 +20,7 @@ from inference import codecs
 from marketplace.chain.transactions import calldata
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.tables import Credit
-from marketplace.devstack.anvil import dev_signers
+from marketplace.devstack.anvil import dev_key, dev_signers
 from marketplace.devstack.ports import free_port
 from tests.browser.conftest import PRICE, Shop, Wallet, screenshot
 
@@ -233,3 +233,68 @@ def test_a_narrow_screen_and_the_keyboard_reach_everything(shop: Shop, page: Pag
     expect(page.locator("#total")).to_have_text("0.004 MMT")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "buy-button"
+
+
+def test_a_page_closed_half_way_loses_nothing(shop: Shop, page: Page, wallet: Wallet):
+    """The buyer closes the page while the purchase confirms: the indexer credits it, and
+    the next visit says so."""
+    page.goto(f"{shop.url}/models/{shop.model_id}")
+    page.fill("#calls", "3")
+    page.get_by_role("button", name="Buy with my wallet").click()
+    expect(page.locator('#steps li[data-step="confirm"]')).to_contain_text("0 of 2")
+    context = page.context
+    page.close()
+    shop.index()  # mines the confirmations, then credits the purchase from its event
+    assert credits_of(shop, wallet.address) == {shop.model_id: 3}
+    again = context.new_page()
+    again.goto(f"{shop.url}/account")
+    expect(again.locator("#notice")).to_contain_text("was credited while you were away")
+    expect(again.locator(f'#credits tr[data-model-id="{shop.model_id}"] .left')).to_have_text("3")
+    screenshot(again, "13-credited-while-away")
+    assert again.evaluate("localStorage.getItem('modelmarket.pending')") == "[]"
+
+
+def test_the_seller_withdraws_reprices_and_delists_from_the_dashboard(
+    shop: Shop, page: Page, wallet: Wallet
+):
+    buyer, seller = dev_signers(3)[2], dev_signers(2)[1]
+    shop.market.approve(buyer, 4 * PRICE)
+    shop.market.purchase(buyer, shop.model_id, 4, PRICE)
+    shop.index()
+    owed = shop.market.earnings(seller.address)
+    assert owed == 4 * PRICE * 9750 // 10_000
+
+    wallet.key = dev_key(1)  # the seller's wallet now
+    page.goto(f"{shop.url}/account")
+    page.locator("#account-sign-in").click()
+    expect(page.locator("#address")).to_have_text(seller.address.lower())
+    page.get_by_role("link", name="Seller dashboard").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("My seller dashboard")
+    expect(page.locator("#owed")).to_have_text("0.0039 MMT")
+    screenshot(page, "14-my-dashboard")
+
+    before = shop.market.token_balance(seller.address)
+    page.get_by_role("button", name="Withdraw").click()
+    expect(page.locator("#seller-message")).to_contain_text("Withdraw: done")
+    assert shop.market.token_balance(seller.address) == before + owed
+    assert shop.market.earnings(seller.address) == 0
+
+    page.goto(f"{shop.url}/sellers/{seller.address}")
+    page.fill(f"#price-{shop.model_id}", "0.0025")
+    page.get_by_role("button", name="Set price").click()
+    expect(page.locator("#seller-message")).to_contain_text("Set price: done")
+    assert shop.market.listing(shop.model_id).price_per_call == 25 * 10**14
+
+    page.goto(f"{shop.url}/sellers/{seller.address}")
+    page.fill(f"#price-{shop.model_id}", "abc")
+    page.get_by_role("button", name="Set price").click()
+    expect(page.locator("#seller-message")).to_contain_text("Write the price as a number")
+
+    page.get_by_role("button", name="Delist").click()
+    expect(page.locator("#seller-message")).to_contain_text("Delist: done")
+    assert shop.market.listing(shop.model_id).active is False
+    shop.index()
+    page.goto(f"{shop.url}/sellers/{seller.address}")
+    expect(page.locator(f'#listings tr[data-model-id="{shop.model_id}"] td').nth(1)).to_have_text(
+        "delisted"
+    )

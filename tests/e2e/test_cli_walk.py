@@ -118,7 +118,7 @@ def test_upload_login_buy_infer_credits_earnings_withdraw(live: Market):
     assert isinstance(listed, dict)
     model_id = int(listed["model_id"])
     assert listed["price_per_call"] == str(10**15)
-    assert listed["url"].endswith(f"/api/v1/models/{model_id}")
+    assert listed["url"] == f"{live.settings.public}/models/{model_id}"
     live.index()
 
     login = live.json("login", who="buyer")
