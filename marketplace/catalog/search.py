@@ -10,7 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer
 
-from marketplace.catalog.sales import served_counts
+from marketplace.catalog.sales import Served, served_counts
 from marketplace.db.tables import Listing, Purchase
 
 Sort = Literal["newest", "price_asc", "price_desc", "name"]
@@ -95,9 +95,12 @@ class SellerListing:
     calls_served: int
 
 
-def by_seller(session: Session, seller: str, limit: int = 1000) -> list[SellerListing]:
+def by_seller(
+    session: Session, seller: str, limit: int = 1000, served: Served | None = None
+) -> list[SellerListing]:
     """A seller's listings, newest first (offered or not: the seller sees why not), each
-    with the calls bought on-chain and the calls the gateway served."""
+    with the calls bought on-chain and the calls the gateway served (from `served` when
+    given, a recent count of every model's)."""
     rows = session.scalars(
         select(Listing)
         .options(defer(Listing.card), defer(Listing.signature))
@@ -114,8 +117,8 @@ def by_seller(session: Session, seller: str, limit: int = 1000) -> list[SellerLi
             .group_by(Purchase.model_id)
         )
     }
-    served = served_counts(session, ids)
-    return [SellerListing(r, sold.get(r.model_id, 0), served.get(r.model_id, 0)) for r in rows]
+    served_now = served.counts(ids) if served is not None else served_counts(session, ids)
+    return [SellerListing(r, sold.get(r.model_id, 0), served_now.get(r.model_id, 0)) for r in rows]
 
 
 def popular_tags(session: Session, limit: int = 20, scan: int = 2000) -> list[str]:

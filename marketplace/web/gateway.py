@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from datetime import UTC, datetime
 
 from inference.sessions import SessionCache
 from marketplace import errors
 from marketplace.accounts.keys import KeyCache
 from marketplace.accounts.siwe import SiweTerms, load_secret
 from marketplace.bootstrap import load_deployment, make_market, make_store, runtime_settings
+from marketplace.catalog.sales import Served, served
 from marketplace.chain.artifacts import Deployment
 from marketplace.chain.market import Marketplace
 from marketplace.config import Settings
@@ -51,6 +53,8 @@ class Gateway:
         # The payment methods, in the order a 402 offers them: one line each.
         self.payments = PaymentPipeline([self.prepaid])
         self._market: Marketplace | None = None
+        self._served: tuple[float, Served] | None = None
+        self._served_lock = threading.Lock()
         self._listings: dict[int, tuple[float, Listing]] = {}
         self._listings_lock = threading.Lock()
 
@@ -69,6 +73,17 @@ class Gateway:
             with self._listings_lock:
                 self._listings[model_id] = (now, listing)
         return listing
+
+    def served(self, max_age: float = 30.0) -> Served:
+        """Calls served per model and per day, read at most every `max_age` seconds: the
+        storefront shows them to anyone, and counting reads the whole usage table. One
+        reader at a time (the others wait for its answer rather than scan too)."""
+        with self._served_lock:
+            now = time.monotonic()
+            if self._served is None or now - self._served[0] >= max_age:
+                with self.reads() as session:
+                    self._served = (now, served(session, datetime.now(UTC)))
+            return self._served[1]
 
     @functools.cached_property
     def deployment(self) -> Deployment:

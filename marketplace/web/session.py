@@ -25,7 +25,9 @@ def configure(app: Flask, secret: bytes, *, tls: bool) -> None:
     key, which a third-party page cannot."""
     app.secret_key = hmac.new(secret, b"storefront-session", hashlib.sha256).digest()
     app.config.update(
-        SESSION_COOKIE_NAME="mm_session",
+        # __Host-: only this exact host over TLS may set it (no cookie tossing from a
+        # sibling subdomain); the prefix requires Secure, so plain http keeps the name
+        SESSION_COOKIE_NAME="__Host-mm_session" if tls else "mm_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=tls,

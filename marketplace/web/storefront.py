@@ -6,6 +6,7 @@ scripts under static/; they call /api/v1 with the session cookie."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -19,15 +20,18 @@ from marketplace import errors
 from marketplace.accounts import keys as api_keys
 from marketplace.accounts import siwe
 from marketplace.catalog.listings import versions
-from marketplace.catalog.sales import sales, served_counts
+from marketplace.catalog.sales import earnings
 from marketplace.catalog.search import Query, Sort, by_seller, popular_tags, search
 from marketplace.catalog.units import format_units
 from marketplace.chain.transactions import calldata
 from marketplace.db.tables import ApiKey, Credit, Listing
 from marketplace.web import session as web_session
+from marketplace.web.charts import earnings_chart, served_bars
 from marketplace.web.gateway import Gateway
 from marketplace.web.requests import MODEL_ID, current_gateway, json_response, parse, validated
 from marketplace.web.schemas import ModelQuery, VerifyBody
+from storage.cid import normalize
+from storage.errors import InvalidCid
 
 blueprint = Blueprint(
     "store",
@@ -37,6 +41,7 @@ blueprint = Blueprint(
     static_url_path="/static",
 )
 PER_PAGE = 12
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 class MessageBody(BaseModel):
@@ -67,8 +72,11 @@ class Money:
         if token not in self._known:
             try:
                 market = self.gateway.market
-                self._known[token] = (market.token_decimals(token), market.token_symbol(token))
-            except (errors.ChainError, errors.ConfigurationError):
+                decimals = market.token_decimals(token)
+                symbol = market.token_symbol(token)
+                self._known[token] = (decimals, symbol) if 0 <= decimals <= 77 else None
+            except Exception:
+                # (chain down, a bytes32 symbol, bad UTF-8) shows smallest units instead
                 self._known[token] = None
         return self._known[token]
 
@@ -90,8 +98,8 @@ def catalog() -> str:
     query = Query(text=q.q, tag=q.tag, sort=cast(Sort, q.sort), page=q.page, per_page=PER_PAGE)
     with gateway.reads() as s:
         found = search(s, query)
-        served = served_counts(s, [x.model_id for x in found.listings])
         tags = popular_tags(s)
+    served = gateway.served().counts([x.model_id for x in found.listings])
     pages = max(1, math.ceil(found.total / PER_PAGE))
 
     def page_url(page: int) -> str:
@@ -117,14 +125,12 @@ def model(model_id: int) -> str:
     """One model: its card, signature, price, CID, versions, seller, how to call it, and
     the buy panel."""
     gateway = current_gateway()
-    listing = gateway.listing(model_id, max_age=0)
-    if listing is None:
-        raise errors.NotFound(f"there is no model {model_id}")
     with gateway.reads() as s:
         full = s.get(Listing, model_id)
-        assert full is not None
+        if full is None:
+            raise errors.NotFound(f"there is no model {model_id}")
         every = versions(s, full)
-        served = served_counts(s, [model_id]).get(model_id, 0)
+    served = gateway.served().counts([model_id])[model_id]
     money = Money(gateway)
     unit = money.unit(full.token)
     signature = full.signature or {}
@@ -142,16 +148,26 @@ def model(model_id: int) -> str:
         public=gateway.settings.public,
         deployment=_deployment(gateway),
         confirmations=gateway.settings.confirmations,
+        # the CIDs go into shell commands to copy: only when they are CIDs
+        shell_safe=_is_cid(full.model_cid) and _is_cid(full.metadata_cid),
     )
+
+
+def _is_cid(text: str) -> bool:
+    try:
+        normalize(text)
+    except InvalidCid:
+        return False
+    return text.isalnum()
 
 
 @blueprint.get("/account")
 def account() -> str:
     """Sign in; then my keys and my credits."""
-    address = web_session.signed_in_address()
+    gateway = current_gateway()
+    address = _live_address(gateway)
     keys: list[ApiKey] = []
     credits: list[tuple[Credit, int, str | None]] = []
-    gateway = current_gateway()
     if address is not None:
         address = address.lower()  # as the ledger keeps it
         with gateway.reads() as s:
@@ -179,31 +195,33 @@ def account() -> str:
 @blueprint.get("/dashboard")
 def dashboard() -> BaseResponse:
     """The signed-in seller's dashboard (or the sign-in)."""
-    address = web_session.signed_in_address()
+    address = _live_address(current_gateway())
     if address is None:
         return redirect(url_for("store.account", next="dashboard"))
     return redirect(url_for("store.seller", address=address))
 
 
 @blueprint.get("/sellers/<address>")
-def seller(address: str) -> str:
+def seller(address: str) -> BaseResponse | str:
     """A seller's listings, calls sold and served, earnings over time; its own seller
     also gets withdraw, set price, delist and relist."""
-    try:
-        who = to_checksum_address(address)
-    except ValueError:
-        raise errors.NotFound(f"{address!r} is not an address") from None
+    if not ADDRESS.fullmatch(address):
+        raise errors.NotFound(f"{address[:64]!r} is not an address")
+    who = to_checksum_address(address)
+    if address != who:  # one URL per seller
+        return redirect(url_for("store.seller", address=who), 301)
     gateway = current_gateway()
     token = gateway.deployment.token
+    stats = gateway.served()
     with gateway.reads() as s:
-        rows = by_seller(s, who)
-        history = sales(s, who, token)
+        rows = by_seller(s, who, served=stats)
+        points = earnings(s, who, token)
     money = Money(gateway)
     try:
         owed: int | None = gateway.market.earnings(who)
     except errors.ChainError:
         owed = None
-    own = (web_session.signed_in_address() or "").lower() == who.lower()
+    own = (_live_address(gateway) or "").lower() == who.lower()
     return render_template(
         "seller.html",
         seller=who,
@@ -211,8 +229,8 @@ def seller(address: str) -> str:
         owed=owed,
         money=money,
         token=token,
-        chart=_chart(history.earnings, money.unit(token)),
-        served_chart=_bars(history.served),
+        chart=earnings_chart(points, money.unit(token)),
+        served_chart=served_bars(stats.by_day([r.listing.model_id for r in rows])),
         own=own,
         deployment=_deployment(gateway),
         selectors=_seller_selectors(),
@@ -247,6 +265,7 @@ def session_begin() -> Response:
             s, body.message, body.signature, terms=gateway.siwe_terms, secret=gateway.secret
         )
         _key, text = api_keys.create_key(s, address, "storefront")
+    _revoke_held(gateway)  # the key of an earlier sign-in in this browser
     web_session.begin(address, text)
     return json_response({"address": address, "csrf_token": web_session.csrf_token()}, 201)
 
@@ -255,18 +274,37 @@ def session_begin() -> Response:
 def session_end() -> Response:
     """Sign out: the session's key is revoked and the cookie forgotten."""
     web_session.require_csrf()
-    held = web_session.end()
-    if held is not None:
-        gateway = current_gateway()
-        try:
-            key = gateway.keys.authenticate(held)
-        except errors.Unauthenticated:
-            key = None
-        if key is not None:
-            with gateway.sessions() as s, s.begin():
-                api_keys.revoke_key(s, key.address, key.id)
-            gateway.keys.forget(key.id)
+    _revoke_held(current_gateway())  # first: if it fails, the browser stays signed in
+    web_session.end()
     return json_response({"signed_out": True})
+
+
+def _revoke_held(gateway: Gateway) -> None:
+    """Revoke the API key this browser's session holds, if it is live."""
+    held = web_session.held_key()
+    if held is None:
+        return
+    try:
+        key = gateway.keys.authenticate(held)
+    except errors.Unauthenticated:
+        return
+    with gateway.sessions() as s, s.begin():
+        api_keys.revoke_key(s, key.address, key.id)
+    gateway.keys.forget(key.id)
+
+
+def _live_address(gateway: Gateway) -> str | None:
+    """Who this browser is signed in as, if its key still works (a key revoked from
+    another browser, or an old copy of the cookie, signs it out)."""
+    held = web_session.held_key()
+    if held is None:
+        return None
+    try:
+        key = gateway.keys.authenticate(held)
+    except errors.Unauthenticated:
+        web_session.end()
+        return None
+    return key.address
 
 
 # ------------------------------------------------------------------ helpers
@@ -298,63 +336,6 @@ def _example_inputs(signature: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _chart(points: list[tuple[int, int]], unit: tuple[int, str] | None) -> dict[str, Any]:
-    """Cumulative earnings by block as an SVG step line in a 600x200 box: flat at 0
-    before the first sale, a step up at each block with sales, flat to the right edge."""
-    if not points:
-        return {"points": "", "empty": True}
-    width, height, pad = 600, 200, 10
-    first, last = points[0][0], points[-1][0]
-    top = max(v for _, v in points) or 1
-    # one sale still gets a visible step: the first block sits a little right of the axis
-    span = max(last - first, 1)
-    left = pad + (width - 2 * pad) * 0.05
-
-    def x(block: int) -> float:
-        return left + (block - first) / span * (width - pad - left) * 0.9
-
-    def y(value: int) -> float:
-        return height - pad - value / top * (height - 2 * pad)
-
-    coords, level = [f"{pad},{y(0):.1f}"], y(0)
-    for block, value in points:
-        coords.append(f"{x(block):.1f},{level:.1f}")
-        level = y(value)
-        coords.append(f"{x(block):.1f},{level:.1f}")
-    coords.append(f"{width - pad},{level:.1f}")
-    shown = format_units(top, unit[0]) + " " + unit[1] if unit else f"{top} units"
-    return {
-        "points": " ".join(coords),
-        "empty": False,
-        "first": first,
-        "last": last,
-        "top": shown,
-        "table": [(b, format_units(v, unit[0]) if unit else str(v)) for b, v in points[-20:]],
-    }
-
-
-def _bars(days: list[tuple[Any, int]]) -> dict[str, Any]:
-    """Calls served per day as SVG bars in a 600x120 box (the newest 60 days; a bar is
-    at most 40 wide, so a few days do not fill the box)."""
-    days = days[-60:]
-    if not days:
-        return {"bars": [], "empty": True}
-    width, height = 600, 120
-    top = max(n for _, n in days) or 1
-    step = min(width / len(days), 44)
-    bars = [
-        {
-            "x": round(i * step + 4, 1),
-            "w": round(max(step - 4, 1), 1),
-            "h": round(n / top * (height - 10), 1),
-            "y": round(height - n / top * (height - 10), 1),
-            "label": f"{day.isoformat()}: {n} calls",
-        }
-        for i, (day, n) in enumerate(days)
-    ]
-    return {"bars": bars, "empty": False, "top": top, "table": days[-20:]}
 
 
 def _seller_selectors() -> dict[str, str]:

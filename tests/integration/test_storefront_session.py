@@ -59,6 +59,10 @@ def test_cookie_changes_need_the_csrf_token_and_bearer_callers_do_not(world: Wor
     )
     assert wrong.status_code == 403
     assert len(client.get("/api/v1/keys").get_json()) == 1  # type: ignore[attr-defined]
+    session_key = client.get("/api/v1/keys").get_json()[0]["key_id"]  # type: ignore[attr-defined]
+    forged_revoke = client.delete(f"/api/v1/keys/{session_key}")  # type: ignore[attr-defined]
+    assert forged_revoke.status_code == 403
+    assert client.get("/api/v1/keys").get_json()[0]["revoked"] is False  # type: ignore[attr-defined]
     tx = buy(world, 2, 3)
     forged_redeem = client.post("/api/v1/receipts", json={"tx_hash": tx})  # type: ignore[attr-defined]
     assert forged_redeem.status_code == 403

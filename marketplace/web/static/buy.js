@@ -47,8 +47,16 @@
     }
 
     async function signedInAs(address) {
+      // the session must work before any token moves: the redeem after payment needs it
       const who = document.body.dataset.signedIn || "";
-      if (who.toLowerCase() === address) return;
+      if (who.toLowerCase() === address) {
+        try {
+          await MM.api("GET", "/api/v1/credits");
+          return;
+        } catch (err) {
+          if (err.status !== 401) throw err;
+        }
+      }
       await MM.signIn(address);
     }
 
@@ -106,7 +114,7 @@
           }
           throw err;
         }
-        MM.remember({ tx: tx, model: d.modelId });
+        MM.remember({ tx: tx, model: d.modelId, buyer: address, chain: d.chainId });
         step("purchase", "active", "tx " + tx.slice(0, 10) + "… waiting to be mined");
         const receipt = await MM.waitReceipt(tx);
         if (receipt.status !== "0x1") {
@@ -126,15 +134,32 @@
         step("confirm", "done", wanted + " of " + wanted);
 
         go("credit");
-        let credited = null;
+        let credited = false;
         for (let i = 0; i < 30 && !credited; i++) {
           try {
-            credited = await MM.redeem(tx);
+            await MM.redeem(tx);
+            credited = true;
           } catch (err) {
-            if (err.apiError === "receipt_already_redeemed") break; // the indexer was first
-            if (err.apiError !== "receipt_unconfirmed") throw err;
-            await MM.sleep(1000);
+            if (err.apiError === "receipt_already_redeemed") {
+              credited = true; // the indexer was first
+            } else if (err.status === 401) {
+              await MM.signIn(address); // the session ended meanwhile
+            } else if (err.apiError === "receipt_unconfirmed" || err.apiError === "receipt_not_found") {
+              await MM.sleep(1000); // the gateway's node has not seen enough blocks yet
+            } else {
+              throw err;
+            }
           }
+        }
+        if (!credited) {
+          // paid, not yet credited here: the indexer credits it; the next visit says so
+          step("credit", "active", "pending");
+          say(
+            "Paid (tx " + tx + "). Your " + n + " calls are not credited yet: the indexer credits " +
+              "them on its own within a few blocks, and this site will tell you on your next visit.",
+            "ok"
+          );
+          return;
         }
         MM.forget(tx);
         step("credit", "done");

@@ -39,7 +39,8 @@
       form.addEventListener("submit", function (event) {
         event.preventDefault();
         try {
-          const value = MM.parseUnits(form.querySelector("input").value, d.decimals);
+          if (form.dataset.decimals === "") throw new MM.UserError("The token's decimals are unknown right now: try again later.");
+          const value = MM.parseUnits(form.querySelector("input").value, form.dataset.decimals);
           send("Set price", d.selSetprice + MM.word(BigInt(form.dataset.modelId)) + MM.word(value));
         } catch (err) {
           message.textContent = MM.explain(err);

@@ -196,6 +196,7 @@
   }
   function remember(entry) {
     const all = pending().filter(function (p) { return p.tx !== entry.tx; });
+    entry.at = Date.now();
     all.push(entry);
     localStorage.setItem(PENDING, JSON.stringify(all));
   }
@@ -208,8 +209,15 @@
   }
 
   async function settlePending() {
-    if (!document.getElementById("sign-out")) return; // only when signed in
+    const who = (document.body.dataset.signedIn || "").toLowerCase();
+    if (!who) return; // only when signed in, and only this buyer's purchases
+    const week = 7 * 24 * 3600 * 1000;
     for (const p of pending()) {
+      if (p.at && Date.now() - p.at > week) {
+        forget(p.tx); // long credited by the indexer, or never mined
+        continue;
+      }
+      if ((p.buyer || "").toLowerCase() !== who) continue;
       try {
         const done = await redeem(p.tx);
         const calls = done.credited.reduce(function (n, c) { return n + c.calls; }, 0);

