@@ -53,3 +53,28 @@ def test_seller_urls_are_canonical_and_bad_ones_a_clear_404(world: World):
         assert page.status_code == 404, bad
         assert page.mimetype == "text/html"
         assert 'data-error="not_found"' in page.get_data(as_text=True)
+
+
+def test_the_catalog_pages_sorts_and_filters(world: World):
+    store = LocalStore(world.settings.store_dir)
+    iris = world.market.listing(world.model_id).model_cid
+    for n in range(13):  # 14 offered with the world's own: two pages of 12
+        card = store.add(io.BytesIO(orjson.dumps({"name": f"Model {n:02}", "tags": ["bulk"]})))
+        world.market.list_model(world.signers[1], iris, card, PRICE * (n + 2))
+    world.mine(1)
+    world.index()
+    client = world.client
+
+    def names(query: str) -> list[str]:
+        html = client.get("/" + query).get_data(as_text=True)  # type: ignore[attr-defined]
+        return re.findall(r'<h2><a href="/models/\d+">([^<]+)</a></h2>', html)
+
+    first = client.get("/?sort=price_asc").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert "14 models" in first and "Page 1 of 2" in first
+    assert 'rel="next" href="/?sort=price_asc&amp;page=2"' in first
+    assert names("?sort=price_asc")[:2] == ["Iris", "Model 00"]
+    assert names("?sort=price_asc&page=2") == ["Model 11", "Model 12"]
+    assert names("?sort=price_desc")[0] == "Model 12"
+    assert len(names("?tag=bulk")) == 12 and "Iris" not in names("?tag=bulk")
+    assert names("?q=model+07") == ["Model 07"]
+    assert names("?page=3") == []
