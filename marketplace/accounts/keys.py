@@ -23,8 +23,11 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, address: str, name: str) -> tuple[ApiKey, str]:
-    """A new key for `address`: the row, and the full key text (shown once, never stored)."""
+def create_key(
+    session: Session, address: str, name: str, *, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """A new key for `address` (until revoked, or until `expires_at`): the row, and the
+    full key text (shown once, never stored)."""
     name = name.strip() or "default"
     if len(name) > 100:
         raise errors.BadRequest("name: at most 100 characters")
@@ -37,6 +40,7 @@ def create_key(session: Session, address: str, name: str) -> tuple[ApiKey, str]:
         secret_hash=_hash(secret),
         created_at=datetime.now(UTC),
         revoked_at=None,
+        expires_at=expires_at,
     )
     session.add(row)
     return row, f"{KEY_PREFIX}{key_id}_{secret}"
@@ -56,6 +60,11 @@ def _check(row: ApiKey | None, secret: str) -> ApiKey:
         raise errors.Unauthenticated("the API key is not valid")
     if row.revoked_at is not None:
         raise errors.Unauthenticated("the API key was revoked")
+    if row.expires_at is not None:
+        # SQLite gives back naive datetimes: they were written in UTC
+        expires = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
+        if expires <= datetime.now(UTC):
+            raise errors.Unauthenticated("the API key expired: sign in again")
     return row
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -264,7 +265,11 @@ def session_begin() -> Response:
         address = siwe.verify_siwe(
             s, body.message, body.signature, terms=gateway.siwe_terms, secret=gateway.secret
         )
-        _key, text = api_keys.create_key(s, address, "storefront")
+        # the key lives as long as the cookie that holds it: a leaked cookie is not a
+        # bearer key for ever
+        _key, text = api_keys.create_key(
+            s, address, "storefront", expires_at=datetime.now(UTC) + web_session.LIFETIME
+        )
     _revoke_held(gateway)  # the key of an earlier sign-in in this browser
     web_session.begin(address, text)
     return json_response({"address": address, "csrf_token": web_session.csrf_token()}, 201)

@@ -121,3 +121,34 @@ def test_behind_tls_the_cookie_is_secure(world: World, tmp_path):  # type: ignor
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     finally:
         app.extensions["modelmarket"].prepaid.close()
+
+
+def test_the_session_key_expires_with_the_session(world: World):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from marketplace.db.engine import make_engine, session_factory
+    from marketplace.db.tables import ApiKey
+
+    client = world.client
+    _browser_sign_in(world, 2)
+    (key,) = client.get("/api/v1/keys").get_json()  # type: ignore[attr-defined]
+    with session_factory(make_engine(world.settings.db_url))() as s, s.begin():
+        row = s.get(ApiKey, key["key_id"])
+        assert row is not None and row.expires_at is not None
+        expires = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
+        assert timedelta(days=6.9) < expires - datetime.now(UTC) <= timedelta(days=7)
+        # a week later (the cookie leaked, say): the key no longer works
+        s.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key["key_id"])
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    app = client.application  # type: ignore[attr-defined]
+    app.extensions["modelmarket"].keys.forget(key["key_id"])  # its 2 s cache
+    refused = client.get("/api/v1/credits")  # type: ignore[attr-defined]
+    assert refused.status_code == 401
+    assert "expired" in refused.get_json()["message"]
+    # and the pages treat the browser as signed out
+    assert b"Sign in with Ethereum" in client.get("/account").data  # type: ignore[attr-defined]
