@@ -1,5 +1,8 @@
-"""Stateful property test: random sequences of every marketplace action, with the
+"""Stateful property test: random sequences of every marketplace action, and of
+EIP-3009 transfers with authorization (fresh, replayed, expired, forged), with the
 money and permission invariants checked after each step."""
+
+import os
 
 import brownie
 from brownie import chain
@@ -7,6 +10,7 @@ from conftest import MAX_CALLS, META_CID, MODEL_CID
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from test_eip3009 import authorize, vrs
 
 ACTORS = 6  # accounts[2..7] are funded buyers and sellers alike
 
@@ -26,7 +30,7 @@ pick = st.integers(0, 2**32)
 # brownie 1.22's own `state_machine` fixture fails its compiled type checks, so this
 # drives hypothesis directly, with a chain snapshot revert before every example.
 class MarketMachine(RuleBasedStateMachine):
-    accounts = market = token = owner = treasury = None
+    accounts = market = token = owner = treasury = payer = None
 
     def __init__(self):
         super().__init__()
@@ -38,6 +42,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.withdrawn = 0  # total sellers withdrew
         self.fees_out = 0  # total fees sent to the treasury
         self.purchases = 0
+        self.payer_start = self.token.balanceOf(self.payer)
+        self.authorized_in = 0  # what people received by authorization
+        self.used = []  # (args, signature) of authorizations that went through
 
     def _model(self, pick):
         return sorted(self.sellers)[pick % len(self.sellers)] if self.sellers else None
@@ -168,6 +175,35 @@ class MarketMachine(RuleBasedStateMachine):
         else:
             self.market.pause({"from": self.owner})
 
+    @rule(actor=actor, submitter=actor, value=st.integers(1, 10**20), kind=st.integers(0, 3))
+    def transfer_with_authorization(self, actor, submitter, value, kind):
+        """The payer (a key the test holds) authorizes a payment to a person; someone
+        submits it: fresh (it goes through when funded), or a replay, an expired one, or
+        one signed by another key (each refused, nothing moves)."""
+        to, by = self.people[actor], self.people[submitter]
+        # the chain's own clock: snapshots and sleeps move it away from the wall clock
+        now = chain[-1].timestamp
+        window = {"after": 0, "before": now + 3600}
+        if kind == 1 and self.used:  # a replay of a used authorization
+            args, signed = self.used[value % len(self.used)]
+        elif kind == 2:  # expired
+            args, signed = authorize(self.token, self.payer, to, value, after=0, before=now)
+        elif kind == 3:  # signed by someone else
+            key = "0x" + os.urandom(32).hex()
+            args, signed = authorize(self.token, self.payer, to, value, key=key, **window)
+        else:
+            args, signed = authorize(self.token, self.payer, to, value, **window)
+        fresh = kind == 0 or (kind == 1 and not self.used)
+        if fresh and self.token.balanceOf(self.payer) >= value:
+            self.token.transferWithAuthorization(*args, *vrs(signed), {"from": by})
+            self.authorized_in += value
+            self.used.append((args, signed))
+            return
+        before = self.token.balanceOf(self.payer)
+        with brownie.reverts():
+            self.token.transferWithAuthorization(*args, *vrs(signed), {"from": by})
+        assert self.token.balanceOf(self.payer) == before
+
     # ------------------------------------------------------------- invariants
 
     @invariant()
@@ -179,7 +215,13 @@ class MarketMachine(RuleBasedStateMachine):
         assert self.paid == owed + fees + self.withdrawn + self.fees_out
         assert self.token.balanceOf(self.treasury) == self.fees_out
         spent = sum(self.start[p.address] - self.token.balanceOf(p) for p in self.people)
-        assert spent == self.paid - self.withdrawn
+        assert spent == self.paid - self.withdrawn - self.authorized_in
+
+    @invariant()
+    def authorizations_used_once(self):
+        assert self.token.balanceOf(self.payer) == self.payer_start - self.authorized_in
+        for args, _ in self.used:
+            assert self.token.authorizationState(args[0], args[5])
 
     @invariant()
     def fee_capped(self):
@@ -194,6 +236,9 @@ class MarketMachine(RuleBasedStateMachine):
 def test_marketplace_invariants(accounts, market, token, owner, treasury):
     MarketMachine.accounts, MarketMachine.market, MarketMachine.token = accounts, market, token
     MarketMachine.owner, MarketMachine.treasury = owner, treasury
+    payer = accounts.add()  # a key the test holds, to sign EIP-3009 authorizations
+    token.transfer(payer, 10**21, {"from": owner})
+    MarketMachine.payer = payer
     chain.snapshot()
     run_state_machine_as_test(
         MarketMachine,
