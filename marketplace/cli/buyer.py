@@ -169,15 +169,6 @@ def _inputs(sdk: ModelMarketClient, model_id: int, path: Path) -> dict[str, np.n
     """The model's inputs from a .npy file (its one input) or a JSON object of arrays."""
     meta = sdk.metadata(model_id)
     specs = {i["name"]: i["datatype"] for i in meta["inputs"]}
-    dtypes = {
-        "FP32": np.float32,
-        "FP64": np.float64,
-        "INT64": np.int64,
-        "INT32": np.int32,
-        "BOOL": np.bool_,
-        "UINT8": np.uint8,
-        "FP16": np.float16,
-    }
     if path.suffix == ".npy":
         if len(specs) != 1:
             raise errors.BadRequest(f"model {model_id} takes {len(specs)} inputs: use a JSON file")
@@ -191,7 +182,10 @@ def _inputs(sdk: ModelMarketClient, model_id: int, path: Path) -> dict[str, np.n
     unknown = set(doc) - set(specs)
     if unknown:
         raise errors.BadRequest(f"model {model_id} has no input {sorted(unknown)[0]!r}")
-    return {n: np.asarray(v, dtype=dtypes.get(specs[n], np.float32)) for n, v in doc.items()}
+    from inference.codecs import NUMPY_TYPES
+
+    as_float = np.dtype(np.float32)
+    return {n: np.asarray(v, dtype=NUMPY_TYPES.get(specs[n], as_float)) for n, v in doc.items()}
 
 
 @main.command()

@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlencode
 
+import numpy as np
 from eth_utils.address import to_checksum_address
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+from inference.codecs import NUMPY_TYPES
 from marketplace import errors
 from marketplace.accounts import keys as api_keys
 from marketplace.accounts import siwe
@@ -332,12 +334,15 @@ def _example_inputs(signature: dict[str, Any]) -> list[dict[str, Any]]:
         if count > 64:  # an example, not a payload
             continue
         zero: Any = False if spec.get("datatype") == "BOOL" else 0
+        datatype = spec.get("datatype", "FP32")
         out.append(
             {
                 "name": spec.get("name", ""),
-                "datatype": spec.get("datatype", "FP32"),
+                "datatype": datatype,
                 "shape": shape,
                 "data": [zero] * count,
+                # the numpy type the SDK and tritonclient examples build it with
+                "numpy": NUMPY_TYPES.get(datatype, np.dtype(np.float32)).type.__name__,
             }
         )
     return out
