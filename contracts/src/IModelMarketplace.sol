@@ -3,9 +3,10 @@ pragma solidity 0.8.28;
 
 /// @title IModelMarketplace
 /// @notice The API of `ModelMarketplace`: sellers list ONNX models (by IPFS CID) at a price
-///         per inference call in an allowlisted ERC-20, buyers purchase calls, sellers
-///         withdraw their earnings, and the owner manages the allowlist, the protocol fee,
-///         the treasury and the pause switch.
+///         per inference call in an allowlisted ERC-20, buyers purchase calls (or pay one
+///         call at a time with an EIP-3009 authorization that a settler submits: x402),
+///         sellers withdraw their earnings, and the owner manages the allowlist, the
+///         protocol fee, the treasury, the settlers and the pause switch.
 /// @dev The ownership (`Ownable2Step`) and pause-state (`Pausable`) functions, events and
 ///      errors the marketplace inherits from OpenZeppelin are declared there, not here.
 interface IModelMarketplace {
@@ -66,6 +67,22 @@ interface IModelMarketplace {
     event Purchased(
         uint256 indexed modelId, address indexed buyer, uint256 calls, uint256 amount, uint256 fee
     );
+
+    /// @notice `payer` paid `amount` (of which `fee` went to the protocol) for one call of
+    ///         `modelId`, already served, with the EIP-3009 authorization `nonce`.
+    /// @param modelId The listing the call was served from.
+    /// @param payer Who signed the authorization.
+    /// @param amount What was paid, fee included.
+    /// @param fee The protocol's part of `amount`.
+    /// @param nonce The authorization's nonce (unique per payer).
+    event PaidPerCall(
+        uint256 indexed modelId, address indexed payer, uint256 amount, uint256 fee, bytes32 nonce
+    );
+
+    /// @notice `settler` may (or may no longer) settle per-call payments.
+    /// @param settler The gateway's settling account.
+    /// @param allowed Whether it may settle from now on.
+    event SettlerSet(address indexed settler, bool allowed);
 
     /// @notice A seller withdrew earnings.
     /// @param seller Who withdrew.
@@ -147,6 +164,20 @@ interface IModelMarketplace {
     error ZeroAddress();
 
     /// @notice There is nothing to withdraw.
+    /// @notice Only an allowlisted settler may settle per-call payments.
+    /// @param caller Who called.
+    error NotSettler(address caller);
+
+    /// @notice The authorization was not used at the token, so nothing arrived to credit.
+    /// @param payer The authorizer.
+    /// @param nonce The authorization's nonce.
+    error AuthorizationNotUsed(address payer, bytes32 nonce);
+
+    /// @notice This authorization was credited already.
+    /// @param payer The authorizer.
+    /// @param nonce The authorization's nonce.
+    error AuthorizationCredited(address payer, bytes32 nonce);
+
     /// @param account Whose balance is empty (the seller, or the treasury for fees).
     /// @param token The ERC-20.
     error NothingToWithdraw(address account, address token);
@@ -230,7 +261,57 @@ interface IModelMarketplace {
         bytes32 s
     ) external returns (uint256 amount);
 
+    /// @notice Settles one served call paid with `payer`'s EIP-3009 authorization to this
+    ///         contract (x402's `exact` scheme): moves `amount` from `payer` here with the
+    ///         token's `transferWithAuthorization` and credits the seller, less the fee.
+    ///         Only a settler (the gateway, which checked the amount against the price
+    ///         before serving). Reverts while paused.
+    /// @dev Reverts with `NotSettler`, `UnknownModel`, or the token's own error (a used
+    ///      nonce, an expired window, a bad signature, a short balance). Emits `PaidPerCall`.
+    /// @param modelId The listing the call was served from.
+    /// @param payer The authorizer.
+    /// @param amount The authorized value.
+    /// @param validAfter The authorization's start (unix time).
+    /// @param validBefore The authorization's end (unix time).
+    /// @param nonce The authorization's nonce.
+    /// @param signature The authorization's signature (65 bytes, or ERC-1271 for wallets).
+    /// @return fee The protocol's part of `amount`.
+    function settlePerCall(
+        uint256 modelId,
+        address payer,
+        uint256 amount,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        bytes calldata signature
+    ) external returns (uint256 fee);
+
+    /// @notice Credits a served call whose authorization (to this contract) someone else
+    ///         submitted straight to the token first: the tokens arrived but no seller was
+    ///         credited. Only a settler, which must have checked in the token's logs that
+    ///         the transfer came here and did not come through `settlePerCall`; each
+    ///         authorization is credited this way at most once.
+    /// @dev Reverts with `NotSettler`, `UnknownModel`, `AuthorizationNotUsed` or
+    ///      `AuthorizationCredited`. Emits `PaidPerCall`.
+    /// @param modelId The listing the call was served from.
+    /// @param payer The authorizer.
+    /// @param amount The authorized value.
+    /// @param nonce The authorization's nonce.
+    /// @return fee The protocol's part of `amount`.
+    function creditSubmittedAuthorization(
+        uint256 modelId,
+        address payer,
+        uint256 amount,
+        bytes32 nonce
+    ) external returns (uint256 fee);
+
     // -------------------------------------------------------------------- owner
+
+    /// @notice Allows `settler` to settle per-call payments, or stops it. Only the owner.
+    /// @dev Reverts with `ZeroAddress`. Emits `SettlerSet`.
+    /// @param settler The gateway's settling account.
+    /// @param allowed Whether it may settle from now on.
+    function setSettler(address settler, bool allowed) external;
 
     /// @notice Adds `token` to or removes it from the allowlist. Only the owner. Removal
     ///         stops new listings and relists in it; existing listings keep selling until
@@ -300,6 +381,11 @@ interface IModelMarketplace {
     /// @param token The ERC-20.
     /// @return The amount `withdrawFees` would send.
     function protocolFees(address token) external view returns (uint256);
+
+    /// @notice Whether `account` may settle per-call payments.
+    /// @param account The account.
+    /// @return Whether it is a settler.
+    function settlers(address account) external view returns (bool);
 
     /// @notice The listing `modelId`.
     /// @dev Reverts with `UnknownModel` for an id no listing has.

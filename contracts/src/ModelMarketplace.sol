@@ -9,6 +9,7 @@ import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IModelMarketplace} from "./IModelMarketplace.sol";
+import {IERC3009} from "./IERC3009.sol";
 
 /// @title ModelMarketplace
 /// @notice Sellers list ONNX models (by IPFS CID) at a price per inference call in an
@@ -47,6 +48,20 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
 
     /// @inheritdoc IModelMarketplace
     mapping(address token => uint256) public protocolFees;
+
+    /// @inheritdoc IModelMarketplace
+    mapping(address account => bool) public settlers;
+
+    // Only authorizations credited by `creditSubmittedAuthorization`: the ones settled
+    // through `settlePerCall` are guarded by the token's own nonce, and a write per call
+    // would cost every x402 call 22k gas.
+    mapping(address token => mapping(address payer => mapping(bytes32 nonce => bool)))
+        private _creditedAuthorizations;
+
+    modifier onlySettler() {
+        if (!settlers[msg.sender]) revert NotSettler(msg.sender);
+        _;
+    }
 
     /// @param initialOwner The owner (two-step transferable).
     /// @param initialTreasury Receives protocol fees.
@@ -151,7 +166,50 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
         return _purchase(modelId, calls, maxPricePerCall);
     }
 
+    // ----------------------------------------------------------------- settlers
+
+    /// @inheritdoc IModelMarketplace
+    function settlePerCall(
+        uint256 modelId,
+        address payer,
+        uint256 amount,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        bytes calldata signature
+    ) external onlySettler nonReentrant whenNotPaused returns (uint256 fee) {
+        address token;
+        (token, fee) = _creditPerCall(modelId, payer, amount, nonce);
+        IERC3009(token).transferWithAuthorization(
+            payer, address(this), amount, validAfter, validBefore, nonce, signature
+        );
+    }
+
+    /// @inheritdoc IModelMarketplace
+    function creditSubmittedAuthorization(
+        uint256 modelId,
+        address payer,
+        uint256 amount,
+        bytes32 nonce
+    ) external onlySettler nonReentrant returns (uint256 fee) {
+        address token = _listings[modelId].token;
+        if (token == address(0)) revert UnknownModel(modelId);
+        if (!IERC3009(token).authorizationState(payer, nonce)) {
+            revert AuthorizationNotUsed(payer, nonce);
+        }
+        if (_creditedAuthorizations[token][payer][nonce]) revert AuthorizationCredited(payer, nonce);
+        _creditedAuthorizations[token][payer][nonce] = true;
+        (, fee) = _creditPerCall(modelId, payer, amount, nonce);
+    }
+
     // -------------------------------------------------------------------- owner
+
+    /// @inheritdoc IModelMarketplace
+    function setSettler(address settler, bool allowed) external onlyOwner {
+        if (settler == address(0)) revert ZeroAddress();
+        settlers[settler] = allowed;
+        emit SettlerSet(settler, allowed);
+    }
 
     /// @inheritdoc IModelMarketplace
     function setTokenAllowed(address token, bool allowed) external onlyOwner {
@@ -221,6 +279,20 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
         emit Purchased(modelId, msg.sender, calls, amount, fee);
 
         IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    function _creditPerCall(uint256 modelId, address payer, uint256 amount, bytes32 nonce)
+        private
+        returns (address token, uint256 fee)
+    {
+        Listing storage listing = _listings[modelId];
+        address seller = listing.seller;
+        if (seller == address(0)) revert UnknownModel(modelId);
+        token = listing.token;
+        fee = (amount * feeBps) / BPS;
+        earnings[seller][token] += amount - fee;
+        if (fee != 0) protocolFees[token] += fee;
+        emit PaidPerCall(modelId, payer, amount, fee, nonce);
     }
 
     function _sellerListing(uint256 modelId) private view returns (Listing storage listing) {

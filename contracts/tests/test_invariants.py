@@ -30,7 +30,7 @@ pick = st.integers(0, 2**32)
 # brownie 1.22's own `state_machine` fixture fails its compiled type checks, so this
 # drives hypothesis directly, with a chain snapshot revert before every example.
 class MarketMachine(RuleBasedStateMachine):
-    accounts = market = token = owner = treasury = payer = None
+    accounts = market = token = owner = treasury = payer = settler = None
 
     def __init__(self):
         super().__init__()
@@ -45,6 +45,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.payer_start = self.token.balanceOf(self.payer)
         self.authorized_in = 0  # what people received by authorization
         self.used = []  # (args, signature) of authorizations that went through
+        self.per_call = 0  # what the payer paid for calls, settled by the settler
 
     def _model(self, pick):
         return sorted(self.sellers)[pick % len(self.sellers)] if self.sellers else None
@@ -204,6 +205,36 @@ class MarketMachine(RuleBasedStateMachine):
             self.token.transferWithAuthorization(*args, *vrs(signed), {"from": by})
         assert self.token.balanceOf(self.payer) == before
 
+    @rule(pick=pick, value=st.integers(1, 10**20), kind=st.integers(0, 2))
+    def settle_per_call(self, pick, value, kind):
+        """The payer authorizes a per-call payment to the marketplace; the settler
+        settles it (fresh: credited to the model's seller when funded, listed and not
+        paused), or settles a used one again, or a stranger tries to (refused)."""
+        mid = self._model(pick)
+        if mid is None:
+            return
+        now = chain[-1].timestamp
+        if kind == 1 and self.used:
+            args, signed = self.used[value % len(self.used)]
+        else:
+            args, signed = authorize(
+                self.token, self.payer, self.market, value, after=0, before=now + 3600
+            )
+        by = self.settler if kind != 2 else self.people[pick % ACTORS]
+        call = (mid, args[0], args[2], args[3], args[4], args[5], signed.signature, {"from": by})
+        fresh = kind == 0 or (kind == 1 and not self.used)
+        funded = self.token.balanceOf(self.payer) >= value
+        if fresh and funded and not self.market.paused():
+            tx = self.market.settlePerCall(*call)
+            assert tx.events["PaidPerCall"]["amount"] == value
+            self.per_call += value
+            self.used.append((args, signed))
+            return
+        before = self.token.balanceOf(self.payer), self.token.balanceOf(self.market)
+        with brownie.reverts():
+            self.market.settlePerCall(*call)
+        assert (self.token.balanceOf(self.payer), self.token.balanceOf(self.market)) == before
+
     # ------------------------------------------------------------- invariants
 
     @invariant()
@@ -212,14 +243,15 @@ class MarketMachine(RuleBasedStateMachine):
         fees = self.market.protocolFees(self.token)
         held = self.token.balanceOf(self.market)
         assert held == owed + fees
-        assert self.paid == owed + fees + self.withdrawn + self.fees_out
+        assert self.paid + self.per_call == owed + fees + self.withdrawn + self.fees_out
         assert self.token.balanceOf(self.treasury) == self.fees_out
         spent = sum(self.start[p.address] - self.token.balanceOf(p) for p in self.people)
         assert spent == self.paid - self.withdrawn - self.authorized_in
 
     @invariant()
     def authorizations_used_once(self):
-        assert self.token.balanceOf(self.payer) == self.payer_start - self.authorized_in
+        spent = self.authorized_in + self.per_call
+        assert self.token.balanceOf(self.payer) == self.payer_start - spent
         for args, _ in self.used:
             assert self.token.authorizationState(args[0], args[5])
 
@@ -239,6 +271,8 @@ def test_marketplace_invariants(accounts, market, token, owner, treasury):
     payer = accounts.add()  # a key the test holds, to sign EIP-3009 authorizations
     token.transfer(payer, 10**21, {"from": owner})
     MarketMachine.payer = payer
+    market.setSettler(accounts[9], True, {"from": owner})
+    MarketMachine.settler = accounts[9]
     chain.snapshot()
     run_state_machine_as_test(
         MarketMachine,
