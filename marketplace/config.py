@@ -181,6 +181,31 @@ class Settings(BaseSettings):
         description="Seconds after which a silent worker's leased calls go back to the "
         "buyer (a crashed worker's unspent calls return after this).",
     )
+    settler_key: SecretStr | None = Field(
+        default=None,
+        description="Hex key of the gateway's x402 settling account (the marketplace owner"
+        " allows it with setSettler; it pays the settlement gas). Unset: no x402 offers."
+        " Never logged.",
+    )
+    x402_settle_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds a paid x402 call waits for its settlement to be mined before"
+        " answering 504 settlement_pending (the payment settles later, once; the same"
+        " request sent again then gets its answer).",
+    )
+    x402_reservation_ttl: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds after which an x402 authorization reserved by a worker that"
+        " died before settling is released (nothing was sent: it can be used again).",
+    )
+    x402_max_timeout_seconds: int = Field(
+        default=300,
+        gt=10,
+        description="maxTimeoutSeconds in x402 offers: how long a signed authorization"
+        " may stay valid.",
+    )
 
     @property
     def db_url(self) -> str:

@@ -16,6 +16,8 @@ class ModelMarketError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # protocol headers the HTTP answer carries (x402's PAYMENT-RESPONSE, Retry-After)
+        self.headers: dict[str, str] = {}
 
     def to_dict(self) -> dict[str, object]:
         """The JSON body the HTTP faces return."""
@@ -200,6 +202,44 @@ class PaymentRequired(ModelMarketError):
 
     def to_dict(self) -> dict[str, object]:
         return {**super().to_dict(), "accepts": self.accepts}
+
+
+class PaymentInvalid(PaymentRequired):
+    """An x402 payment that cannot pay for this call (bad signature, amount below the
+    price, outside its time window, a short balance, another offer): nothing was taken."""
+
+    code = "payment_invalid"
+
+
+class SettlementFailed(PaymentRequired):
+    """The call ran but its x402 settlement failed on-chain (nothing moved): the answer
+    is withheld, as x402 says."""
+
+    code = "settlement_failed"
+
+
+class PaymentAlreadyUsed(ModelMarketError):
+    """An x402 authorization (or payment id) that already paid for a call it was
+    answered for: refused, and not a 402 (it must not invite paying again)."""
+
+    code = "payment_already_used"
+    http_status = 409
+
+
+class PaymentInProgress(ModelMarketError):
+    """The same x402 authorization (or payment id) is paying for a call right now."""
+
+    code = "payment_in_progress"
+    http_status = 409
+
+
+class SettlementPending(ModelMarketError):
+    """The settlement was sent and is not mined yet: the outcome is unknown, so no 402
+    (that would invite paying twice). It settles at most once; the same request sent
+    again gets its answer once it has."""
+
+    code = "settlement_pending"
+    http_status = 504
 
 
 class PaidCallFailed(Exception):

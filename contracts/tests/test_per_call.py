@@ -5,9 +5,8 @@ the fee, recorded per model; no one else can settle or redirect it."""
 import brownie
 import pytest
 from brownie import chain
-from test_eip3009 import authorize
-
 from conftest import FEE_BPS, PRICE
+from test_eip3009 import authorize
 
 
 @pytest.fixture
@@ -31,7 +30,9 @@ def _settle(market, model_id, args, signed, sender):
     )
 
 
-def test_a_settled_call_pays_the_seller_less_the_fee(market, token, model_id, seller, payer, settler):
+def test_a_settled_call_pays_the_seller_less_the_fee(
+    market, token, model_id, seller, payer, settler
+):
     args, signed = authorize(token, payer, market, PRICE)
     tx = _settle(market, model_id, args, signed, settler)
     fee = PRICE * FEE_BPS // 10_000

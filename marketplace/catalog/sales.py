@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from marketplace.db.tables import Listing, Purchase, Usage
+from marketplace.db.tables import SOLD, Listing, Purchase, Usage
 
 MAX_POINTS = 500
 SERVED_DAYS = 60
@@ -81,7 +81,7 @@ def earnings(session: Session, seller: str, token: str) -> list[tuple[int, int]]
     )
     rows = session.execute(
         select(Purchase.block_number, Purchase.amount, Purchase.fee)
-        .where(Purchase.model_id.in_(mine), Purchase.state == "credited")
+        .where(Purchase.model_id.in_(mine), Purchase.state.in_(SOLD))
         .order_by(Purchase.block_number)
     ).all()
     by_block: dict[int, int] = {}

@@ -11,7 +11,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer
 
 from marketplace.catalog.sales import Served, served_counts
-from marketplace.db.tables import Listing, Purchase
+from marketplace.db.tables import SOLD, Listing, Purchase
 
 Sort = Literal["newest", "price_asc", "price_desc", "name"]
 
@@ -113,7 +113,7 @@ def by_seller(
         int(model_id): int(calls or 0)
         for model_id, calls in session.execute(
             select(Purchase.model_id, func.sum(Purchase.calls))
-            .where(Purchase.model_id.in_(ids), Purchase.state == "credited")
+            .where(Purchase.model_id.in_(ids), Purchase.state.in_(SOLD))
             .group_by(Purchase.model_id)
         )
     }

@@ -22,7 +22,15 @@ from hexbytes import HexBytes
 
 log = logging.getLogger("modelmarket.events")
 
-EVENT_NAMES = ("ModelListed", "PriceChanged", "ModelDelisted", "ModelRelisted", "Purchased")
+EVENT_NAMES = (
+    "ModelListed",
+    "PriceChanged",
+    "ModelDelisted",
+    "ModelRelisted",
+    "Purchased",
+    "PaidPerCall",
+)
+SALES = ("Purchased", "PaidPerCall")  # the events that are sales, not listing changes
 
 
 @dataclass(frozen=True)

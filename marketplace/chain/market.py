@@ -184,11 +184,7 @@ class Marketplace:
     ) -> dict[str, Any]:
         """The EIP-2612 Permit typed data a wallet signs for the marketplace to spend `value`."""
         erc20 = self.token_contract(token) if token else self.token
-        with rpc_errors(), revert_errors(self.artifacts_dir):  # a token without ERC-5267
-            domain = self._domains.get(erc20.address)
-            if domain is None:  # fixed at the token's deployment: one read per process
-                domain = self._domains[erc20.address] = erc20.functions.eip712Domain().call()
-            _, name, version, chain_id, verifying, _, _ = domain
+        name, version, chain_id, verifying = self.eip712_domain(erc20.address)
         nonce = self._read_uint(
             erc20.address, calldata("nonces(address)", to_checksum_address(owner))
         )
@@ -223,6 +219,17 @@ class Marketplace:
                 "deadline": deadline,
             },
         }
+
+    def eip712_domain(self, token: str | None = None) -> tuple[str, str, int, str]:
+        """`token`'s EIP-712 domain (name, version, chain id, verifying contract), by
+        ERC-5267: fixed at its deployment, so read once per process."""
+        erc20 = self.token_contract(token) if token else self.token
+        domain = self._domains.get(erc20.address)
+        if domain is None:
+            with rpc_errors(), revert_errors(self.artifacts_dir):  # a token without ERC-5267
+                domain = self._domains[erc20.address] = erc20.functions.eip712Domain().call()
+        _, name, version, chain_id, verifying, _, _ = domain
+        return str(name), str(version), int(chain_id), str(verifying)
 
     def purchase_with_permit(
         self,

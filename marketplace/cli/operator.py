@@ -67,12 +67,18 @@ def run() -> None:
         out.print(f"  database     {settings.db_url}")
         confirmations = f"{settings.confirmations} confirmations"
         out.print(f"  indexer      following the chain in-process ({confirmations})")
+        env = {
+            "MODELMARKET_DATA_DIR": str(settings.data_dir.resolve()),
+            "MODELMARKET_CONFIRMATIONS": str(settings.confirmations),
+        }
+        if not settings.rpc_url and settings.settler_key is None:
+            from marketplace.devstack.anvil import SETTLER_ACCOUNT, dev_key
+
+            # the embedded chain's settler: a public dev key holding only play gas
+            env["MODELMARKET_SETTLER_KEY"] = dev_key(SETTLER_ACCOUNT)
         gateway = start_gunicorn(
             "app:create_app()",
-            {
-                "MODELMARKET_DATA_DIR": str(settings.data_dir.resolve()),
-                "MODELMARKET_CONFIRMATIONS": str(settings.confirmations),
-            },
+            env,
             workers=settings.http_workers,
             threads=8,
             reuse_port=True,

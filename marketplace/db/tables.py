@@ -1,6 +1,7 @@
 """The tables: listings (with their model cards and model checks), purchases, credits
-and the leases they are spent from, usage rows, API keys and sign-in nonces, the
-indexer's state and the chain events it applied. SQLAlchemy 2.0, typed `Mapped[]`."""
+and the leases they are spent from, x402 payments and their settlements, usage rows,
+API keys and sign-in nonces, the indexer's state and the chain events it applied.
+SQLAlchemy 2.0, typed `Mapped[]`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -109,8 +111,13 @@ class Listing(Base):
     model_retry_at: Mapped[float | None]
 
 
+SOLD = ("credited", "per_call")  # Purchase states that count as sales
+
+
 class Purchase(Base):
-    """One `Purchased` event, credited once: (tx_hash, log_index) is unique."""
+    """One `Purchased` event, credited once: (tx_hash, log_index) is unique. A
+    `PaidPerCall` event (one call paid with x402, already served) is kept here too, in
+    state "per_call": a sale, never credited."""
 
     __tablename__ = "purchases"
     __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_purchase_log"),)
@@ -125,7 +132,8 @@ class Purchase(Base):
     fee: Mapped[int] = mapped_column(Uint256)
     block_number: Mapped[int] = mapped_column(BigInteger, index=True)
     block_hash: Mapped[str] = mapped_column(String(66))
-    # "credited", or "orphaned" when a reorg removed its block (its calls taken back)
+    # "credited", or "orphaned" when a reorg removed its block (its calls taken back);
+    # "per_call" for an x402 sale
     state: Mapped[str] = mapped_column(String(16), default="credited")
     source: Mapped[str] = mapped_column(String(16))  # "indexer" or "receipt"
 
@@ -180,6 +188,43 @@ class CreditLease(Base):
     heartbeat_at: Mapped[float]
     recall: Mapped[bool] = mapped_column(default=False)  # another worker needs the calls
     settled_at: Mapped[float | None]
+
+
+class X402Payment(Base):
+    """One x402 payment: an EIP-3009 authorization of `payer` to the marketplace. The
+    row is the nonce's reservation (inserted before the call runs: one use across
+    workers and replicas), then holds the settlement transaction, signed and stored
+    before it is sent, until the chain says how it ended.
+
+    status: "reserved" (the call runs), "sending" (the settlement was signed and maybe
+    sent), "settled" (mined: the payer paid), "failed" (nothing moved), "released" (the
+    call failed before settling: nothing moved, the authorization may be used again).
+    """
+
+    __tablename__ = "x402_payments"
+    __table_args__ = (
+        # the payment-identifier extension: one payment per id per payer (NULLs repeat)
+        UniqueConstraint("payer", "payment_id", name="uq_x402_payment_id"),
+        Index("ix_x402_payments_status", "status", "updated_at"),
+    )
+
+    payer: Mapped[str] = mapped_column(String(42), primary_key=True)  # lower case
+    nonce: Mapped[str] = mapped_column(String(66), primary_key=True)  # 0x hex
+    payment_id: Mapped[str | None] = mapped_column(String(128))
+    model_id: Mapped[int] = mapped_column(BigInteger)
+    inference_id: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(Uint256)
+    valid_after: Mapped[int] = mapped_column(BigInteger)
+    valid_before: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(Text)  # 0x hex
+    status: Mapped[str] = mapped_column(String(16))
+    delivered: Mapped[bool] = mapped_column(default=False)  # an answer was sent for it
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reason: Mapped[str | None] = mapped_column(String(64))  # why it failed
+    since_block: Mapped[int] = mapped_column(BigInteger)  # where to look for its use
+    created_at: Mapped[float]  # epoch seconds
+    updated_at: Mapped[float]
 
 
 class ChainEvent(Base):

@@ -20,6 +20,7 @@ from marketplace.devstack.ports import free_port
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 DEMO_ACCOUNTS = 5  # account 0 deploys and owns; 1..4 are demo sellers and buyers
 DEMO_TOKENS = 1_000_000 * 10**18
+SETTLER_ACCOUNT = DEMO_ACCOUNTS  # the embedded gateway's x402 settler (gas only, no tokens)
 ANVIL_CHAIN_ID = 31337
 
 

@@ -16,7 +16,14 @@ from marketplace.chain.endpoint import runtime_path
 from marketplace.chain.market import Marketplace, deploy_marketplace
 from marketplace.chain.transactions import Signer, connect, rpc_errors, send
 from marketplace.config import Settings
-from marketplace.devstack.anvil import DEMO_TOKENS, Anvil, dev_signers, start_anvil
+from marketplace.devstack.anvil import (
+    DEMO_ACCOUNTS,
+    DEMO_TOKENS,
+    SETTLER_ACCOUNT,
+    Anvil,
+    dev_signers,
+    start_anvil,
+)
 
 
 def deployment_is_live(w3: Web3, deployment: Deployment) -> bool:
@@ -46,6 +53,7 @@ def ensure_deployment(
             return recorded, False
         progress(f"the deployment in {path} is not on this chain; deploying anew")
     owner, *demo = signers
+    settler = demo.pop() if len(demo) > DEMO_ACCOUNTS - 1 else None
     progress("deploying MarketToken and ModelMarketplace")
     deployment = deploy_marketplace(
         w3, owner, settings.artifacts_dir, fee_bps=settings.fee_bps, timeout=settings.tx_timeout
@@ -60,6 +68,15 @@ def ensure_deployment(
             timeout=settings.tx_timeout,
         )
     progress(f"funded {len(demo)} demo accounts with {DEMO_TOKENS // 10**18:,} MMT each")
+    if settler is not None:
+        send(
+            w3,
+            market.contract.functions.setSettler(settler.address, True),
+            owner,
+            settings.artifacts_dir,
+            timeout=settings.tx_timeout,
+        )
+        progress(f"allowed {settler.address} to settle x402 payments")
     deployment.save(path)
     return deployment, True
 
@@ -88,7 +105,7 @@ def running(
             )
             rpc_url = anvil.rpc_url
             progress(f"anvil is up on {rpc_url} (pid {anvil.process.pid})")
-            signers = dev_signers()
+            signers = dev_signers(SETTLER_ACCOUNT + 1)
         w3 = connect(rpc_url, timeout=settings.rpc_timeout)
         deployment, new = ensure_deployment(w3, settings, signers, progress=progress)
         if anvil is not None:

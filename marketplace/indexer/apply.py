@@ -1,6 +1,7 @@
 """Decoded marketplace events into the database: each recorded once (unique by tx hash
-and log index), listings updated in chain order, purchases credited through the ledger.
-One bad event never fails its batch."""
+and log index), listings updated in chain order, purchases credited through the ledger,
+x402 calls (`PaidPerCall`, already served) recorded as sales and never credited. One
+bad event never fails its batch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from marketplace.chain.logs import Event
 from marketplace.db.engine import insert
-from marketplace.db.tables import ChainEvent, Listing
+from marketplace.db.tables import ChainEvent, Listing, Purchase
 from marketplace.payments.prepaid import ledger
 
 log = logging.getLogger("modelmarket.indexer")
@@ -31,9 +32,7 @@ def apply_all(session: Session, decoded: list[Event]) -> int:
             "name": e.name,
             "model_id": e.args["modelId"],
             # uint256 go to JSON as strings: JSON numbers lose precision past 2^53
-            "args": {
-                k: str(v) if isinstance(v, int) else storable_text(v) for k, v in e.args.items()
-            },
+            "args": {k: _storable_arg(v) for k, v in e.args.items()},
         }
         for e in decoded
     ]
@@ -46,7 +45,7 @@ def apply_all(session: Session, decoded: list[Event]) -> int:
             rows,
         )
     }
-    purchases = []
+    purchases, per_call = [], []
     for row, event in zip(rows, decoded, strict=True):
         if (row["tx_hash"], row["log_index"]) not in new:
             continue
@@ -66,6 +65,22 @@ def apply_all(session: Session, decoded: list[Event]) -> int:
                     source="indexer",
                 )
             )
+        elif name == "PaidPerCall":
+            per_call.append(
+                {
+                    "tx_hash": row["tx_hash"],
+                    "log_index": row["log_index"],
+                    "model_id": args["modelId"],
+                    "buyer": str(args["payer"]).lower(),
+                    "calls": 1,
+                    "amount": args["amount"],
+                    "fee": args["fee"],
+                    "block_number": row["block_number"],
+                    "block_hash": row["block_hash"],
+                    "state": "per_call",
+                    "source": "x402",
+                }
+            )
         else:
             try:
                 with session.begin_nested():  # one bad event never fails the batch
@@ -73,6 +88,13 @@ def apply_all(session: Session, decoded: list[Event]) -> int:
             except Exception:
                 log.exception("model %s: could not apply %s", row["model_id"], name)
     ledger.credit_many(session, purchases)
+    if per_call:
+        session.execute(
+            insert(session, Purchase).on_conflict_do_nothing(
+                index_elements=["tx_hash", "log_index"]
+            ),
+            per_call,
+        )
     return len(new)
 
 
@@ -103,6 +125,15 @@ def apply_listing_event(session: Session, name: str, args: dict[str, Any], block
     elif name == "ModelRelisted":
         listing.active = True
     listing.updated_block = block
+
+
+def _storable_arg(value: Any) -> str:
+    # uint256 go to JSON as strings: JSON numbers lose precision past 2^53
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):  # a bytes32 (an x402 nonce)
+        return "0x" + value.hex()
+    return storable_text(value)
 
 
 def storable_text(value: Any, limit: int = 128) -> str:

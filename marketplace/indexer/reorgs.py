@@ -10,7 +10,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from marketplace import errors
-from marketplace.db.tables import BlockHash, ChainEvent, Listing
+from marketplace.chain.logs import SALES
+from marketplace.db.tables import BlockHash, ChainEvent, Listing, Purchase
 from marketplace.indexer.apply import apply_listing_event
 from marketplace.payments.prepaid import ledger
 
@@ -54,6 +55,12 @@ def roll_back(session: Session, fork: int) -> None:
     for event in orphaned:
         if event.name == "Purchased":
             ledger.revoke(session, event.tx_hash, event.log_index)
+        elif event.name == "PaidPerCall":  # a sale only: nothing was credited
+            session.execute(
+                delete(Purchase).where(
+                    Purchase.tx_hash == event.tx_hash, Purchase.log_index == event.log_index
+                )
+            )
         else:
             touched.add(event.model_id)
     session.execute(delete(ChainEvent).where(ChainEvent.block_number > fork))
@@ -67,7 +74,7 @@ def _rebuild_listing(session: Session, model_id: int) -> None:
     events = (
         session.execute(
             select(ChainEvent)
-            .where(ChainEvent.model_id == model_id, ChainEvent.name != "Purchased")
+            .where(ChainEvent.model_id == model_id, ChainEvent.name.not_in(SALES))
             .order_by(ChainEvent.block_number, ChainEvent.log_index)
         )
         .scalars()

@@ -29,6 +29,7 @@ class Payer(NamedTuple):
 
     address: str  # the buyer's address, lower case
     key_id: str  # the credential that identified them (an API key's id), at most 16 chars
+    credential: object = None  # what the method read to identify them (an x402 payment)
 
 
 @dataclass(eq=False)

@@ -51,13 +51,22 @@ class PaymentPipeline:
         """Accept payments with `method` from now on (its offer goes last)."""
         self.methods.append(method)
 
-    def identify(self, headers: Headers) -> tuple[PaymentMethod, Payer]:
-        """The method this request pays with, and who pays. A request that names no
-        method is the first method's to refuse (prepaid credits: 401, no API key)."""
+    def identify(self, headers: Headers) -> tuple[PaymentMethod, Payer] | None:
+        """The method this request pays with, and who pays; None when the request
+        names no method (it is answered with a 402 listing every offer)."""
         if not self.methods:
             raise errors.ConfigurationError("no payment method is registered")
-        method = next((m for m in self.methods if m.claims(headers)), self.methods[0])
-        return method, method.identify(headers)
+        method = next((m for m in self.methods if m.claims(headers)), None)
+        return None if method is None else (method, method.identify(headers))
+
+    def unpaid(self, listing: Listing) -> errors.PaymentRequired:
+        """The 402 for a request that names no payment method."""
+        return errors.PaymentRequired(
+            f"model {listing.model_id} is paid per call: send an x402 payment"
+            " (PAYMENT-SIGNATURE) for one of the offers, or an API key with prepaid credits"
+            " (Authorization: Bearer)",
+            self.offers(listing),
+        )
 
     def offers(self, listing: Listing) -> list[dict[str, object]]:
         """Every method's offer for `listing` (a 402's `accepts`)."""
@@ -68,11 +77,17 @@ class PaymentPipeline:
         try:
             return method.begin(payer, listing, self.ids.next())
         except errors.PaymentRequired as exc:
-            raise errors.PaymentRequired(exc.message, self.offers(listing)) from None
+            exc.accepts = self.offers(listing)  # its class (why) and headers stay
+            raise
 
-    def complete(self, method: PaymentMethod, payment: Payment) -> dict[str, str]:
-        """The call was served: the headers the answer carries."""
-        headers = method.complete(payment, _usage(payment, "ok", None))
+    def complete(self, method: PaymentMethod, payment: Payment, listing: Listing) -> dict[str, str]:
+        """The call was served: the headers the answer carries (a settlement that fails
+        now is a 402 listing every offer, the answer withheld)."""
+        try:
+            headers = method.complete(payment, _usage(payment, "ok", None))
+        except errors.PaymentRequired as exc:
+            exc.accepts = self.offers(listing)
+            raise
         headers["X-Inference-Id"] = payment.inference_id
         return headers
 
@@ -102,7 +117,7 @@ class PaymentPipeline:
         except Exception as exc:
             headers = self.complete_after_error(method, payment, exc)
             raise errors.PaidCallFailed(exc, headers) from exc
-        return result, self.complete(method, payment)
+        return result, self.complete(method, payment, listing)
 
 
 def _usage(payment: Payment, status: str, error: str | None) -> UsageRecord:

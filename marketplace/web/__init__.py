@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from marketplace.payments.x402 import headers as x402
 from marketplace.web import api, oip, storefront
 from marketplace.web import session as web_session
 from marketplace.web.errors import error_response
@@ -42,6 +43,9 @@ def register(app: Flask, gateway: Gateway) -> None:
         response.headers["Content-Security-Policy"] = CSP
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
+        if request.path.startswith("/v2/"):
+            # a browser's script paying with x402 must be able to read these
+            response.headers["Access-Control-Expose-Headers"] = x402.EXPOSED
         return response
 
     web_session.configure(app, gateway.secret, tls=settings.public.startswith("https://"))

@@ -12,6 +12,7 @@ from flask import Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from marketplace import errors
+from marketplace.payments.x402 import headers as x402
 
 log = logging.getLogger("modelmarket")
 
@@ -33,7 +34,16 @@ def error_response(exc: Exception) -> Response:
         if status == 500 and body["error"] == "internal_error":
             log.exception("unexpected error")
         if isinstance(exc, errors.PaidCallFailed):
-            headers = exc.headers  # what the payment gave back, and the inference id
+            headers = dict(exc.headers)  # what the payment gave back, and the inference id
+            cause = exc.cause
+        else:
+            cause = exc
+        if isinstance(cause, errors.ModelMarketError):
+            headers.update(cause.headers)
+        if isinstance(cause, errors.PaymentRequired) and request.path.startswith("/v2/"):
+            headers[x402.PAYMENT_REQUIRED] = x402.payment_required_header(
+                request.url, cause.message, cause.accepts
+            )
     if request.blueprint == "store" and request.method == "GET":
         # a page asked for by a browser gets a page, with the same code and message
         page = render_template("error.html", status=status, error=body)

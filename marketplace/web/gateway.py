@@ -16,11 +16,14 @@ from marketplace.bootstrap import load_deployment, make_market, make_store, runt
 from marketplace.catalog.sales import Served, served
 from marketplace.chain.artifacts import Deployment
 from marketplace.chain.market import Marketplace
+from marketplace.chain.per_call import Settler
+from marketplace.chain.transactions import Signer
 from marketplace.config import Settings
 from marketplace.db.engine import make_engine, read_session_factory, session_factory
 from marketplace.db.tables import Listing
 from marketplace.payments.pipeline import PaymentPipeline
 from marketplace.payments.prepaid.method import PrepaidCredits
+from marketplace.payments.x402.method import X402Exact
 from storage.cache import ModelCache
 
 
@@ -50,8 +53,16 @@ class Gateway:
             lease_size=settings.credit_lease_size,
             ttl=settings.credit_lease_ttl,
         )
+        self.x402 = X402Exact(
+            self.engine,
+            settler=self.settler,
+            settle_timeout=settings.x402_settle_timeout,
+            reservation_ttl=settings.x402_reservation_ttl,
+            max_timeout_seconds=settings.x402_max_timeout_seconds,
+        )
         # The payment methods, in the order a 402 offers them: one line each.
-        self.payments = PaymentPipeline([self.prepaid])
+        self.payments = PaymentPipeline([self.prepaid, self.x402])
+        self._settler: Settler | None = None
         self._market: Marketplace | None = None
         self._served: tuple[float, Served] | None = None
         self._served_lock = threading.Lock()
@@ -100,6 +111,12 @@ class Gateway:
     def siwe_terms(self) -> SiweTerms:
         """What a sign-in message must name: the configured public URL and our chain."""
         return SiweTerms.of(self.settings.public, self.deployment.chain_id)
+
+    def settler(self) -> Settler | None:
+        """The x402 settling account (None without MODELMARKET_SETTLER_KEY: no x402)."""
+        if self._settler is None and self.settings.settler_key is not None:
+            self._settler = Settler(self.market, Signer(self.settings.settler_key))
+        return self._settler
 
     @property
     def market(self) -> Marketplace:

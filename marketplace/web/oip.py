@@ -87,9 +87,12 @@ def model_ready(model_id: int) -> Response:
 def infer(model_id: int) -> Response:
     """A paid inference call (JSON tensors, or the binary tensor extension)."""
     gateway = current_gateway()
-    # who pays first: an unauthenticated request costs nothing past this line
-    method, payer = gateway.payments.identify(request.headers)
+    # who pays first: a request with a bad credential costs nothing past this line
+    paying = gateway.payments.identify(request.headers)
     listing = offered_listing(model_id, gateway)
+    if paying is None:
+        raise gateway.payments.unpaid(listing)
+    method, payer = paying
     length = request.headers.get(codecs.HEADER_LENGTH)
     try:
         header_length = int(length) if length is not None else None

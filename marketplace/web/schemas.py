@@ -147,7 +147,7 @@ class ListingInfo(BaseModel):
 
 
 class SellerListingInfo(ListingInfo):
-    calls_sold: int = Field(description="calls bought on-chain (credited purchases)")
+    calls_sold: int = Field(description="calls sold on-chain: purchases and x402 calls")
     calls_served: int = Field(description="paid calls the gateway served")
 
 

@@ -45,7 +45,7 @@ class Worker:
         return self.pipeline.begin(self.method, PAYER, LISTING)
 
     def complete(self, payment: Payment) -> None:
-        self.pipeline.complete(self.method, payment)
+        self.pipeline.complete(self.method, payment, LISTING)
 
     def complete_after_error(self, payment: Payment) -> int:
         """Calls left after the failed call's credit came back."""

@@ -188,3 +188,4 @@ def serving(settings: Settings, port: int) -> Iterator[Flask]:
         server.shutdown()
         thread.join(5)
         app.extensions["modelmarket"].prepaid.close()
+        app.extensions["modelmarket"].x402.close()

@@ -22,19 +22,20 @@ from inference import codecs
 from inference.demos import DEMO_DIR
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.market import Marketplace
-from marketplace.chain.transactions import Signer, connect
+from marketplace.chain.transactions import Signer, connect, send
 from marketplace.config import Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from storage.local import LocalStore
 from tests.support.market import funded_market
-from tests.support.paths import ANVIL_BIN
+from tests.support.paths import ANVIL_BIN, ARTIFACTS
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import siwe
 
 PRICE = 10**15
+SETTLER = 5  # the dev account that settles x402 payments (holds gas, no tokens)
 
 
 @dataclass
@@ -69,6 +70,13 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
             confirmations=1,
             anvil_bin=ANVIL_BIN,
             database_url=database_url,
+            settler_key=dev_key(SETTLER),
+        )
+        send(
+            w3,
+            market.contract.functions.setSettler(Signer(dev_key(SETTLER)).address, True),
+            signers[0],
+            ARTIFACTS,
         )
         dep.save(settings.deployment_path)
         migrate(settings.db_url)
@@ -90,6 +98,7 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
     finally:
         if app is not None:  # its background keeper writes what is left, then stops
             app.extensions["modelmarket"].prepaid.close()
+            app.extensions["modelmarket"].x402.close()
         anvil.stop()
 
 

@@ -41,6 +41,7 @@ from marketplace.payments.prepaid.keeper import FLUSH_INTERVAL, LeaseKeeper
 from marketplace.payments.prepaid.pool import CreditKey, Lease, LeasePool
 from marketplace.usage.records import UsageRecord
 
+PURCHASE_TIMEOUT = 3600  # an x402 field: how long the offer's terms hold (seconds)
 RECALL_WAIT = 1.5  # how long a worker that found the credit empty waits for recalled calls
 
 
@@ -93,8 +94,16 @@ class PrepaidCredits:
             return None
         dep = self.deployment()
         return {
+            # every field an x402 offer requires (so the PAYMENT-REQUIRED header, which
+            # lists it beside `exact`, stays valid for x402 clients): the price of one
+            # call, paid to the marketplace; `extra` and the rest say how to buy
             "scheme": "prepaid-credits",
             "network": f"eip155:{dep.chain_id}",
+            "amount": str(listing.price_per_call),
+            "asset": listing.token,
+            "payTo": dep.marketplace,
+            "maxTimeoutSeconds": PURCHASE_TIMEOUT,
+            "extra": {"calls": "any number, bought on-chain", "redeem": "/api/v1/receipts"},
             "chain_id": dep.chain_id,
             "marketplace": dep.marketplace,
             "model_id": listing.model_id,

@@ -1,0 +1,1 @@
+"""x402, the second payment method: each call paid with an EIP-3009 authorization."""

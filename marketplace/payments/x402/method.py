@@ -1,0 +1,480 @@
+"""x402's `exact` scheme on EVM as a payment method: each call paid with the payer's
+EIP-3009 authorization of the price to the marketplace contract (`payTo`), which the
+gateway's settler submits through `settlePerCall` so the seller is credited on-chain,
+per model, less the protocol fee.
+
+A call: the payment is read and checked here (the offer it accepted, amount >= price,
+time window, the signature) -> the settlement is simulated on the chain (balance,
+unused nonce, the token's own signature check) -> the nonce is reserved in the database
+(one use across workers and replicas) -> inference -> the signed settlement is stored,
+then sent -> mined: the answer goes out with PAYMENT-RESPONSE. A failed inference
+releases the reservation (nothing is sent). A settlement not mined in time answers
+504 settlement_pending, never a 402: the reconciler finishes it from the chain, and the
+same request sent again then gets the answer it paid for (once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+from sqlalchemy import Engine, Row, select
+
+from marketplace import errors
+from marketplace.chain.per_call import Authorization, Settler, SignedSettlement
+from marketplace.db.tables import Listing
+from marketplace.payments.method import Headers, Payer, Payment
+from marketplace.payments.x402 import settlements
+from marketplace.payments.x402.headers import (
+    PAYMENT_RESPONSE,
+    PAYMENT_SIGNATURE,
+    X_PAYMENT,
+    SignedPayment,
+    payment_response_header,
+    read_payment,
+)
+from marketplace.usage.records import UsageRecord, write_usage
+
+log = logging.getLogger("modelmarket.x402")
+
+SETTLE_MARGIN = 6  # seconds an authorization must still be valid for (as the SDK's facilitator)
+RECONCILE_EVERY = 2.0  # seconds between the reconciler's looks at stale rows
+KEY_ID = "x402"  # the usage rows' credential column
+
+
+@dataclass(eq=False)
+class PerCallPayment(Payment):
+    """One call paid with an x402 authorization."""
+
+    auth: Authorization | None = None
+    gas: int = 0
+    settled_tx: str | None = None  # settled before: this call is the answer it is owed
+
+
+class X402Exact:
+    """Pay per call with an EIP-3009 authorization (x402 `exact`, EVM)."""
+
+    name = "x402"
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        settler: Callable[[], Settler | None],
+        settle_timeout: float = 20.0,
+        reservation_ttl: float = 120.0,
+        max_timeout_seconds: int = 300,
+    ) -> None:
+        self.engine = engine
+        self._settler = settler
+        self.settle_timeout = settle_timeout
+        self.reservation_ttl = reservation_ttl
+        self.max_timeout_seconds = max_timeout_seconds
+        self._exact_tokens: dict[str, dict[str, str] | None] = {}  # token -> EIP-712 name/version
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # ---------------------------------------------------------------- the method
+
+    def claims(self, headers: Headers) -> bool:
+        """A PAYMENT-SIGNATURE (or version 1's X-PAYMENT) header pays with x402."""
+        return headers.get(PAYMENT_SIGNATURE) is not None or headers.get(X_PAYMENT) is not None
+
+    def identify(self, headers: Headers) -> Payer:
+        """The authorization's signer, as it claims (checked in `begin`)."""
+        payment = read_payment(headers.get(PAYMENT_SIGNATURE) or headers.get(X_PAYMENT) or "")
+        return Payer(payment.authorization.payer.lower(), KEY_ID, payment)
+
+    def offer(self, listing: Listing) -> dict[str, object] | None:
+        """An `exact` offer of one call at the listing's price, paid to the marketplace;
+        none without a settler, for a delisted model, or in a token without EIP-3009."""
+        settler = self._settler()
+        if settler is None or not listing.active:
+            return None
+        extra = self._token_domain(settler, listing.token)
+        if extra is None:
+            return None
+        return {
+            "scheme": "exact",
+            "network": self._network(settler),
+            "amount": str(listing.price_per_call),
+            "asset": to_checksum_address(listing.token),
+            "payTo": settler.market.contract.address,
+            "maxTimeoutSeconds": self.max_timeout_seconds,
+            "extra": extra,
+        }
+
+    def begin(self, payer: Payer, listing: Listing, inference_id: str) -> PerCallPayment:
+        """Check the payment and reserve its authorization for this call."""
+        self._ensure_reconciler()
+        settler = self._require_settler()
+        payment = payer.credential
+        assert isinstance(payment, SignedPayment)
+        auth = payment.authorization
+        self._check(payment, listing, settler)
+        with self.engine.begin() as conn:
+            row = settlements.find(conn, auth, payment.payment_id)
+        if row is not None:
+            return self._again(row, payer, payment, listing, inference_id, settler)
+        gas = self._simulate(settler, listing.model_id, auth)
+        with self.engine.begin() as conn:
+            won = settlements.reserve(
+                conn,
+                auth,
+                payment_id=payment.payment_id,
+                model_id=listing.model_id,
+                inference_id=inference_id,
+                since_block=settler.market.deployment.start_block,
+            )
+            row = None if won else settlements.find(conn, auth, payment.payment_id)
+        if row is not None:
+            return self._again(row, payer, payment, listing, inference_id, settler)
+        if not won:
+            raise errors.PaymentInProgress("this payment is paying for another call right now")
+        return PerCallPayment(inference_id, payer, listing.model_id, auth=auth, gas=gas)
+
+    def complete(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:
+        """The call was served: settle (unless it was settled before), then answer."""
+        assert isinstance(payment, PerCallPayment) and payment.auth is not None
+        settler = self._require_settler()
+        auth = payment.auth
+        payer, nonce = settlements.key(auth)
+        if payment.settled_tx is not None:  # the answer a settled payment was owed
+            with self.engine.begin() as conn:
+                write_usage(conn, [usage])
+            return self._paid(settler, payer, payment.settled_tx)
+
+        def record(signed: SignedSettlement) -> None:
+            with self.engine.begin() as conn:
+                if not settlements.sending(conn, payer, nonce, signed):
+                    raise errors.PaymentInProgress(
+                        "the payment's reservation lapsed while the call ran; nothing was charged"
+                    )
+
+        try:
+            signed = settler.send(payment.model_id, auth, payment.gas, record)
+            receipt = settler.wait(signed.tx_hash, self.settle_timeout)
+        except errors.ChainUnavailable:
+            receipt, signed = None, None
+        if receipt is None:
+            raise _pending(signed)
+        tx = signed.tx_hash if signed else ""
+        if receipt["status"] != 1:
+            found = self._after_revert(settler, payment.model_id, auth)
+            if found is None:
+                with self.engine.begin() as conn:
+                    settlements.failed(conn, payer, nonce, "reverted")
+                raise self._settlement_failed(settler, auth, tx)
+            tx = found
+        with self.engine.begin() as conn:  # settled and the call recorded: one transaction
+            settlements.settled(conn, payer, nonce, tx, delivered=True)
+            write_usage(conn, [usage])
+        return self._paid(settler, payer, tx)
+
+    def complete_after_error(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:
+        """The call failed: nothing is settled; the authorization is free again (or, if
+        it was settled before, still owed its answer)."""
+        assert isinstance(payment, PerCallPayment) and payment.auth is not None
+        payer, nonce = settlements.key(payment.auth)
+        with self.engine.begin() as conn:
+            if payment.settled_tx is not None:
+                settlements.undeliver(conn, payer, nonce)
+            else:
+                settlements.release(conn, payer, nonce)
+            write_usage(conn, [usage])
+        return {}
+
+    # ------------------------------------------------------------- the checks
+
+    def _check(self, payment: SignedPayment, listing: Listing, settler: Settler) -> None:
+        """What can be checked without the chain: the offer, amount, window, signature."""
+        auth = payment.authorization
+        market = settler.market.contract.address
+        if payment.scheme != "exact":
+            raise _invalid(f"the scheme {payment.scheme!r} is not offered for this call")
+        if payment.network != self._network(settler):
+            raise _invalid(f"the network {payment.network!r} is not {self._network(settler)}")
+        accepted = payment.accepted
+        if payment.version >= 2 and (
+            str(accepted.get("asset", "")).lower() != listing.token.lower()
+            or str(accepted.get("payTo", "")).lower() != market.lower()
+        ):
+            raise _invalid("the payment accepted another offer (asset or payTo)")
+        if auth.to != market:
+            raise _invalid(f"the authorization pays {auth.to}, not the marketplace {market}")
+        if auth.value < listing.price_per_call:
+            raise _invalid(
+                f"the authorization is for {auth.value}, below the price {listing.price_per_call}"
+            )
+        now = int(time.time())
+        if auth.valid_after > now:
+            raise _invalid("the authorization is not valid yet (validAfter is in the future)")
+        if auth.valid_before < now + SETTLE_MARGIN:
+            raise _invalid("the authorization has expired (or expires before it can settle)")
+        domain = settler.market.eip712_domain(listing.token)
+        if auth.signer(domain) != auth.payer:
+            raise _invalid("the signature is not the payer's over this authorization")
+
+    def _simulate(self, settler: Settler, model_id: int, auth: Authorization) -> int:
+        try:
+            return settler.check(model_id, auth)
+        except errors.ContractRevert as exc:
+            raise _invalid(_refusal(exc)) from None
+
+    def _again(
+        self,
+        row: Row[Any],
+        payer: Payer,
+        payment: SignedPayment,
+        listing: Listing,
+        inference_id: str,
+        settler: Settler,
+        *,
+        looked: bool = False,
+    ) -> PerCallPayment:
+        """A payment seen before (the same authorization, or the same payment id)."""
+        auth = payment.authorization
+        same = row.nonce == settlements.key(auth)[1]
+        if row.status == "settled":
+            with self.engine.begin() as conn:
+                owed = settlements.deliver(conn, row.payer, row.nonce, inference_id)
+            if owed:
+                stored = settlements.authorization(row, settler.market.contract.address)
+                return PerCallPayment(
+                    inference_id, payer, listing.model_id, auth=stored, settled_tx=row.tx_hash
+                )
+            exc = errors.PaymentAlreadyUsed(
+                f"this payment already paid for a call that was answered (transaction"
+                f" {row.tx_hash}); it is not charged again"
+            )
+            exc.headers = self._paid(settler, row.payer, row.tx_hash or "")
+            raise exc
+        if row.status == "sending" and not looked:
+            self.reconcile_one(row, settler)
+            with self.engine.begin() as conn:
+                fresh = settlements.find(conn, auth, payment.payment_id)
+            if fresh is not None:
+                return self._again(
+                    fresh, payer, payment, listing, inference_id, settler, looked=True
+                )
+        if row.status == "sending":
+            raise _pending(SignedSettlement(row.tx_hash or "", b""))
+        if row.status == "reserved":
+            raise errors.PaymentInProgress("this payment is paying for another call right now")
+        if row.status == "released" and same:
+            gas = self._simulate(settler, listing.model_id, auth)
+            with self.engine.begin() as conn:
+                if settlements.rereserve(conn, row.payer, row.nonce, inference_id):
+                    return PerCallPayment(inference_id, payer, listing.model_id, auth=auth, gas=gas)
+            raise errors.PaymentInProgress("this payment is paying for another call right now")
+        if row.status == "released":
+            raise _invalid("this payment id belongs to another authorization")
+        raise _invalid(f"this authorization could not settle ({row.reason}); nothing was charged")
+
+    # --------------------------------------------------------------- settling
+
+    def _after_revert(self, settler: Settler, model_id: int, auth: Authorization) -> str | None:
+        """A settlement that did not go through: if the authorization was used anyway,
+        where it went, as a transaction hash; None when nothing arrived here."""
+        token = self._listing_token(model_id)
+        if token is None or not settler.used(token, auth.payer, auth.nonce):
+            return None
+        outcome, tx = settler.outcome(token, auth, settler.market.deployment.start_block)
+        if outcome == "ours":
+            return tx
+        if outcome == "arrived":
+            # Someone submitted the authorization straight to the token: the price
+            # arrived, no seller was credited. Credit it, once.
+            try:
+                return settler.credit_submitted(model_id, auth, self.settle_timeout)
+            except errors.ContractRevert as exc:
+                if exc.revert_name == "AuthorizationCredited":
+                    return tx
+                raise
+        return None  # the payer spent this nonce elsewhere: nothing came here
+
+    def _listing_token(self, model_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            token = conn.execute(select(Listing.token).where(Listing.model_id == model_id))
+            found = token.scalar()
+        return str(found) if found else None
+
+    def reconcile(self) -> int:
+        """Finish what crashes and timeouts left: release reservations whose worker died
+        before settling (nothing was sent); settle or fail sent settlements from the
+        chain. Returns how many rows it finished."""
+        settler = self._settler()
+        now = time.time()
+        with self.engine.begin() as conn:
+            rows = settlements.stale(
+                conn,
+                reserved_before=now - self.reservation_ttl,
+                sending_before=now - self.settle_timeout,
+            )
+        done = 0
+        for row in rows:
+            with self.engine.begin() as conn:
+                if not settlements.touch(conn, row):
+                    continue  # another reconciler has it
+                if row.status == "reserved":
+                    done += settlements.release(conn, row.payer, row.nonce)
+                    continue
+            if settler is not None and self.reconcile_one(row, settler):
+                done += 1
+        return done
+
+    def reconcile_one(self, row: Row[Any], settler: Settler) -> bool:
+        """Settle or fail one sent settlement from the chain; False while it is pending."""
+        auth = settlements.authorization(row, settler.market.contract.address)
+        receipt = settler.receipt(row.tx_hash) if row.tx_hash else None
+        with self.engine.begin() as conn:
+            if receipt is not None and receipt["status"] == 1:
+                return settlements.settled(conn, row.payer, row.nonce, row.tx_hash, delivered=False)
+        if receipt is None and row.tx_hash and settler.pending(row.tx_hash):
+            return False  # still in the mempool
+        if receipt is None and not settler.used(
+            self._listing_token(row.model_id) or "", auth.payer, auth.nonce
+        ):
+            if auth.valid_before < time.time() + SETTLE_MARGIN:
+                with self.engine.begin() as conn:
+                    return settlements.failed(conn, row.payer, row.nonce, "expired")
+            # dropped (a restarted node, a replaced nonce): send it again, anew
+            try:
+                gas = settler.check(row.model_id, auth)
+            except errors.ContractRevert as exc:
+                with self.engine.begin() as conn:
+                    return settlements.failed(conn, row.payer, row.nonce, _code(exc))
+
+            def record(signed: SignedSettlement) -> None:
+                with self.engine.begin() as conn:
+                    settlements.sending(conn, row.payer, row.nonce, signed)
+
+            settler.send(row.model_id, auth, gas, record)
+            return False
+        found = self._after_revert(settler, row.model_id, auth)
+        with self.engine.begin() as conn:
+            if found is None:
+                return settlements.failed(conn, row.payer, row.nonce, "reverted")
+            return settlements.settled(conn, row.payer, row.nonce, found, delivered=False)
+
+    # ------------------------------------------------------------ the worker
+
+    def _ensure_reconciler(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._stop = threading.Event()
+            thread = threading.Thread(
+                target=self._reconcile_loop, name="x402-reconciler", daemon=True
+            )
+            self._pid = os.getpid()
+            thread.start()
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(RECONCILE_EVERY):
+            try:
+                self.reconcile()
+            except Exception:  # a chain or database hiccup: the next round tries again
+                log.exception("x402 reconciliation failed; retrying")
+
+    def start(self) -> None:
+        """Reconcile now and from now on (a restarted gateway finishes what it left)."""
+        self._ensure_reconciler()
+
+    def close(self) -> None:
+        """Stop the reconciler (the worker is stopping)."""
+        self._stop.set()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _require_settler(self) -> Settler:
+        settler = self._settler()
+        if settler is None:
+            raise errors.PaymentRequired("this gateway takes no x402 payments", [])
+        return settler
+
+    def _network(self, settler: Settler) -> str:
+        return f"eip155:{settler.market.deployment.chain_id}"
+
+    def _token_domain(self, settler: Settler, token: str) -> dict[str, str] | None:
+        """The EIP-712 name and version an `exact` client signs with, when `token` has
+        EIP-3009 (read once per token and process); None otherwise."""
+        if token in self._exact_tokens:
+            return self._exact_tokens[token]
+        try:
+            name, version, _, _ = settler.market.eip712_domain(token)
+            settler.used(token, settler.address, bytes(32))  # EIP-3009's authorizationState
+            domain: dict[str, str] | None = {"name": name, "version": version}
+        except errors.ChainUnavailable:
+            return None  # not cached: the chain may be back for the next 402
+        except errors.ChainError:
+            domain = None
+        self._exact_tokens[token] = domain
+        return domain
+
+    def _paid(self, settler: Settler, payer: str, tx: str) -> dict[str, str]:
+        header = payment_response_header(
+            success=True, transaction=tx, network=self._network(settler), payer=payer
+        )
+        return {PAYMENT_RESPONSE: header}
+
+    def _settlement_failed(
+        self, settler: Settler, auth: Authorization, tx: str
+    ) -> errors.SettlementFailed:
+        exc = errors.SettlementFailed(
+            "the payment did not settle (the payer's balance or authorization changed"
+            " after it was checked); nothing was charged and the answer is withheld",
+            [],
+        )
+        exc.headers = {
+            PAYMENT_RESPONSE: payment_response_header(
+                success=False,
+                transaction=tx,
+                network=self._network(settler),
+                payer=auth.payer,
+                reason="settlement_failed",
+            )
+        }
+        return exc
+
+
+def _pending(signed: SignedSettlement | None) -> errors.SettlementPending:
+    tx = f" (transaction {signed.tx_hash})" if signed and signed.tx_hash else ""
+    exc = errors.SettlementPending(
+        f"the payment's settlement was sent{tx} and is not mined yet: it will be charged at"
+        " most once; send the same request with the same payment again for its answer"
+    )
+    exc.headers = {"Retry-After": "5"}
+    return exc
+
+
+def _code(exc: errors.ContractRevert) -> str:
+    return (exc.revert_name or "reverted")[:64]
+
+
+REFUSALS = {
+    "AuthorizationAlreadyUsed": "this authorization was used already",
+    "AuthorizationExpired": "the authorization has expired",
+    "AuthorizationNotYetValid": "the authorization is not valid yet",
+    "InvalidAuthorizationSignature": "the signature is not the payer's over this authorization",
+    "ERC20InsufficientBalance": "the payer's balance is below the authorized amount",
+    "EnforcedPause": "the marketplace is paused",
+    "NotSettler": "this gateway's settler is not allowed to settle (its operator must fix it)",
+}
+
+
+def _refusal(exc: errors.ContractRevert) -> str:
+    return REFUSALS.get(exc.revert_name or "", exc.message)
+
+
+def _invalid(message: str) -> errors.PaymentInvalid:
+    return errors.PaymentInvalid(message, [])
