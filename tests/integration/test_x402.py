@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 PAYER = 3  # a funded dev account that pays with x402
 FEE = PRICE * 250 // 10_000
+ORDER = "pay_order_0000000000000001"  # an x402 payment id
 
 
 def _body(rows: np.ndarray | None = None) -> tuple[bytes, dict[str, str]]:
@@ -285,11 +286,11 @@ def test_an_authorization_submitted_first_by_someone_else_credits_the_seller_onc
 
 def test_a_payment_id_is_charged_once(world: World):
     offer = exact_offer(call(world))
-    first = signed_payment(offer, dev_key(PAYER), domain(world), payment_id="pay_order_0000000000000001")
+    first = signed_payment(offer, dev_key(PAYER), domain(world), payment_id=ORDER)
     before = balances(world)
     assert call(world, first).status_code == 200
     # the client lost the answer and pays again with a fresh authorization, same id
-    second = signed_payment(offer, dev_key(PAYER), domain(world), payment_id="pay_order_0000000000000001")
+    second = signed_payment(offer, dev_key(PAYER), domain(world), payment_id=ORDER)
     again = call(world, second)
     assert again.status_code == 409 and again.get_json()["code"] == "payment_already_used"
     assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
