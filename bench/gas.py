@@ -6,26 +6,36 @@ measured on a fresh anvil in one run.
 Every figure is a transaction's gasUsed (21,000 intrinsic gas included), measured in
 steady state (balances and listing slots already non-zero) unless the row says "first".
 A second table spreads a purchase of 1, 10 and 100 calls over its calls: the gas per
-paid call, for `purchase` and `purchaseWithPermit`.
+paid call, for `purchase` and `purchaseWithPermit`, beside x402's `exact` (one
+`settlePerCall` per call: the payer's EIP-3009 authorization, the seller credited).
 
-The goal (issue 11, "the pull-payment floor measured"): purchase <= 1.5 x (bare
-transferFrom + its Purchased event).
+The goals: purchase <= 1.5 x (bare transferFrom + its Purchased event) (issue 11, "the
+pull-payment floor measured"); settlePerCall <= 1.5 x a bare transferWithAuthorization
+(what x402's own facilitator sends, paying the seller directly, no fee split and no
+per-model record) (issue 14).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
+import time
+
+from eth_account import Account
 
 from marketplace.chain.market import Marketplace, deploy_marketplace
+from marketplace.chain.per_call import Authorization
 from marketplace.chain.transactions import connect, send
 from marketplace.config import Settings
-from marketplace.devstack.anvil import dev_signers, start_anvil
+from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # a real CIDv1, 59 chars
 PRICE = 2 * 10**16
 # fixed, so the permit's calldata (deadline and signature bytes) is the same every run
 DEADLINE = 4_102_444_800  # 2100-01-01
 GOAL_PURCHASE = 1.5
+GOAL_SETTLE = 1.5
 CALLS = (1, 10, 100)  # the purchase sizes of the gas-per-paid-call table
 
 
@@ -39,11 +49,11 @@ def main() -> int:
     node = start_anvil(settings.anvil_bin)
     try:
         w3 = connect(node.rpc_url)
-        owner, seller, buyer, spender, permit_buyer = dev_signers(5)
+        owner, seller, buyer, spender, permit_buyer, x402_payer, settler = dev_signers(7)
         art = settings.artifacts_dir
         dep = deploy_marketplace(w3, owner, art, fee_bps=250)
         m = Marketplace(w3, dep, art)
-        for who in (seller, buyer, spender, permit_buyer):
+        for who in (seller, buyer, spender, permit_buyer, x402_payer):
             send(w3, m.token.functions.mint(who.address, 10**24), owner, art)
 
         def gas(receipt: dict) -> int:
@@ -89,6 +99,36 @@ def main() -> int:
                 m.purchase_with_permit(permit_buyer, model_id, calls, PRICE, deadline=deadline)
             )
             sizes.append((calls, bought, permitted))
+        # x402 exact: one settlement per call, sent (and paid for) by the gateway's settler
+        send(w3, m.contract.functions.setSettler(settler.address, True), owner, art)
+        domain = m.eip712_domain()
+
+        def authorization(to: str) -> Authorization:
+            now = int(time.time())
+            auth = Authorization(x402_payer.address, to, PRICE, 0, now + 3600, os.urandom(32), b"")
+            signed = Account.sign_typed_data(dev_key(5), full_message=auth.typed_data(domain))
+            return dataclasses.replace(auth, signature=bytes(signed.signature))
+
+        def settle() -> int:
+            a = authorization(m.contract.address)
+            call = m.contract.functions.settlePerCall(
+                model_id, a.payer, a.value, a.valid_after, a.valid_before, a.nonce, a.signature
+            )
+            return gas(send(w3, call, settler, art))
+
+        def transfer_with_authorization() -> int:
+            a = authorization(seller.address)
+            call = m.token.functions.transferWithAuthorization(
+                a.payer, a.to, a.value, a.valid_after, a.valid_before, a.nonce, a.signature
+            )
+            return gas(send(w3, call, spender, art))
+
+        settle()  # warm-up: the payer's balance and the seller's earnings slots are used
+        settled = settle()
+        transfer_with_authorization()
+        bare_twa = transfer_with_authorization()
+        rows.append(("token transferWithAuthorization (x402's own facilitator)", bare_twa))
+        rows.append(("settlePerCall (x402 exact, one call)", settled))
         rows.append(("setPrice", gas(m.set_price(seller, model_id, PRICE + 1))))
         rows.append(("withdraw", gas(m.withdraw(seller))))
 
@@ -132,12 +172,31 @@ def main() -> int:
         )
         print("  ".join(f"{c:>{len(h)}}" for c, h in zip(cells, head, strict=True)))
 
+    print()
+    print("which is cheaper per call: x402 exact (one settlePerCall a call) vs prepaid")
+    print(f"  x402 exact: {settled:,} gas every call, paid by the gateway's settler")
+    for calls, bought, _ in sizes:
+        per = bought / calls
+        cheaper = "prepaid" if per < settled else "x402"
+        print(
+            f"  prepaid, {calls:>3} calls a purchase: {per:>9,.0f} gas a call"
+            f" ({settled / per:.1f}x less than x402: {cheaper} is cheaper)"
+        )
+    even = next((c for c, b, _ in sizes if b / c < settled), None)
+    print(f"  prepaid is cheaper from {even} call(s) a purchase on" if even else "")
+
     ratio = purchase / baseline
     print()
     print(f"purchase spends {purchase - baseline:,} gas above transferFrom + its event")
     verdict = "met" if ratio <= GOAL_PURCHASE else "missed"
     print(
         f"goal: purchase_vs_transfer_plus_event = {ratio:.3f} (target <= {GOAL_PURCHASE}) {verdict}"
+    )
+    settle_ratio = settled / bare_twa
+    verdict = "met" if settle_ratio <= GOAL_SETTLE else "missed"
+    print(
+        f"goal: settle_per_call_vs_transfer_with_authorization = {settle_ratio:.3f}"
+        f" (target <= {GOAL_SETTLE}) {verdict}"
     )
     return 0
 

@@ -34,6 +34,10 @@ def register(app: Flask, gateway: Gateway) -> None:
             if request.path.startswith("/v2/")
             else settings.max_api_body_bytes
         )
+        if settings.settler_key is not None:
+            # each worker's x402 reconciler (a pid check once running): a restarted
+            # gateway finishes what a crash or a timeout left, with or without traffic
+            gateway.x402.start()
 
     @app.after_request
     def no_sniffing(response: Response) -> Response:

@@ -18,7 +18,7 @@ from inference.errors import InputTooLarge
 from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.indexer.follow import health as indexer_health
-from marketplace.web.openapi import BEARER, TensorResponse, documented, inference_responses
+from marketplace.web.openapi import PAID, TensorResponse, documented, inference_responses
 from marketplace.web.requests import MODEL_ID, current_gateway, json_response, offered_listing
 from marketplace.web.schemas import (
     InferenceRequest,
@@ -81,7 +81,7 @@ def model_ready(model_id: int) -> Response:
     resp=inference_responses(
         InferenceResponse, 400, 401, 402, 404, 409, 422, 502, 503, 504, 507, kind=TensorResponse
     ),
-    security=BEARER,
+    security=PAID,
     tags=["inference"],
 )
 def infer(model_id: int) -> Response:

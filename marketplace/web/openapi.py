@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
-from spectree.models import SecureType
+from spectree.models import InType, SecureType
 from spectree.utils import get_model_key
 
 from marketplace.web.schemas import ApiError, OipError, OipPaymentRequired
@@ -46,7 +46,16 @@ spec = SpecTree(
                 bearer_format="mm_<key id>_<secret>",
                 description="An API key from POST /api/v1/auth/verify",
             ),
-        )
+        ),
+        SecurityScheme(
+            name="x402",
+            data=SecuritySchemeData(
+                type=SecureType.API_KEY,
+                name="PAYMENT-SIGNATURE",
+                field_in=InType.HEADER,
+                description="An x402 v2 payment for one of a 402's offers (base64 JSON)",
+            ),
+        ),
     ],
     description="Marketplace API (/api/v1) and the pay-per-inference Open Inference"
     " Protocol v2 (/v2). Errors on /api/v1: {error: <stable code>, message: <text>}; on"
@@ -56,6 +65,8 @@ spec = SpecTree(
 
 # per-route `security`: the caller's API key
 BEARER: dict[str, list[str]] = {"bearer": []}
+# a paid call: an API key with credits, an x402 payment, or neither (then a 402 says how)
+PAID: list[dict[str, list[str]]] = [BEARER, {"x402": []}, {}]
 
 
 def _responses(ok: dict[int, Any], errors: dict[int, Any], kind: type[Response]) -> Response:

@@ -242,18 +242,25 @@ class ThenPost(BaseModel):
 
 
 class PaymentOption(BaseModel):
-    """How to buy calls: approve and purchase on-chain, then post the receipt."""
+    """One way to pay: x402's fields, which every offer has (`exact`: pay this call
+    with an EIP-3009 authorization); prepaid credits add how to buy them: approve and
+    purchase on-chain, then post the receipt."""
 
-    scheme: str
+    scheme: str = Field(description="exact (x402) or prepaid-credits")
     network: str = Field(description="eip155:<chain id>")
-    chain_id: int
-    marketplace: Address
-    model_id: int
-    token: Address
-    price_per_call: Uint256Text
-    calls: list[ContractCall]
-    then: ThenPost
-    prepare: str
+    amount: Uint256Text = Field(description="the price of one call, in smallest units")
+    asset: Address
+    pay_to: Address = Field(alias="payTo", description="the marketplace contract")
+    max_timeout_seconds: int = Field(alias="maxTimeoutSeconds")
+    extra: dict[str, Any] = Field(description="exact: the token's EIP-712 name and version")
+    chain_id: int | SkipJsonSchema[None] = absent()
+    marketplace: Address | SkipJsonSchema[None] = absent()
+    model_id: int | SkipJsonSchema[None] = absent()
+    token: Address | SkipJsonSchema[None] = absent()
+    price_per_call: Uint256Text | SkipJsonSchema[None] = absent()
+    calls: list[ContractCall] | SkipJsonSchema[None] = absent()
+    then: ThenPost | SkipJsonSchema[None] = absent()
+    prepare: str | SkipJsonSchema[None] = absent()
 
 
 class OipPaymentRequired(OipError):
@@ -372,6 +379,10 @@ class InferHeaders(BaseModel):
         alias="Inference-Header-Content-Length",
         description="binary tensor extension: the length of the JSON before the tensors",
     )
+    payment_signature: str | SkipJsonSchema[None] = absent(
+        alias="PAYMENT-SIGNATURE", description="x402 v2: base64 payment for a 402 offer"
+    )
+    x_payment: str | SkipJsonSchema[None] = absent(alias="X-PAYMENT", description="x402 v1")
 
 
 class ResponseOutput(BaseModel):

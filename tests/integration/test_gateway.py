@@ -40,7 +40,8 @@ def test_the_walk(world):
     assert r.status_code == 402
     body = r.get_json()
     assert body["code"] == "payment_required" and "/api/v1/receipts" in body["error"]
-    (accept,) = body["accepts"]
+    accept, exact = body["accepts"]  # buy more credits, or pay this call with x402
+    assert exact["scheme"] == "exact" and exact["amount"] == str(PRICE)
     assert accept["chain_id"] == 31337 and accept["model_id"] == world.model_id
     assert accept["marketplace"] == world.market.contract.address
     assert accept["price_per_call"] == str(PRICE)

@@ -20,6 +20,7 @@ from marketplace.bootstrap import make_indexer
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
 from marketplace.db.tables import Credit, CreditLease, Usage
+from marketplace.devstack.anvil import dev_key
 from marketplace.devstack.serve import start_gunicorn
 from marketplace.payments.prepaid import ledger
 from tests.support.world import PRICE
@@ -153,3 +154,43 @@ def test_a_killed_worker_gives_its_unspent_calls_back_after_the_ttl(world, datab
         assert s.scalar(open_leases) == 0
         served = select(func.count()).select_from(Usage).where(Usage.status == "ok")
         assert s.scalar(served) == 20
+
+
+def test_one_x402_payment_sent_20_times_at_once_pays_once(world, database, tmp_path):
+    """The same signed payment, 20 times at once over two workers: the nonce is
+    reserved in the shared database, so one call is served and paid; the rest are
+    refused (409) and nothing else moves."""
+    from tests.support.world import SETTLER
+    from tests.support.x402_client import payment_response, sdk_payment
+
+    settler = {"MODELMARKET_SETTLER_KEY": dev_key(SETTLER)}
+    server, _, _, log = serve(world, database, tmp_path, 0, **settler)
+    url = f"{server.url}/v2/models/{world.model_id}/infer"
+    payer, seller = world.signers[3].address, world.signers[1].address
+    before = world.market.token_balance(payer), world.market.earnings(seller)
+    try:
+        body, headers = codecs.encode_request(
+            {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+        )
+        offered = requests.post(url, data=body, headers=headers, timeout=30)
+        assert offered.status_code == 402
+        paid = {**headers, "PAYMENT-SIGNATURE": sdk_payment(3, offered)}
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: requests.post(url, data=body, headers=paid, timeout=60), range(20)
+                )
+            )
+    finally:
+        server.stop()
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [409] * 19, log.read_text()[-2000:]
+    codes = {a.json()["code"] for a in answers if a.status_code == 409}
+    assert codes <= {"payment_in_progress", "payment_already_used"}
+    served = next(a for a in answers if a.status_code == 200)
+    assert payment_response(served)["success"] is True
+    fee = PRICE * 250 // 10_000
+    after = world.market.token_balance(payer), world.market.earnings(seller)
+    assert after == (before[0] - PRICE, before[1] + PRICE - fee)
+    with session_factory(make_engine(database))() as s:
+        assert s.scalar(select(func.count()).select_from(Usage)) == 1

@@ -39,13 +39,13 @@ def test_a_registered_method_is_offered_and_pays_for_calls(world):
     gateway = world.client.application.extensions["modelmarket"]
     gateway.payments.register(FreeTrial(gateway.engine, calls=2))  # the one line
 
-    # a buyer with no credits is offered both ways to pay, prepaid first
+    # a buyer with no credits is offered every way to pay, in registration order
     key = sign_in(world, 2)
     refused = infer(world, key)
     assert refused.status_code == 402
     offers = refused.get_json()["accepts"]
-    assert [o["scheme"] for o in offers] == ["prepaid-credits", "free-trial"]
-    assert offers[1] == {"scheme": "free-trial", "calls": 2, "header": HEADER}
+    assert [o["scheme"] for o in offers] == ["prepaid-credits", "exact", "free-trial"]
+    assert offers[2] == {"scheme": "free-trial", "calls": 2, "header": HEADER}
 
     # the trial pays for a call through the pipeline: the model ran, with its headers
     first = trial_infer(world)
@@ -65,7 +65,8 @@ def test_a_registered_method_is_offered_and_pays_for_calls(world):
     spent = trial_infer(world)
     assert spent.status_code == 402
     assert "free calls are used" in spent.get_json()["error"]
-    assert [o["scheme"] for o in spent.get_json()["accepts"]] == ["prepaid-credits", "free-trial"]
+    schemes = [o["scheme"] for o in spent.get_json()["accepts"]]
+    assert schemes == ["prepaid-credits", "exact", "free-trial"]
 
     assert usage_rows(world) == [
         (TRIER, "ok", False, False),

@@ -189,7 +189,7 @@ def test_a_failed_inference_settles_nothing(world: World):
 
 def test_a_settlement_that_times_out_is_charged_once_and_answered_later(world: World):
     gw = gateway(world)
-    gw.x402.settle_timeout = 1.0
+    gw.x402.reconciler.settle_timeout = 1.0
     w3 = world.market.w3
     payment = sdk_payment(PAYER, call(world))
     before = balances(world)

@@ -15,16 +15,13 @@ same request sent again then gets the answer it paid for (once).
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row
 
 from marketplace import errors
 from marketplace.chain.per_call import Authorization, Settler, SignedSettlement
@@ -39,12 +36,9 @@ from marketplace.payments.x402.headers import (
     payment_response_header,
     read_payment,
 )
+from marketplace.payments.x402.reconcile import SETTLE_MARGIN, Reconciler
 from marketplace.usage.records import UsageRecord, write_usage
 
-log = logging.getLogger("modelmarket.x402")
-
-SETTLE_MARGIN = 6  # seconds an authorization must still be valid for (as the SDK's facilitator)
-RECONCILE_EVERY = 2.0  # seconds between the reconciler's looks at stale rows
 KEY_ID = "x402"  # the usage rows' credential column
 
 
@@ -73,13 +67,11 @@ class X402Exact:
     ) -> None:
         self.engine = engine
         self._settler = settler
-        self.settle_timeout = settle_timeout
-        self.reservation_ttl = reservation_ttl
+        self.reconciler = Reconciler(
+            engine, settler, settle_timeout=settle_timeout, reservation_ttl=reservation_ttl
+        )
         self.max_timeout_seconds = max_timeout_seconds
         self._exact_tokens: dict[str, dict[str, str] | None] = {}  # token -> EIP-712 name/version
-        self._pid = -1
-        self._start_lock = threading.Lock()
-        self._stop = threading.Event()
 
     # ---------------------------------------------------------------- the method
 
@@ -113,7 +105,7 @@ class X402Exact:
 
     def begin(self, payer: Payer, listing: Listing, inference_id: str) -> PerCallPayment:
         """Check the payment and reserve its authorization for this call."""
-        self._ensure_reconciler()
+        self.reconciler.start()
         settler = self._require_settler()
         payment = payer.credential
         assert isinstance(payment, SignedPayment)
@@ -160,21 +152,26 @@ class X402Exact:
 
         try:
             signed = settler.send(payment.model_id, auth, payment.gas, record)
-            receipt = settler.wait(signed.tx_hash, self.settle_timeout)
+            receipt = settler.wait(signed.tx_hash, self.reconciler.settle_timeout)
         except errors.ChainUnavailable:
             receipt, signed = None, None
         if receipt is None:
+            with self.engine.begin() as conn:  # no answer will carry it: the reconciler's now
+                settlements.gave_up(conn, payer, nonce)
             raise _pending(signed)
         tx = signed.tx_hash if signed else ""
         if receipt["status"] != 1:
-            found = self._after_revert(settler, payment.model_id, auth)
+            found = self.reconciler.after_revert(settler, payment.model_id, auth)
             if found is None:
                 with self.engine.begin() as conn:
                     settlements.failed(conn, payer, nonce, "reverted")
                 raise self._settlement_failed(settler, auth, tx)
             tx = found
         with self.engine.begin() as conn:  # settled and the call recorded: one transaction
-            settlements.settled(conn, payer, nonce, tx, delivered=True)
+            # (or, if a reconciler saw it mined first, the one answer it is owed, claimed)
+            ours = settlements.settled(conn, payer, nonce, tx, delivered=True)
+            if not ours and not settlements.deliver(conn, payer, nonce, payment.inference_id):
+                raise _already_answered(tx)
             write_usage(conn, [usage])
         return self._paid(settler, payer, tx)
 
@@ -250,14 +247,19 @@ class X402Exact:
                 return PerCallPayment(
                     inference_id, payer, listing.model_id, auth=stored, settled_tx=row.tx_hash
                 )
-            exc = errors.PaymentAlreadyUsed(
-                f"this payment already paid for a call that was answered (transaction"
-                f" {row.tx_hash}); it is not charged again"
-            )
+            exc = _already_answered(row.tx_hash or "")
             exc.headers = self._paid(settler, row.payer, row.tx_hash or "")
             raise exc
+        # A settlement still being waited for by the request that sent it is that
+        # request's to answer; one whose request gave up (or died) is looked up now.
+        abandoned = (
+            row.reason == "unanswered"
+            or row.updated_at < time.time() - self.reconciler.settle_timeout
+        )
+        if row.status == "sending" and not abandoned:
+            raise errors.PaymentInProgress("this payment is paying for another call right now")
         if row.status == "sending" and not looked:
-            self.reconcile_one(row, settler)
+            self.reconciler.reconcile_one(row, settler)
             with self.engine.begin() as conn:
                 fresh = settlements.find(conn, auth, payment.payment_id)
             if fresh is not None:
@@ -278,121 +280,20 @@ class X402Exact:
             raise _invalid("this payment id belongs to another authorization")
         raise _invalid(f"this authorization could not settle ({row.reason}); nothing was charged")
 
-    # --------------------------------------------------------------- settling
-
-    def _after_revert(self, settler: Settler, model_id: int, auth: Authorization) -> str | None:
-        """A settlement that did not go through: if the authorization was used anyway,
-        where it went, as a transaction hash; None when nothing arrived here."""
-        token = self._listing_token(model_id)
-        if token is None or not settler.used(token, auth.payer, auth.nonce):
-            return None
-        outcome, tx = settler.outcome(token, auth, settler.market.deployment.start_block)
-        if outcome == "ours":
-            return tx
-        if outcome == "arrived":
-            # Someone submitted the authorization straight to the token: the price
-            # arrived, no seller was credited. Credit it, once.
-            try:
-                return settler.credit_submitted(model_id, auth, self.settle_timeout)
-            except errors.ContractRevert as exc:
-                if exc.revert_name == "AuthorizationCredited":
-                    return tx
-                raise
-        return None  # the payer spent this nonce elsewhere: nothing came here
-
-    def _listing_token(self, model_id: int) -> str | None:
-        with self.engine.connect() as conn:
-            token = conn.execute(select(Listing.token).where(Listing.model_id == model_id))
-            found = token.scalar()
-        return str(found) if found else None
-
-    def reconcile(self) -> int:
-        """Finish what crashes and timeouts left: release reservations whose worker died
-        before settling (nothing was sent); settle or fail sent settlements from the
-        chain. Returns how many rows it finished."""
-        settler = self._settler()
-        now = time.time()
-        with self.engine.begin() as conn:
-            rows = settlements.stale(
-                conn,
-                reserved_before=now - self.reservation_ttl,
-                sending_before=now - self.settle_timeout,
-            )
-        done = 0
-        for row in rows:
-            with self.engine.begin() as conn:
-                if not settlements.touch(conn, row):
-                    continue  # another reconciler has it
-                if row.status == "reserved":
-                    done += settlements.release(conn, row.payer, row.nonce)
-                    continue
-            if settler is not None and self.reconcile_one(row, settler):
-                done += 1
-        return done
-
-    def reconcile_one(self, row: Row[Any], settler: Settler) -> bool:
-        """Settle or fail one sent settlement from the chain; False while it is pending."""
-        auth = settlements.authorization(row, settler.market.contract.address)
-        receipt = settler.receipt(row.tx_hash) if row.tx_hash else None
-        with self.engine.begin() as conn:
-            if receipt is not None and receipt["status"] == 1:
-                return settlements.settled(conn, row.payer, row.nonce, row.tx_hash, delivered=False)
-        if receipt is None and row.tx_hash and settler.pending(row.tx_hash):
-            return False  # still in the mempool
-        if receipt is None and not settler.used(
-            self._listing_token(row.model_id) or "", auth.payer, auth.nonce
-        ):
-            if auth.valid_before < time.time() + SETTLE_MARGIN:
-                with self.engine.begin() as conn:
-                    return settlements.failed(conn, row.payer, row.nonce, "expired")
-            # dropped (a restarted node, a replaced nonce): send it again, anew
-            try:
-                gas = settler.check(row.model_id, auth)
-            except errors.ContractRevert as exc:
-                with self.engine.begin() as conn:
-                    return settlements.failed(conn, row.payer, row.nonce, _code(exc))
-
-            def record(signed: SignedSettlement) -> None:
-                with self.engine.begin() as conn:
-                    settlements.sending(conn, row.payer, row.nonce, signed)
-
-            settler.send(row.model_id, auth, gas, record)
-            return False
-        found = self._after_revert(settler, row.model_id, auth)
-        with self.engine.begin() as conn:
-            if found is None:
-                return settlements.failed(conn, row.payer, row.nonce, "reverted")
-            return settlements.settled(conn, row.payer, row.nonce, found, delivered=False)
-
     # ------------------------------------------------------------ the worker
 
-    def _ensure_reconciler(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:
-            if self._pid == os.getpid():
-                return
-            self._stop = threading.Event()
-            thread = threading.Thread(
-                target=self._reconcile_loop, name="x402-reconciler", daemon=True
-            )
-            self._pid = os.getpid()
-            thread.start()
-
-    def _reconcile_loop(self) -> None:
-        while not self._stop.wait(RECONCILE_EVERY):
-            try:
-                self.reconcile()
-            except Exception:  # a chain or database hiccup: the next round tries again
-                log.exception("x402 reconciliation failed; retrying")
+    def reconcile(self) -> int:
+        """Finish what crashes and timeouts left now (the reconciler also runs every
+        RECONCILE_EVERY seconds in each worker)."""
+        return self.reconciler.reconcile()
 
     def start(self) -> None:
-        """Reconcile now and from now on (a restarted gateway finishes what it left)."""
-        self._ensure_reconciler()
+        """Reconcile from now on in this worker (a restarted gateway finishes what it left)."""
+        self.reconciler.start()
 
     def close(self) -> None:
-        """Stop the reconciler (the worker is stopping)."""
-        self._stop.set()
+        """Stop this worker's reconciler (the worker is stopping)."""
+        self.reconciler.close()
 
     # ----------------------------------------------------------------- helpers
 
@@ -457,8 +358,11 @@ def _pending(signed: SignedSettlement | None) -> errors.SettlementPending:
     return exc
 
 
-def _code(exc: errors.ContractRevert) -> str:
-    return (exc.revert_name or "reverted")[:64]
+def _already_answered(tx: str) -> errors.PaymentAlreadyUsed:
+    return errors.PaymentAlreadyUsed(
+        f"this payment already paid for a call that was answered (transaction {tx});"
+        " it is not charged again"
+    )
 
 
 REFUSALS = {

@@ -123,6 +123,12 @@ def settled(conn: Connection, payer: str, nonce: str, tx_hash: str, *, delivered
     )
 
 
+def gave_up(conn: Connection, payer: str, nonce: str) -> bool:
+    """The request that sent the settlement stopped waiting for it (it answered 504):
+    whoever sees it mined first may deliver the answer it is owed."""
+    return _move(conn, payer, nonce, C.status == "sending", reason="unanswered")
+
+
 def failed(conn: Connection, payer: str, nonce: str, reason: str) -> bool:
     """Nothing moved and nothing will: the authorization cannot pay (any more)."""
     return _move(
