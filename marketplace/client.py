@@ -7,10 +7,13 @@ inputs cost no JSON). Errors are domain errors: the gateway's own code and messa
     client.sign_in(private_key)
     result = client.infer(1, {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)})
     print(result.outputs["label"], result.calls_left)
+
+Or pay each call with x402 instead (no sign-in, no purchase): `client.pay_per_call(key)`.
 """
 
 from __future__ import annotations
 
+import base64
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,14 +47,65 @@ class _KeySigner:
         return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
 
 
+class TypedDataSigner(Protocol):
+    """Who signs an x402 payment (EIP-712), such as `chain.transactions.Signer`."""
+
+    @property
+    def address(self) -> str: ...
+
+    def sign_typed_data(self, full_message: dict[str, Any]) -> tuple[int, bytes, bytes]: ...
+
+
+class _X402Signer:
+    """A TypedDataSigner as the x402 SDK's ClientEvmSigner: the same EIP-712 message,
+    the 65-byte signature (r, s, v)."""
+
+    def __init__(self, signer: TypedDataSigner) -> None:
+        self._signer = signer
+        self.address = str(signer.address)
+
+    def sign_typed_data(
+        self, domain: Any, types: dict[str, Any], primary_type: str, message: dict[str, Any]
+    ) -> bytes:
+        def field(f: Any) -> dict[str, str]:
+            return f if isinstance(f, dict) else {"name": f.name, "type": f.type}
+
+        if not isinstance(domain, dict):
+            domain = {
+                "name": domain.name,
+                "version": domain.version,
+                "chainId": domain.chain_id,
+                "verifyingContract": domain.verifying_contract,
+            }
+        typed_types = {name: [field(f) for f in fs] for name, fs in types.items()}
+        typed_types.setdefault("EIP712Domain", [_DOMAIN_FIELDS[k] for k in domain])
+        typed = {
+            "types": typed_types,
+            "primaryType": primary_type,
+            "domain": domain,
+            "message": message,
+        }
+        v, r, s = self._signer.sign_typed_data(typed)
+        return r + s + bytes([v])
+
+
+_DOMAIN_FIELDS = {
+    "name": {"name": "name", "type": "string"},
+    "version": {"name": "version", "type": "string"},
+    "chainId": {"name": "chainId", "type": "uint256"},
+    "verifyingContract": {"name": "verifyingContract", "type": "address"},
+}
+
+
 @dataclass(frozen=True)
 class InferResult:
     """A paid call's answer: the output arrays, and what the payment said."""
 
     outputs: dict[str, np.ndarray]
-    calls_left: int | None
+    calls_left: int | None  # prepaid credits; None when the call was paid with x402
     inference_id: str
     model_cid: str
+    payment_tx: str | None = None  # x402: the settlement's transaction
 
 
 class ModelMarketClient:
@@ -62,6 +116,7 @@ class ModelMarketClient:
         self.api_key = api_key
         self.timeout = timeout
         self._http = requests.Session()
+        self._per_call = False
 
     # ------------------------------------------------------------- sign-in, keys
 
@@ -153,18 +208,56 @@ class ModelMarketClient:
             int(c["model_id"]): int(c["remaining"]) for c in self._call("GET", "/api/v1/credits")
         }
 
+    def pay_per_call(self, signer: TypedDataSigner | str, *, max_amount: int) -> None:
+        """Pay each following `infer` with x402 (the gateway's `exact` offer: an EIP-3009
+        authorization signed by `signer`, settled on-chain by the gateway) instead of
+        prepaid credits; never more than `max_amount` (smallest units) a call. Only the
+        deployment's own token is paid (read from the gateway)."""
+        from x402 import x402ClientSync
+        from x402.client_base import SpendControlAsset
+        from x402.http.clients.requests import x402HTTPAdapter
+        from x402.mechanisms.evm.exact import ExactEvmScheme
+
+        deployment = self._call("GET", "/api/v1/deployment")
+        account = Account.from_key(signer) if isinstance(signer, str) else _X402Signer(signer)
+        payer = x402ClientSync().register("eip155:*", ExactEvmScheme(account))
+        asset: SpendControlAsset = {
+            "network": f"eip155:{deployment['chain_id']}",
+            "asset": deployment["token"],
+            "max_amount_per_payment": str(max_amount),
+        }
+        payer.set_spend_controls({"allowed_assets": [asset]})
+        self._http.mount(self.base_url + "/v2/", x402HTTPAdapter(payer))
+        self._per_call = True
+
     def infer(self, model_id: int, inputs: dict[str, np.ndarray]) -> InferResult:
-        """One paid call; inputs and outputs travel as binary tensors."""
+        """One paid call (prepaid credits, or x402 after `pay_per_call`); inputs and
+        outputs travel as binary tensors."""
         body, headers = codecs.encode_request(inputs, binary=True)
-        response = self._send("POST", f"/v2/models/{model_id}/infer", data=body, headers=headers)
+        try:
+            response = self._send(
+                "POST",
+                f"/v2/models/{model_id}/infer",
+                data=body,
+                headers=headers,
+                auth=not self._per_call,
+            )
+        except errors.RemoteError:
+            raise
+        except Exception as exc:  # the x402 SDK refused to pay (over the cap, another asset)
+            if type(exc).__name__ != "PaymentError":
+                raise
+            raise errors.PaymentRequired(f"not paid: {exc}", []) from None
         length = response.headers.get(codecs.HEADER_LENGTH)
         outputs = codecs.decode_response(response.content, int(length) if length else None)
         left = response.headers.get("X-Credits-Remaining")
+        settled = response.headers.get("PAYMENT-RESPONSE")
         return InferResult(
             outputs,
             int(left) if left is not None else None,
             response.headers.get("X-Inference-Id", ""),
             response.headers.get("X-Model-CID", ""),
+            orjson.loads(base64.b64decode(settled)).get("transaction") if settled else None,
         )
 
     # ---------------------------------------------------------------- transport
@@ -172,9 +265,9 @@ class ModelMarketClient:
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         return orjson.loads(self._send(method, path, **kw).content)
 
-    def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
+    def _send(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> requests.Response:
         headers = dict(kw.pop("headers", None) or {})
-        if self.api_key:
+        if self.api_key and auth:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
             response = self._http.request(

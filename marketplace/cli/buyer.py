@@ -197,27 +197,45 @@ def _inputs(sdk: ModelMarketClient, model_id: int, path: Path) -> dict[str, np.n
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A .npy file (one input) or a JSON object of input name -> array.",
 )
+@click.option(
+    "--x402",
+    "per_call",
+    is_flag=True,
+    help="Pay this call with x402 from your wallet (no login, no purchase), at most the"
+    " listed price.",
+)
 @json_option
 @domain_errors
-def infer(model_id: int, input_path: Path, as_json: bool) -> None:
-    """One paid call: prints the outputs and the calls you have left.
+def infer(model_id: int, input_path: Path, per_call: bool, as_json: bool) -> None:
+    """One paid call: prints the outputs and the calls you have left (or, with --x402,
+    the settlement's transaction).
 
     \b
     Example:
       echo '{"features": [[5.1, 3.5, 1.4, 0.2]]}' > in.json
       modelmarket infer 1 --input in.json
+      MODELMARKET_KEYSTORE=me.json modelmarket infer 1 --input in.json --x402
     """
-    sdk = client(load_settings())
+    settings = load_settings()
+    sdk = client(settings, signed_in=not per_call)
+    if per_call:
+        # the cap is the price shown now: a seller raising it meanwhile is refused
+        price = int(sdk.model(model_id)["price_per_call"])
+        sdk.pay_per_call(signer(settings), max_amount=price)
     answer = sdk.infer(model_id, _inputs(sdk, model_id, input_path))
     result = {
         "outputs": {k: v.tolist() for k, v in answer.outputs.items()},
         "calls_left": answer.calls_left,
         "inference_id": answer.inference_id,
+        "payment_tx": answer.payment_tx,
     }
 
     def show() -> None:
         for name, array in answer.outputs.items():
             line(f"{name} = {array.tolist()}")
-        line(f"calls left: {answer.calls_left}")
+        if answer.payment_tx:
+            line(f"paid with x402: {answer.payment_tx}")
+        else:
+            line(f"calls left: {answer.calls_left}")
 
     emit(result, as_json, show)

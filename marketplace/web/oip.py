@@ -18,9 +18,7 @@ from inference.errors import InputTooLarge
 from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.indexer.follow import health as indexer_health
-from marketplace.web.openapi import PAID, TensorResponse, documented, inference_responses
-from marketplace.web.requests import MODEL_ID, current_gateway, json_response, offered_listing
-from marketplace.web.schemas import (
+from marketplace.web.oip_schemas import (
     InferenceRequest,
     InferenceResponse,
     InferHeaders,
@@ -29,6 +27,8 @@ from marketplace.web.schemas import (
     ModelReady,
     Ready,
 )
+from marketplace.web.openapi import PAID, TensorResponse, documented, inference_responses
+from marketplace.web.requests import MODEL_ID, current_gateway, json_response, offered_listing
 
 blueprint = Blueprint("oip", __name__, url_prefix="/v2")
 
@@ -88,7 +88,11 @@ def infer(model_id: int) -> Response:
     """A paid inference call (JSON tensors, or the binary tensor extension)."""
     gateway = current_gateway()
     # who pays first: a request with a bad credential costs nothing past this line
-    paying = gateway.payments.identify(request.headers)
+    try:
+        paying = gateway.payments.identify(request.headers)
+    except errors.PaymentRequired as exc:  # an unreadable payment: say what would pay
+        exc.accepts = gateway.payments.offers(offered_listing(model_id, gateway))
+        raise
     listing = offered_listing(model_id, gateway)
     if paying is None:
         raise gateway.payments.unpaid(listing)

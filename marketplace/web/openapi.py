@@ -15,7 +15,8 @@ from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import InType, SecureType
 from spectree.utils import get_model_key
 
-from marketplace.web.schemas import ApiError, OipError, OipPaymentRequired
+from marketplace.web.oip_schemas import OipError, OipPaymentRequired
+from marketplace.web.schemas import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

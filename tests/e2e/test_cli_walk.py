@@ -18,10 +18,11 @@ import pytest
 from eth_account import Account
 
 from inference.demos import DEMO_DIR
+from marketplace import errors
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.artifacts import load_artifact
 from marketplace.chain.market import Marketplace
-from marketplace.chain.transactions import connect, deploy, send
+from marketplace.chain.transactions import Signer, connect, deploy, send
 from marketplace.client import ModelMarketClient
 from marketplace.config import Settings
 from marketplace.db.migrate import migrate
@@ -31,6 +32,7 @@ from tests.fixtures import hostile_models
 from tests.support.launchers import JsIpfs, serving
 from tests.support.market import funded_market
 from tests.support.paths import ANVIL_BIN, ARTIFACTS
+from tests.support.world import SETTLER
 
 pytestmark = pytest.mark.slow
 IRIS = DEMO_DIR / "iris-classifier.onnx"
@@ -84,6 +86,8 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
     try:
         w3 = connect(anvil.rpc_url)
         market = funded_market(w3, dev_signers(5))
+        settler = market.contract.functions.setSettler(Signer(dev_key(SETTLER)).address, True)
+        send(w3, settler, dev_signers(1)[0], ARTIFACTS)
         settings = Settings(
             _env_file=None,
             data_dir=tmp_path / "data",  # type: ignore[call-arg]
@@ -91,6 +95,7 @@ def live(tmp_path: Path, jsipfs: JsIpfs) -> Iterator[Market]:
             confirmations=0,
             public_url=f"http://127.0.0.1:{port}",
             ipfs_api=jsipfs.api,
+            settler_key=dev_key(SETTLER),
         )
         market.deployment.save(settings.deployment_path)
         migrate(settings.db_url)
@@ -163,6 +168,40 @@ def test_upload_login_buy_infer_credits_earnings_withdraw(live: Market):
     answer = sdk.infer(model_id, {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)})
     assert answer.calls_left == 1 and answer.outputs["label"].shape == (1,)
     assert sdk.credits() == {model_id: 1}
+
+
+def test_a_call_paid_with_x402_from_the_cli_and_the_sdk(live: Market):
+    """No login and no purchase: the wallet signs an EIP-3009 authorization per call
+    (the x402 SDK inside the CLI and the buyer SDK); the gateway settles it on-chain."""
+    listed = live.json("upload", str(IRIS), "--name", "Iris", "--price", "0.001")
+    model_id = int(listed["model_id"])  # type: ignore[index]
+    live.index()
+    request = live.tmp / "in.json"
+    request.write_text(json.dumps({"features": [[5.1, 3.5, 1.4, 0.2]]}))
+    payer, seller = dev_signers(3)[2].address, dev_signers(2)[1].address
+    price, net = 10**15, 10**15 * (10_000 - 250) // 10_000
+    before = live.market.token_balance(payer), live.market.earnings(seller)
+
+    paid = live.json("infer", str(model_id), "--input", str(request), "--x402", who="buyer")
+    assert isinstance(paid, dict)
+    assert paid["outputs"]["label"] == [0] and paid["calls_left"] is None
+    assert live.market.w3.eth.get_transaction_receipt(paid["payment_tx"])["status"] == 1
+    after = live.market.token_balance(payer), live.market.earnings(seller)
+    assert after == (before[0] - price, before[1] + net)
+    assert not (live.tmp / "config").exists()  # no sign-in was needed: no key was saved
+
+    features = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+    sdk = ModelMarketClient(live.settings.public)
+    sdk.pay_per_call(dev_key(3), max_amount=price)
+    answer = sdk.infer(model_id, features)
+    assert answer.payment_tx and answer.outputs["label"].tolist() == [0]
+    # a cap below the price: the client refuses to pay, and nothing moves
+    spent = live.market.token_balance(dev_signers(4)[3].address)
+    capped = ModelMarketClient(live.settings.public)
+    capped.pay_per_call(dev_key(3), max_amount=price - 1)
+    with pytest.raises(errors.PaymentRequired):
+        capped.infer(model_id, features)
+    assert live.market.token_balance(dev_signers(4)[3].address) == spent
 
 
 def _one_line(done: subprocess.CompletedProcess[str], code: int, error: str) -> None:

@@ -30,7 +30,8 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.test import TestResponse
 
 from inference import codecs
-from marketplace.web.schemas import ApiError, OipError
+from marketplace.web.oip_schemas import OipError
+from marketplace.web.schemas import ApiError
 from tests.support.world import World, buy, infer, sign_in
 
 # schemathesis loads its OpenAPI modules lazily, and pytest rewrites them on import (it is a

@@ -162,6 +162,14 @@ def test_a_bad_payment_is_refused_and_moves_nothing(world: World, case: str):
     assert rows(world) == []
 
 
+def test_an_unreadable_payment_is_a_402_with_the_offers(world: World):
+    for junk in ("not base64 at all", "e30=", "eyJ4NDAyVmVyc2lvbiI6IDJ9"):  # "{}", a bare version
+        refused = call(world, junk)
+        assert refused.status_code == 402 and refused.get_json()["code"] == "payment_invalid"
+        assert [o.scheme for o in required(refused).accepts] == ["prepaid-credits", "exact"]
+    assert rows(world) == []
+
+
 def test_a_replayed_payment_pays_once(world: World):
     payment = sdk_payment(PAYER, call(world))
     before = balances(world)
@@ -294,3 +302,47 @@ def test_a_payment_id_is_charged_once(world: World):
     again = call(world, second)
     assert again.status_code == 409 and again.get_json()["code"] == "payment_already_used"
     assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
+
+
+def test_a_crash_after_sending_the_settlement_charges_once_and_answers_once(world: World):
+    """The crash is simulated as above: the settlement is signed, stored and sent, and
+    the worker dies before it answers. The payer paid; the restarted gateway finds the
+    transaction mined and owes the payer one answer, given to the same payment sent
+    again, once."""
+    from marketplace.payments.x402 import settlements
+
+    gw = gateway(world)
+    payment = sdk_payment(PAYER, call(world))
+    listing = gw.listing(world.model_id)
+    method, payer = gw.payments.identify({"PAYMENT-SIGNATURE": payment})
+    begun = gw.payments.begin(method, payer, listing)
+    before = balances(world)
+    key = settlements.key(begun.auth)
+
+    def record(signed: Any) -> None:
+        with gw.engine.begin() as conn:
+            settlements.sending(conn, *key, signed)
+
+    gw.settler().send(world.model_id, begun.auth, begun.gas, record)  # ... and dies here
+    assert rows(world) == [("sending", False)]
+    assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
+
+    from app import create_app
+
+    restarted = create_app(world.settings.model_copy(update={"x402_settle_timeout": 0.5}))
+    try:
+        time.sleep(0.6)
+        restarted.extensions["modelmarket"].x402.reconcile()
+        assert rows(world) == [("settled", False)]
+        client = restarted.test_client()
+        url = f"/v2/models/{world.model_id}/infer"
+        body, headers = _body()
+        owed = client.post(url, data=body, headers={**headers, "PAYMENT-SIGNATURE": payment})
+        assert owed.status_code == 200
+        assert payment_response(owed)["success"] is True
+        again = client.post(url, data=body, headers={**headers, "PAYMENT-SIGNATURE": payment})
+        assert again.status_code == 409
+        assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
+    finally:
+        restarted.extensions["modelmarket"].x402.close()
+        restarted.extensions["modelmarket"].prepaid.close()

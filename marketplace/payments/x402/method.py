@@ -143,18 +143,30 @@ class X402Exact:
                 write_usage(conn, [usage])
             return self._paid(settler, payer, payment.settled_tx)
 
+        recorded: list[SignedSettlement] = []
+
         def record(signed: SignedSettlement) -> None:
             with self.engine.begin() as conn:
                 if not settlements.sending(conn, payer, nonce, signed):
                     raise errors.PaymentInProgress(
                         "the payment's reservation lapsed while the call ran; nothing was charged"
                     )
+            recorded.append(signed)
 
+        signed: SignedSettlement | None = None
         try:
             signed = settler.send(payment.model_id, auth, payment.gas, record)
             receipt = settler.wait(signed.tx_hash, self.reconciler.settle_timeout)
-        except errors.ChainUnavailable:
-            receipt, signed = None, None
+        except errors.PaymentInProgress:
+            raise
+        except errors.ModelMarketError:
+            if not recorded:  # nothing was signed or sent: the authorization is free again
+                with self.engine.begin() as conn:
+                    settlements.release(conn, payer, nonce)
+                raise
+            # Sent, or maybe sent (the node failed while taking it): the outcome is the
+            # chain's to tell; never an error that reads as "not paid".
+            receipt, signed = None, recorded[-1]
         if receipt is None:
             with self.engine.begin() as conn:  # no answer will carry it: the reconciler's now
                 settlements.gave_up(conn, payer, nonce)
