@@ -52,6 +52,14 @@ class TransactionTimeout(ChainError):
     http_status = 504
 
 
+class SettlementRefused(ChainError):
+    """The node refused our settlement transaction (no gas in the settler's account, a
+    nonce it never freed): nothing was sent, nothing moved."""
+
+    code = "settlement_refused"
+    http_status = 503
+
+
 class ContractRevert(ChainError):
     """The contract refused the call; `name` and `args` are the decoded custom error."""
 

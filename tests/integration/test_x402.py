@@ -346,3 +346,19 @@ def test_a_crash_after_sending_the_settlement_charges_once_and_answers_once(worl
     finally:
         restarted.extensions["modelmarket"].x402.close()
         restarted.extensions["modelmarket"].prepaid.close()
+
+
+def test_a_settler_out_of_gas_charges_nothing_and_the_payment_stays_good(world: World):
+    gw = gateway(world)
+    settler = gw.settler().address
+    w3 = world.market.w3
+    payment = sdk_payment(PAYER, call(world))
+    before = balances(world)
+    w3.provider.make_request("anvil_setBalance", [settler, "0x0"])  # type: ignore[arg-type]
+    refused = call(world, payment)
+    assert refused.status_code == 503 and refused.get_json()["code"] == "settlement_refused"
+    assert balances(world) == before
+    assert rows(world) == [("released", False)]
+    w3.provider.make_request("anvil_setBalance", [settler, hex(10**18)])  # type: ignore[arg-type]
+    assert call(world, payment).status_code == 200  # the operator refilled it: it pays now
+    assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)

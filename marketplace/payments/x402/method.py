@@ -159,6 +159,10 @@ class X402Exact:
             receipt = settler.wait(signed.tx_hash, self.reconciler.settle_timeout)
         except errors.PaymentInProgress:
             raise
+        except errors.SettlementRefused:
+            with self.engine.begin() as conn:  # the node took nothing: free again
+                settlements.release(conn, payer, nonce, refused=True)
+            raise
         except errors.ModelMarketError:
             if not recorded:  # nothing was signed or sent: the authorization is free again
                 with self.engine.begin() as conn:

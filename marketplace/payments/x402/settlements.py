@@ -136,9 +136,11 @@ def failed(conn: Connection, payer: str, nonce: str, reason: str) -> bool:
     )
 
 
-def release(conn: Connection, payer: str, nonce: str) -> bool:
-    """The call failed before settling: nothing was sent, the authorization is free."""
-    return _move(conn, payer, nonce, C.status == "reserved", status="released")
+def release(conn: Connection, payer: str, nonce: str, *, refused: bool = False) -> bool:
+    """The call failed before settling (or the node `refused` the settlement): nothing
+    was sent, the authorization is free."""
+    was = C.status.in_(("reserved", "sending")) if refused else C.status == "reserved"
+    return _move(conn, payer, nonce, was, status="released", tx_hash=None, raw_tx=None)
 
 
 def deliver(conn: Connection, payer: str, nonce: str, inference_id: str) -> bool:
