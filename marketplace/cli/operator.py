@@ -116,6 +116,8 @@ def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) 
     out.print(f"  siwe domain  {urlsplit(settings.public).netloc}", markup=False)
     out.print("  a paid call (the demo buyer's key; calls left come back in X-Credits-Remaining):")
     out.print(f"    {curl}", markup=False, soft_wrap=True)
+    out.print("  or pay per call with x402 (no key; the 402's PAYMENT-REQUIRED header offers it):")
+    out.print("    modelmarket infer 1 --input in.json --x402   (your wallet pays)", markup=False)
 
 
 def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
