@@ -153,8 +153,10 @@ def indexer(once: bool, interval: float) -> None:
     from rich.progress import Progress as Bar
 
     from marketplace.bootstrap import make_indexer
+    from marketplace.db.engine import make_engine
     from marketplace.db.migrate import migrate
     from marketplace.indexer.follow import Progress, RunResult, follow
+    from marketplace.indexer.leader import Leadership
 
     settings = load_settings()
     migrate(settings.db_url)
@@ -188,6 +190,8 @@ def indexer(once: bool, interval: float) -> None:
         if once:
             done(idx.run_once(progress=show))
         else:
+            # on PostgreSQL, one indexer works and the others stand by to take over
+            leadership = Leadership(make_engine(settings.db_url))
             follow(
                 idx,
                 stop,
@@ -195,6 +199,8 @@ def indexer(once: bool, interval: float) -> None:
                 progress=show,
                 on_result=lambda r: done(r) if r.events or r.reorged_from is not None else None,
                 on_error=lambda text: out.print(f"indexer: {text}", markup=False),
+                leadership=leadership,
+                on_role=lambda role: out.print(f"indexer {leadership.holder}: {role}"),
             )
 
 

@@ -268,6 +268,8 @@ class IndexerState(Base):
     heartbeat_at: Mapped[float | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    # host:pid of the indexer that made the last good pass (the leader, on PostgreSQL)
+    leader: Mapped[str | None] = mapped_column(String(64))
 
 
 class Nonce(Base):

@@ -29,6 +29,7 @@ from marketplace.db.tables import BlockHash, IndexerState
 from marketplace.indexer import content, reorgs
 from marketplace.indexer.apply import apply_all
 from marketplace.indexer.content import ContentChecks
+from marketplace.indexer.leader import Leadership
 
 LOCK_KEY = 0x6D6D6B7431  # "mmkt1": the advisory lock every indexer takes
 
@@ -122,11 +123,14 @@ class Indexer:
             models = content.check_models(self.sessions, self.content)
         return RunResult(last, total, reorged, cards, models)
 
-    def record_pass(self, error: str | None) -> None:
-        """Note a finished pass (error None) or a failed one, for `health`; best effort."""
+    def record_pass(self, error: str | None, leader: str | None = None) -> None:
+        """Note a finished pass (error None) or a failed one, for `health`, and which
+        process made it; best effort."""
         try:
             with self.sessions() as session, session.begin():
                 state = self._state(session)
+                if leader is not None:
+                    state.leader = leader
                 state.heartbeat_at = time.time() if error is None else state.heartbeat_at
                 state.failures = 0 if error is None else (state.failures or 0) + 1
                 state.last_error = error
@@ -204,12 +208,50 @@ def follow(
     on_result: Callable[[RunResult], None] | None = None,
     on_error: Callable[[str], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
+    leadership: Leadership | None = None,
+    on_role: Callable[[str], None] | None = None,
 ) -> None:
     """Follow the chain until `stop` is set. Never dies: any error is logged, recorded
     where health checks read it (`health`), and retried after a backoff that doubles up
-    to `max_backoff` and resets after a good pass."""
+    to `max_backoff` and resets after a good pass. With `leadership`, only while this
+    process leads; a standby polls for the lead every `interval` (`on_role` hears
+    "leader" and "standby" as they change)."""
+    try:
+        _follow(
+            idx, stop, interval, max_backoff, on_result, on_error, progress, leadership, on_role
+        )
+    finally:
+        if leadership is not None:
+            leadership.release()
+
+
+def _follow(
+    idx: Indexer,
+    stop: threading.Event,
+    interval: float,
+    max_backoff: float,
+    on_result: Callable[[RunResult], None] | None,
+    on_error: Callable[[str], None] | None,
+    progress: Callable[[Progress], None] | None,
+    leadership: Leadership | None,
+    on_role: Callable[[str], None] | None,
+) -> None:
     delay = interval
+    role = ""
     while not stop.is_set():
+        try:
+            leads = leadership is None or leadership.ensure()
+        except Exception:  # the database is down: try again, as a pass would
+            log.warning("could not ask for the indexer leadership", exc_info=True)
+            leads = False
+        now = "leader" if leads else "standby"
+        if now != role:
+            role = now
+            if on_role is not None:
+                on_role(role)
+        if not leads:
+            stop.wait(interval)
+            continue
         try:
             result = idx.run_once(progress)
         except Exception as exc:
@@ -230,7 +272,7 @@ def follow(
             delay = min(delay * 2, max_backoff)
             continue
         delay = interval
-        idx.record_pass(None)
+        idx.record_pass(None, leadership.holder if leadership is not None else None)
         if on_result is not None:
             on_result(result)
         stop.wait(interval)
@@ -248,4 +290,5 @@ def health(session: Session, deployment: Deployment) -> dict[str, Any]:
         "seconds_since_pass": age,
         "failures": state.failures,
         "last_error": state.last_error,  # a stable code, never a message
+        "leader": state.leader,  # host:pid of the process that made the last pass
     }

@@ -182,6 +182,27 @@ def test_a_replayed_payment_pays_once(world: World):
     assert rows(world) == [("settled", True)]
 
 
+def test_a_payment_made_for_another_model_is_refused(world: World):
+    # an SDK payment for model 1 (its resource URL), lifted and sent to another listing
+    # at the same price: refused, though the amount and payee would do
+    cid = world.market.listing(world.model_id).model_cid
+    other, _ = world.market.list_model(world.signers[1], cid, cid, PRICE)
+    world.mine(1)
+    world.index()
+    gateway(world).listing(other, max_age=0)
+    payment = sdk_payment(PAYER, call(world))
+    before = balances(world)
+    body, headers = _body()
+    lifted = world.client.post(  # type: ignore[attr-defined]
+        f"/v2/models/{other}/infer", data=body, headers={**headers, "PAYMENT-SIGNATURE": payment}
+    )
+    assert lifted.status_code in (402, 409, 503), lifted.get_json()
+    if lifted.status_code == 402:
+        assert "another resource" in lifted.get_json()["error"]
+    assert balances(world) == before
+    assert call(world, payment).status_code == 200  # where it was made for, it pays
+
+
 def test_a_failed_inference_settles_nothing(world: World):
     payment = sdk_payment(PAYER, call(world))
     before = balances(world)

@@ -8,6 +8,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from eth_utils.address import is_address, to_checksum_address
 from hexbytes import HexBytes
@@ -49,6 +50,7 @@ class SignedPayment:
     accepted: dict[str, Any]
     authorization: Authorization
     payment_id: str | None
+    resource_path: str | None = None  # the path of the resource it says it pays for
 
 
 def payment_required_header(url: str, error: str, accepts: list[dict[str, object]]) -> str:
@@ -94,11 +96,15 @@ def read_payment(value: str) -> SignedPayment:
         payload = decode_payment_signature_header(value)
     except (ValueError, binascii.Error, json.JSONDecodeError, ValidationError, UnicodeError):
         raise _invalid("the payment header is not base64 JSON of an x402 payment") from None
+    resource_path = None
     if payload.x402_version == 1:
         scheme, network = payload.scheme, payload.network  # type: ignore[union-attr]
         accepted: dict[str, Any] = {}
         payment_id = None
     else:
+        resource = payload.resource  # type: ignore[union-attr]
+        if resource is not None and resource.url:
+            resource_path = urlsplit(resource.url).path
         accepted = payload.accepted.model_dump(by_alias=True)  # type: ignore[union-attr]
         scheme, network = accepted["scheme"], accepted["network"]
         try:
@@ -114,6 +120,7 @@ def read_payment(value: str) -> SignedPayment:
         accepted,
         _authorization(payload.payload),
         payment_id,
+        resource_path,
     )
 
 

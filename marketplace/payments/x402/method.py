@@ -220,6 +220,9 @@ class X402Exact:
             or str(accepted.get("payTo", "")).lower() != market.lower()
         ):
             raise _invalid("the payment accepted another offer (asset or payTo)")
+        if payment.resource_path not in (None, f"/v2/models/{listing.model_id}/infer"):
+            # the client signed for another resource (a payment lifted from elsewhere)
+            raise _invalid(f"the payment names another resource: {payment.resource_path}")
         if auth.to != market:
             raise _invalid(f"the authorization pays {auth.to}, not the marketplace {market}")
         if auth.value < listing.price_per_call:

@@ -77,8 +77,8 @@ class Reconciler:
     def reconcile(self) -> int:
         """Finish what crashes and timeouts left: release reservations whose worker died
         before settling (nothing was sent); settle or fail sent settlements from the
-        chain. Returns how many rows it finished."""
-        settler = self.settler()
+        chain. Returns how many rows it finished. An idle round is one indexed query:
+        the chain is touched only for a row that needs it."""
         now = time.time()
         with self.engine.begin() as conn:
             rows = settlements.stale(
@@ -86,6 +86,9 @@ class Reconciler:
                 reserved_before=now - self.reservation_ttl,
                 sending_before=now - self.settle_timeout,
             )
+        if not rows:
+            return 0
+        settler = self.settler() if any(r.status == "sending" for r in rows) else None
         done = 0
         for row in rows:
             with self.engine.begin() as conn:
@@ -151,6 +154,8 @@ class Reconciler:
         while not self._stop.wait(RECONCILE_EVERY):
             try:
                 self.reconcile()
+            except errors.ModelMarketError as exc:  # the chain or database is down
+                log.warning("x402 reconciliation failed [%s]; retrying", exc.code)
             except Exception:  # a chain or database hiccup: the next round tries again
                 log.exception("x402 reconciliation failed; retrying")
 
