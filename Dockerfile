@@ -27,7 +27,7 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project --compile-bytecode
 
-COPY app.py alembic.ini ./
+COPY app.py alembic.ini gunicorn.conf.py ./
 COPY migrations/ migrations/
 COPY marketplace/ marketplace/
 COPY storage/ storage/

@@ -14,7 +14,7 @@ import click
 from marketplace.cli.group import domain_errors, main, out
 from marketplace.cli.output import emit, json_option, line, show_fields
 from marketplace.cli.wallet import signer
-from marketplace.config import Settings, load_settings
+from marketplace.config import PROJECT_ROOT, Settings, load_settings
 
 if TYPE_CHECKING:
     from web3.types import TxReceipt
@@ -86,6 +86,7 @@ def run() -> None:
             port=settings.http_port,
             log=settings.data_dir / "gateway.log",
             ready_path="/v2/health/ready",
+            config=PROJECT_ROOT / "gunicorn.conf.py",
         )
         try:
             out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")

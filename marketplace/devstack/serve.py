@@ -52,14 +52,19 @@ def start_gunicorn(
     log: Path | None = None,
     ready_path: str = "/",
     ready_timeout: float = 60.0,
+    config: Path | None = None,
 ) -> Gunicorn:
     """gunicorn serving `app` ("module:factory()") on `host`:`port` (0: a free loopback
     port), in its own process group, once it answers HTTP on `ready_path`. `connections` caps each
     worker's open connections (a worker at the cap leaves new ones to the others);
     `reuse_port` gives each worker its own SO_REUSEPORT socket, so the kernel spreads
-    new connections over the workers instead of the first to wake taking them."""
+    new connections over the workers instead of the first to wake taking them. `config`
+    is a gunicorn.conf.py (its hooks); the arguments here override its settings."""
     port = port or free_port()
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
+    command = [str(Path(sys.executable).parent / "gunicorn")]
+    if config is not None:
+        command += ["-c", str(config)]
+    command += ["-w", str(workers)]
     command += ["--threads", str(threads), "-b", f"{host}:{port}", app]
     if connections:
         command[-1:-1] = ["--worker-connections", str(connections)]

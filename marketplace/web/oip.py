@@ -18,6 +18,7 @@ from inference.errors import InputTooLarge
 from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.indexer.follow import health as indexer_health
+from marketplace.payments.x402 import settlements
 from marketplace.web.oip_schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -50,9 +51,17 @@ def ready() -> Response:
         with gateway.reads() as session:
             session.execute(text("SELECT 1"))
             following = indexer_health(session, gateway.deployment)
+            x402 = settlements.counts(session.connection())
     except OperationalError:
         raise errors.DatabaseUnavailable("the database does not answer") from None
-    return json_response({"ready": True, "indexer": following})
+    running = gateway.x402.reconciler.alive()
+    x402["reconciler"] = (
+        "off"
+        if gateway.settings.settler_key is None
+        # type: ignore[assignment]
+        else ("running" if running else "stopped")
+    )
+    return json_response({"ready": True, "indexer": following, "x402": x402})
 
 
 @blueprint.get(f"/models/{MODEL_ID}")

@@ -73,11 +73,20 @@ class IndexerHealth(BaseModel):
     seconds_since_pass: float | None = None
     failures: int | None = None
     last_error: str | None = None
+    leader: str | None = Field(default=None, description="host:pid of the last pass's indexer")
+
+
+class X402Health(BaseModel):
+    reconciler: str = Field(description="running, stopped (this worker), or off (no settler)")
+    reserved: int = Field(description="authorizations reserved by calls in flight")
+    sending: int = Field(description="settlements sent and not yet seen mined")
+    failed: int = Field(description="settlements that failed (nothing moved)")
 
 
 class Ready(BaseModel):
     ready: bool
     indexer: IndexerHealth
+    x402: X402Health
 
 
 class ModelReady(BaseModel):

@@ -90,6 +90,8 @@ def test_make_run_command_starts_and_stops_cleanly(tmp_path):
         assert f"gateway      {gateway}/api/v1 and {gateway}/v2" in text
         ready = requests.get(f"{gateway}/v2/health/ready", timeout=10).json()
         assert ready["ready"] is True and ready["indexer"]["status"] in ("ok", "not_started")
+        # make run's gateway takes x402 (a dev settler): its reconciler runs in the worker
+        assert ready["x402"]["reconciler"] == "running"
         marketplace = text.split("marketplace  ")[1].split()[0]
         assert requests.get(f"{gateway}/api/v1/deployment", timeout=10).json()["marketplace"] == (
             marketplace

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from inference import codecs
 from marketplace.accounts import keys
 from marketplace.bootstrap import make_indexer
+from marketplace.config import PROJECT_ROOT
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
 from marketplace.db.tables import Credit, CreditLease, Usage
@@ -66,8 +67,14 @@ def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no
         **env,
     }
     log = tmp_path / "gunicorn.log"
-    server = start_gunicorn(
-        "app:create_app()", env, workers=2, threads=4, log=log, ready_path="/v2/health/ready"
+    server = start_gunicorn(  # with the gunicorn.conf.py we ship (its worker_exit hook)
+        "app:create_app()",
+        env,
+        workers=2,
+        threads=4,
+        log=log,
+        ready_path="/v2/health/ready",
+        config=PROJECT_ROOT / "gunicorn.conf.py",
     )
     return server, key, buyer, log
 

@@ -229,6 +229,8 @@ def test_a_settlement_that_times_out_is_charged_once_and_answered_later(world: W
         assert "PAYMENT-REQUIRED" not in pending.headers  # no invitation to pay again
         assert pending.headers["Retry-After"]
         assert rows(world) == [("sending", False)]
+        health = world.client.get("/v2/health/ready").get_json()["x402"]  # type: ignore[attr-defined]
+        assert health == {"reconciler": "running", "reserved": 0, "sending": 1, "failed": 0}
         retry = call(world, payment)  # still not mined: the same answer, no second charge
         assert retry.status_code == 504
     finally:

@@ -27,4 +27,5 @@ def test_image_copies_what_the_app_imports():
     text = (PROJECT_ROOT / "Dockerfile").read_text()
     for part in ("marketplace/", "storage/", "inference/", "contracts/artifacts/", "migrations/"):
         assert f"COPY {part}" in text
-    assert "COPY app.py alembic.ini ./" in text  # the app, and the migrations it runs at start
+    # the app, the migrations it runs at start, and gunicorn's configuration
+    assert "COPY app.py alembic.ini gunicorn.conf.py ./" in text

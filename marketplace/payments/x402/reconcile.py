@@ -47,6 +47,7 @@ class Reconciler:
         self._pid = -1
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def after_revert(self, settler: Settler, model_id: int, auth: Authorization) -> str | None:
         """A settlement that did not go through: if the authorization was used anyway,
@@ -148,7 +149,12 @@ class Reconciler:
                 target=self._reconcile_loop, name="x402-reconciler", daemon=True
             )
             self._pid = os.getpid()
+            self._thread = thread
             thread.start()
+
+    def alive(self) -> bool:
+        """Whether this process's reconciler thread runs (health checks ask)."""
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(RECONCILE_EVERY):

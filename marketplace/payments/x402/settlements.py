@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy import Connection, Row, or_, select, update
+from sqlalchemy import Connection, Row, func, or_, select, update
 
 from marketplace.chain.per_call import Authorization, SignedSettlement
 from marketplace.db.engine import core_table, insert
@@ -182,6 +182,14 @@ def stale(conn: Connection, *, reserved_before: float, sending_before: float) ->
         .order_by(C.updated_at)
         .limit(100)
     ).all()
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """Rows per status, of those a health check watches (reserved, sending, failed)."""
+    watched = ("reserved", "sending", "failed")
+    query = select(C.status, func.count()).where(C.status.in_(watched)).group_by(C.status)
+    found: dict[str, int] = {str(status): int(n) for status, n in conn.execute(query)}
+    return {status: found.get(status, 0) for status in watched}
 
 
 def authorization(row: Row[Any], to: str) -> Authorization:

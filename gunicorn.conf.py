@@ -1,0 +1,42 @@
+"""gunicorn's configuration for the gateway, what `make run` and the image serve with:
+
+    gunicorn -c gunicorn.conf.py 'app:create_app()'
+
+Address and worker count come from Settings (MODELMARKET_HTTP_HOST, _HTTP_PORT,
+_HTTP_WORKERS); command-line flags override any of it. gthread workers, each with its
+own SO_REUSEPORT socket (with one shared socket the first worker to wake took every
+keep-alive connection). A worker told to stop (SIGTERM, a deploy) takes no new
+connections, finishes its calls within `graceful_timeout`, then writes the calls it
+served and gives its unspent leased calls back (`worker_exit`); one killed outright is
+covered by the lease TTL instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marketplace.config import load_settings
+
+_settings = load_settings()
+
+bind = f"{_settings.http_host}:{_settings.http_port}"
+workers = _settings.http_workers
+worker_class = "gthread"
+threads = 8
+reuse_port = True
+# A worker silent this long is killed and replaced: well above the longest inference
+# (MODELMARKET_INFERENCE_TIME_LIMIT) plus an x402 settlement's wait.
+timeout = int(_settings.inference_time_limit + _settings.x402_settle_timeout + 30)
+graceful_timeout = 30
+keepalive = 5
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Settle what the worker holds: its served calls written, its leases given back
+    (the prepaid keeper), its x402 reconciler stopped. Safe to run twice (the keeper's
+    atexit hook does the same when the interpreter exits)."""
+    app = getattr(worker, "wsgi", None)
+    gateway = getattr(app, "extensions", {}).get("modelmarket")
+    if gateway is not None:
+        gateway.prepaid.close()
+        gateway.x402.close()
