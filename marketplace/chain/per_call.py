@@ -313,3 +313,19 @@ class Settler:
         """The chain's latest block."""
         with rpc_errors():
             return int(self.w3.eth.block_number)
+
+
+REFUSALS = {
+    "AuthorizationAlreadyUsed": "this authorization was used already",
+    "AuthorizationExpired": "the authorization has expired",
+    "AuthorizationNotYetValid": "the authorization is not valid yet",
+    "InvalidAuthorizationSignature": "the signature is not the payer's over this authorization",
+    "ERC20InsufficientBalance": "the payer's balance is below the authorized amount",
+    "EnforcedPause": "the marketplace is paused",
+    "NotSettler": "this gateway's settler is not allowed to settle (its operator must fix it)",
+}
+
+
+def refusal(exc: errors.ContractRevert) -> str:
+    """Why the chain refused a settlement, in words for the payer."""
+    return REFUSALS.get(exc.revert_name or "", exc.message)

@@ -24,7 +24,7 @@ from eth_utils.address import to_checksum_address
 from sqlalchemy import Engine, Row
 
 from marketplace import errors
-from marketplace.chain.per_call import Authorization, Settler, SignedSettlement
+from marketplace.chain.per_call import Authorization, Settler, SignedSettlement, refusal
 from marketplace.db.tables import Listing
 from marketplace.payments.method import Headers, Payer, Payment
 from marketplace.payments.x402 import settlements
@@ -242,7 +242,7 @@ class X402Exact:
         try:
             return settler.check(model_id, auth)
         except errors.ContractRevert as exc:
-            raise _invalid(_refusal(exc)) from None
+            raise _invalid(refusal(exc)) from None
 
     def _again(
         self,
@@ -382,21 +382,6 @@ def _already_answered(tx: str) -> errors.PaymentAlreadyUsed:
         f"this payment already paid for a call that was answered (transaction {tx});"
         " it is not charged again"
     )
-
-
-REFUSALS = {
-    "AuthorizationAlreadyUsed": "this authorization was used already",
-    "AuthorizationExpired": "the authorization has expired",
-    "AuthorizationNotYetValid": "the authorization is not valid yet",
-    "InvalidAuthorizationSignature": "the signature is not the payer's over this authorization",
-    "ERC20InsufficientBalance": "the payer's balance is below the authorized amount",
-    "EnforcedPause": "the marketplace is paused",
-    "NotSettler": "this gateway's settler is not allowed to settle (its operator must fix it)",
-}
-
-
-def _refusal(exc: errors.ContractRevert) -> str:
-    return REFUSALS.get(exc.revert_name or "", exc.message)
 
 
 def _invalid(message: str) -> errors.PaymentInvalid:
