@@ -173,6 +173,18 @@ interface IModelMarketplace {
     /// @param nonce The authorization's nonce.
     error AuthorizationNotUsed(address payer, bytes32 nonce);
 
+    /// @notice A sale would take what the contract owes in `token` past 2^128 - 1 (its
+    ///         book's width): refused, so no sale the chain accepts overflows it.
+    /// @param token The ERC-20.
+    /// @param owed What it would owe.
+    error BookOverflow(address token, uint256 owed);
+
+    /// @notice The contract holds less unattributed money than the amount to credit.
+    /// @param token The ERC-20.
+    /// @param amount What was to be credited.
+    /// @param surplus What the contract holds above what it owes.
+    error NothingSubmitted(address token, uint256 amount, uint256 surplus);
+
     /// @notice This authorization was credited already.
     /// @param payer The authorizer.
     /// @param nonce The authorization's nonce.
@@ -290,9 +302,11 @@ interface IModelMarketplace {
     ///         submitted straight to the token first: the tokens arrived but no seller was
     ///         credited. Only a settler, which must have checked in the token's logs that
     ///         the transfer came here and did not come through `settlePerCall`; each
-    ///         authorization is credited this way at most once.
-    /// @dev Reverts with `NotSettler`, `UnknownModel`, `AuthorizationNotUsed` or
-    ///      `AuthorizationCredited`. Emits `PaidPerCall`.
+    ///         authorization is credited this way at most once, and never more than the
+    ///         contract holds above what it owes (no seller's earnings can be credited
+    ///         twice, whatever the settler does).
+    /// @dev Reverts with `NotSettler`, `UnknownModel`, `AuthorizationNotUsed`,
+    ///      `AuthorizationCredited` or `NothingSubmitted`. Emits `PaidPerCall`.
     /// @param modelId The listing the call was served from.
     /// @param payer The authorizer.
     /// @param amount The authorized value.
@@ -381,6 +395,12 @@ interface IModelMarketplace {
     /// @param token The ERC-20.
     /// @return The amount `withdrawFees` would send.
     function protocolFees(address token) external view returns (uint256);
+
+    /// @notice Everything the contract owes in `token`: every seller's earnings plus the
+    ///         protocol's fees. It holds at least this much.
+    /// @param token The ERC-20.
+    /// @return The amount owed.
+    function owed(address token) external view returns (uint256);
 
     /// @notice Whether `account` may settle per-call payments.
     /// @param account The account.

@@ -46,8 +46,13 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
     /// @inheritdoc IModelMarketplace
     mapping(address seller => mapping(address token => uint256)) public earnings;
 
-    /// @inheritdoc IModelMarketplace
-    mapping(address token => uint256) public protocolFees;
+    // Per token, one slot so a sale updates both with one write: the low 128 bits hold
+    // the protocol's fees, the high 128 everything the contract owes (every seller's
+    // earnings plus the fees; so fees <= owed). What the contract holds above `owed`
+    // arrived unattributed (an authorization someone submitted straight to the token):
+    // the only money `creditSubmittedAuthorization` can credit.
+    mapping(address token => uint256) private _books;
+    uint256 private constant LOW128 = type(uint128).max;
 
     /// @inheritdoc IModelMarketplace
     mapping(address account => bool) public settlers;
@@ -129,6 +134,7 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
         uint256 amount = earnings[msg.sender][token];
         if (amount == 0) revert NothingToWithdraw(msg.sender, token);
         earnings[msg.sender][token] = 0;
+        _books[token] -= amount << 128; // amount <= owed: no underflow
         emit Withdrawn(msg.sender, token, amount);
         IERC20(token).safeTransfer(msg.sender, amount);
     }
@@ -198,6 +204,9 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
             revert AuthorizationNotUsed(payer, nonce);
         }
         if (_creditedAuthorizations[token][payer][nonce]) revert AuthorizationCredited(payer, nonce);
+        // only money that arrived and is nobody's yet: never a seller's earnings or a fee
+        uint256 surplus = IERC20(token).balanceOf(address(this)) - (_books[token] >> 128);
+        if (amount > surplus) revert NothingSubmitted(token, amount, surplus);
         _creditedAuthorizations[token][payer][nonce] = true;
         (, fee) = _creditPerCall(modelId, payer, amount, nonce);
     }
@@ -230,9 +239,10 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
 
     /// @inheritdoc IModelMarketplace
     function withdrawFees(address token) external onlyOwner nonReentrant {
-        uint256 amount = protocolFees[token];
+        uint256 book = _books[token];
+        uint256 amount = book & LOW128;
         if (amount == 0) revert NothingToWithdraw(treasury, token);
-        protocolFees[token] = 0;
+        _books[token] = ((book >> 128) - amount) << 128; // fees to 0, owed less them
         emit FeesWithdrawn(treasury, token, amount);
         IERC20(token).safeTransfer(treasury, amount);
     }
@@ -248,6 +258,16 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
     }
 
     // --------------------------------------------------------------------- views
+
+    /// @inheritdoc IModelMarketplace
+    function protocolFees(address token) external view returns (uint256) {
+        return _books[token] & LOW128;
+    }
+
+    /// @inheritdoc IModelMarketplace
+    function owed(address token) external view returns (uint256) {
+        return _books[token] >> 128;
+    }
 
     /// @inheritdoc IModelMarketplace
     function getListing(uint256 modelId) external view returns (Listing memory) {
@@ -275,7 +295,7 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
         amount = calls * price;
         uint256 fee = (amount * feeBps) / BPS;
         earnings[seller][token] += amount - fee;
-        if (fee != 0) protocolFees[token] += fee;
+        _book(token, amount, fee);
         emit Purchased(modelId, msg.sender, calls, amount, fee);
 
         IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
@@ -291,8 +311,21 @@ contract ModelMarketplace is IModelMarketplace, Ownable2Step, Pausable, Reentran
         token = listing.token;
         fee = (amount * feeBps) / BPS;
         earnings[seller][token] += amount - fee;
-        if (fee != 0) protocolFees[token] += fee;
+        _book(token, amount, fee);
         emit PaidPerCall(modelId, payer, amount, fee, nonce);
+    }
+
+    function _book(address token, uint256 amount, uint256 fee) private {
+        uint256 book = _books[token];
+        // Unchecked: owed < 2^128, and amount is calls * a uint96 price (< 2^146) or an
+        // amount of tokens that actually moves here (a balance, far below 2^255), so the
+        // sum cannot wrap; it is checked against 128 bits, and fees + fee <= the sum.
+        unchecked {
+            uint256 newOwed = (book >> 128) + amount;
+            // no sale the chain accepts is one the book cannot hold
+            if (newOwed > LOW128) revert BookOverflow(token, newOwed);
+            _books[token] = (newOwed << 128) | ((book & LOW128) + fee);
+        }
     }
 
     function _sellerListing(uint256 modelId) private view returns (Listing storage listing) {

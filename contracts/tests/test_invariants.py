@@ -243,6 +243,7 @@ class MarketMachine(RuleBasedStateMachine):
         fees = self.market.protocolFees(self.token)
         held = self.token.balanceOf(self.market)
         assert held == owed + fees
+        assert self.market.owed(self.token) == owed + fees
         assert self.paid + self.per_call == owed + fees + self.withdrawn + self.fees_out
         assert self.token.balanceOf(self.treasury) == self.fees_out
         spent = sum(self.start[p.address] - self.token.balanceOf(p) for p in self.people)

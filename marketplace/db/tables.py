@@ -217,6 +217,9 @@ class X402Payment(Base):
     valid_after: Mapped[int] = mapped_column(BigInteger)
     valid_before: Mapped[int] = mapped_column(BigInteger)
     signature: Mapped[str] = mapped_column(Text)  # 0x hex
+    # sha256 of the request body it paid for: a settled payment's owed answer is given
+    # only to the same request (anyone can copy an authorization from a pending tx)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     delivered: Mapped[bool] = mapped_column(default=False)  # an answer was sent for it
     tx_hash: Mapped[str | None] = mapped_column(String(66))

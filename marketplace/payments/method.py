@@ -30,6 +30,7 @@ class Payer(NamedTuple):
     address: str  # the buyer's address, lower case
     key_id: str  # the credential that identified them (an API key's id), at most 16 chars
     credential: object = None  # what the method read to identify them (an x402 payment)
+    request: bytes | None = None  # sha256 of the request body, for methods that bind it
 
 
 @dataclass(eq=False)
@@ -53,6 +54,9 @@ class PaymentMethod(Protocol):
     """One way to pay for a paid call."""
 
     name: str  # stable: shown in 402 offers and logs
+    # whether `begin` needs the request's digest (Payer.request): a method whose payment
+    # can be replayed by whoever sees it binds it to the request it was made for
+    binds_request: bool
 
     def claims(self, headers: Headers) -> bool:
         """Whether this request pays with this method (its credential is present)."""

@@ -9,6 +9,8 @@ payment began gives it back.
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Blueprint, Response, request
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -123,6 +125,8 @@ def infer(model_id: int) -> Response:
     decoded = codecs.decode_request(
         body, header_length, max_elements=gateway.settings.max_input_elements
     )
+    if method.binds_request:
+        payer = payer._replace(request=hashlib.sha256(body).digest())
 
     def run() -> tuple[bytes, dict[str, str]]:
         path = gateway.model_files.get(listing.model_cid)

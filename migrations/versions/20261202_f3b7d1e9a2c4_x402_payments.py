@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("valid_after", sa.BigInteger(), nullable=False),
         sa.Column("valid_before", sa.BigInteger(), nullable=False),
         sa.Column("signature", sa.Text(), nullable=False),
+        sa.Column("request_sha256", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("delivered", sa.Boolean(), nullable=False),
         sa.Column("tx_hash", sa.String(length=66), nullable=True),

@@ -240,6 +240,10 @@ def test_a_settlement_that_times_out_is_charged_once_and_answered_later(world: W
     gw.x402.reconcile()  # (or the background reconciler, whichever looks first)
     assert rows(world) == [("settled", False)]
     assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
+    # the authorization is public in the mined calldata: sent by someone else with
+    # another request, it buys nothing (and does not take the answer owed to the payer)
+    lifted = call(world, payment, np.array([[6.0, 3.0, 4.8, 1.8]], np.float32))
+    assert lifted.status_code == 409, lifted.get_json()
     answered = call(world, payment)  # the answer it paid for, once
     assert answered.status_code == 200
     assert payment_response(answered)["success"] is True
@@ -384,3 +388,42 @@ def test_a_settler_out_of_gas_charges_nothing_and_the_payment_stays_good(world: 
     w3.provider.make_request("anvil_setBalance", [settler, hex(10**18)])  # type: ignore[arg-type]
     assert call(world, payment).status_code == 200  # the operator refilled it: it pays now
     assert balances(world) == (before[0] - PRICE, before[1] + PRICE - FEE)
+
+
+def test_a_worker_dying_while_giving_an_owed_answer_leaves_it_owed(world: World):
+    """Simulated as above: a settled payment's owed answer is claimed by a call whose
+    worker then dies; after the reservation TTL the answer is owed again, once."""
+    from app import create_app
+
+    gw = gateway(world)
+    gw.x402.reconciler.settle_timeout = 1.0
+    w3 = world.market.w3
+    payment = sdk_payment(PAYER, call(world))
+    w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        assert call(world, payment).status_code == 504
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    world.mine(1)
+    time.sleep(1.1)
+    gw.x402.reconcile()
+    assert rows(world) == [("settled", False)]
+    listing = gw.listing(world.model_id)
+    method, payer = gw.payments.identify({"PAYMENT-SIGNATURE": payment})
+    body = _body()[0]
+    import hashlib
+
+    payer = payer._replace(request=hashlib.sha256(body).digest())
+    gw.payments.begin(method, payer, listing)  # claims the owed answer ... and dies
+    assert rows(world) == [("settled", True)]
+    assert call(world, payment).status_code == 409  # claimed: not given twice
+    restarted = create_app(world.settings.model_copy(update={"x402_reservation_ttl": 0.5}))
+    try:
+        time.sleep(0.6)
+        restarted.extensions["modelmarket"].x402.reconcile()
+        assert rows(world) == [("settled", False)]  # owed again
+    finally:
+        restarted.extensions["modelmarket"].x402.close()
+        restarted.extensions["modelmarket"].prepaid.close()
+    assert call(world, payment).status_code == 200
+    assert call(world, payment).status_code == 409

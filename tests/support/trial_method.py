@@ -21,6 +21,7 @@ class FreeTrial:
     """`calls` free calls per (address, model), counted in memory."""
 
     name = "free-trial"
+    binds_request = False
 
     def __init__(self, engine: Engine, calls: int = 2) -> None:
         self.engine = engine

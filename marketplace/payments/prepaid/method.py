@@ -57,6 +57,7 @@ class PrepaidCredits:
     """Calls bought on-chain in advance; one credit per call, spent from leases."""
 
     name = "prepaid"
+    binds_request = False  # an API key is a secret: nothing to bind
 
     def __init__(
         self,

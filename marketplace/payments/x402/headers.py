@@ -28,7 +28,7 @@ from x402.http.utils import (
 from x402.schemas import SettleResponse
 
 from marketplace import errors
-from marketplace.chain.per_call import Authorization
+from marketplace.chain.per_call import Authorization, SignedSettlement
 
 PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
 PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
@@ -121,6 +121,25 @@ def read_payment(value: str) -> SignedPayment:
         _authorization(payload.payload),
         payment_id,
         resource_path,
+    )
+
+
+def pending_error(signed: SignedSettlement | None) -> errors.SettlementPending:
+    """The 504 for a settlement sent and not seen mined: never a 402."""
+    tx = f" (transaction {signed.tx_hash})" if signed and signed.tx_hash else ""
+    exc = errors.SettlementPending(
+        f"the payment's settlement was sent{tx} and is not mined yet: it will be charged at"
+        " most once; send the same request with the same payment again for its answer"
+    )
+    exc.headers = {"Retry-After": "5"}
+    return exc
+
+
+def already_answered(tx: str) -> errors.PaymentAlreadyUsed:
+    """The 409 for a payment whose one answer was given."""
+    return errors.PaymentAlreadyUsed(
+        f"this payment already paid for a call that was answered (transaction {tx});"
+        " it is not charged again"
     )
 
 

@@ -33,7 +33,9 @@ from marketplace.payments.x402.headers import (
     PAYMENT_SIGNATURE,
     X_PAYMENT,
     SignedPayment,
+    already_answered,
     payment_response_header,
+    pending_error,
     read_payment,
 )
 from marketplace.payments.x402.reconcile import SETTLE_MARGIN, Reconciler
@@ -55,6 +57,7 @@ class X402Exact:
     """Pay per call with an EIP-3009 authorization (x402 `exact`, EVM)."""
 
     name = "x402"
+    binds_request = True  # an authorization is public once its settlement is sent
 
     def __init__(
         self,
@@ -110,11 +113,11 @@ class X402Exact:
         payment = payer.credential
         assert isinstance(payment, SignedPayment)
         auth = payment.authorization
-        self._check(payment, listing, settler)
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn:  # seen before: its state decides, not its window
             row = settlements.find(conn, auth, payment.payment_id)
         if row is not None:
             return self._again(row, payer, payment, listing, inference_id, settler)
+        self._check(payment, listing, settler)
         gas = self._simulate(settler, listing.model_id, auth)
         with self.engine.begin() as conn:
             won = settlements.reserve(
@@ -124,6 +127,7 @@ class X402Exact:
                 model_id=listing.model_id,
                 inference_id=inference_id,
                 since_block=settler.market.deployment.start_block,
+                request=payer.request,
             )
             row = None if won else settlements.find(conn, auth, payment.payment_id)
         if row is not None:
@@ -140,6 +144,7 @@ class X402Exact:
         payer, nonce = settlements.key(auth)
         if payment.settled_tx is not None:  # the answer a settled payment was owed
             with self.engine.begin() as conn:
+                settlements.delivered(conn, payer, nonce, payment.inference_id)
                 write_usage(conn, [usage])
             return self._paid(settler, payer, payment.settled_tx)
 
@@ -147,7 +152,7 @@ class X402Exact:
 
         def record(signed: SignedSettlement) -> None:
             with self.engine.begin() as conn:
-                if not settlements.sending(conn, payer, nonce, signed):
+                if not settlements.sending(conn, payer, nonce, signed, payment.inference_id):
                     raise errors.PaymentInProgress(
                         "the payment's reservation lapsed while the call ran; nothing was charged"
                     )
@@ -161,12 +166,12 @@ class X402Exact:
             raise
         except errors.SettlementRefused:
             with self.engine.begin() as conn:  # the node took nothing: free again
-                settlements.release(conn, payer, nonce, refused=True)
+                settlements.release(conn, payer, nonce, payment.inference_id, refused=True)
             raise
         except errors.ModelMarketError:
             if not recorded:  # nothing was signed or sent: the authorization is free again
                 with self.engine.begin() as conn:
-                    settlements.release(conn, payer, nonce)
+                    settlements.release(conn, payer, nonce, payment.inference_id)
                 raise
             # Sent, or maybe sent (the node failed while taking it): the outcome is the
             # chain's to tell; never an error that reads as "not paid".
@@ -174,7 +179,7 @@ class X402Exact:
         if receipt is None:
             with self.engine.begin() as conn:  # no answer will carry it: the reconciler's now
                 settlements.gave_up(conn, payer, nonce)
-            raise _pending(signed)
+            raise pending_error(signed)
         tx = signed.tx_hash if signed else ""
         if receipt["status"] != 1:
             found = self.reconciler.after_revert(settler, payment.model_id, auth)
@@ -185,9 +190,11 @@ class X402Exact:
             tx = found
         with self.engine.begin() as conn:  # settled and the call recorded: one transaction
             # (or, if a reconciler saw it mined first, the one answer it is owed, claimed)
-            ours = settlements.settled(conn, payer, nonce, tx, delivered=True)
+            ours = settlements.settled(
+                conn, payer, nonce, tx, delivered=True, mine=payment.inference_id
+            )
             if not ours and not settlements.deliver(conn, payer, nonce, payment.inference_id):
-                raise _already_answered(tx)
+                raise already_answered(tx)
             write_usage(conn, [usage])
         return self._paid(settler, payer, tx)
 
@@ -198,9 +205,9 @@ class X402Exact:
         payer, nonce = settlements.key(payment.auth)
         with self.engine.begin() as conn:
             if payment.settled_tx is not None:
-                settlements.undeliver(conn, payer, nonce)
+                settlements.undeliver(conn, payer, nonce, payment.inference_id)
             else:
-                settlements.release(conn, payer, nonce)
+                settlements.release(conn, payer, nonce, payment.inference_id)
             write_usage(conn, [usage])
         return {}
 
@@ -255,10 +262,30 @@ class X402Exact:
         *,
         looked: bool = False,
     ) -> PerCallPayment:
-        """A payment seen before (the same authorization, or the same payment id)."""
+        """A payment seen before (the same authorization, or the same payment id). It
+        answers only the call it was made for: the same signed authorization, on the same
+        model, with the same request body (anyone can copy an authorization out of a
+        pending settlement's calldata and send it with a request of their own)."""
         auth = payment.authorization
-        same = row.nonce == settlements.key(auth)[1]
-        if row.status == "settled":
+        key_nonce = settlements.key(auth)[1]
+        same = row.nonce == key_nonce and row.signature == "0x" + auth.signature.hex()
+        request = payer.request.hex() if payer.request is not None else None
+        this_call = row.model_id == listing.model_id and row.request_sha256 in (None, request)
+        if row.status == "released" and same:  # nothing moved: a new call, checked anew
+            self._check(payment, listing, settler)
+            gas = self._simulate(settler, listing.model_id, auth)
+            with self.engine.begin() as conn:
+                if settlements.rereserve(
+                    conn,
+                    row.payer,
+                    row.nonce,
+                    inference_id,
+                    model_id=listing.model_id,
+                    request=payer.request,
+                ):
+                    return PerCallPayment(inference_id, payer, listing.model_id, auth=auth, gas=gas)
+            raise errors.PaymentInProgress("this payment is paying for another call right now")
+        if row.status == "settled" and same and this_call:
             with self.engine.begin() as conn:
                 owed = settlements.deliver(conn, row.payer, row.nonce, inference_id)
             if owed:
@@ -266,15 +293,18 @@ class X402Exact:
                 return PerCallPayment(
                     inference_id, payer, listing.model_id, auth=stored, settled_tx=row.tx_hash
                 )
-            exc = _already_answered(row.tx_hash or "")
+        if row.status == "settled":
+            exc = already_answered(row.tx_hash or "")
             exc.headers = self._paid(settler, row.payer, row.tx_hash or "")
             raise exc
+        if not (same and this_call):
+            if row.status in ("reserved", "sending"):
+                raise errors.PaymentInProgress("this payment is paying for another call")
+            raise _invalid("this payment (or its payment id) was made for another call")
         # A settlement still being waited for by the request that sent it is that
         # request's to answer; one whose request gave up (or died) is looked up now.
-        abandoned = (
-            row.reason == "unanswered"
-            or row.updated_at < time.time() - self.reconciler.settle_timeout
-        )
+        waited = time.time() - row.updated_at > self.reconciler.settle_timeout
+        abandoned = row.reason == "unanswered" or waited
         if row.status == "sending" and not abandoned:
             raise errors.PaymentInProgress("this payment is paying for another call right now")
         if row.status == "sending" and not looked:
@@ -286,17 +316,9 @@ class X402Exact:
                     fresh, payer, payment, listing, inference_id, settler, looked=True
                 )
         if row.status == "sending":
-            raise _pending(SignedSettlement(row.tx_hash or "", b""))
+            raise pending_error(SignedSettlement(row.tx_hash or "", b""))
         if row.status == "reserved":
             raise errors.PaymentInProgress("this payment is paying for another call right now")
-        if row.status == "released" and same:
-            gas = self._simulate(settler, listing.model_id, auth)
-            with self.engine.begin() as conn:
-                if settlements.rereserve(conn, row.payer, row.nonce, inference_id):
-                    return PerCallPayment(inference_id, payer, listing.model_id, auth=auth, gas=gas)
-            raise errors.PaymentInProgress("this payment is paying for another call right now")
-        if row.status == "released":
-            raise _invalid("this payment id belongs to another authorization")
         raise _invalid(f"this authorization could not settle ({row.reason}); nothing was charged")
 
     # ------------------------------------------------------------ the worker
@@ -365,23 +387,6 @@ class X402Exact:
             )
         }
         return exc
-
-
-def _pending(signed: SignedSettlement | None) -> errors.SettlementPending:
-    tx = f" (transaction {signed.tx_hash})" if signed and signed.tx_hash else ""
-    exc = errors.SettlementPending(
-        f"the payment's settlement was sent{tx} and is not mined yet: it will be charged at"
-        " most once; send the same request with the same payment again for its answer"
-    )
-    exc.headers = {"Retry-After": "5"}
-    return exc
-
-
-def _already_answered(tx: str) -> errors.PaymentAlreadyUsed:
-    return errors.PaymentAlreadyUsed(
-        f"this payment already paid for a call that was answered (transaction {tx});"
-        " it is not charged again"
-    )
 
 
 def _invalid(message: str) -> errors.PaymentInvalid:

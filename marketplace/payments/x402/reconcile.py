@@ -98,6 +98,9 @@ class Reconciler:
                 if row.status == "reserved":
                     done += settlements.release(conn, row.payer, row.nonce)
                     continue
+                if row.status == "settled":  # its worker died mid-answer: owed again
+                    done += settlements.undeliver(conn, row.payer, row.nonce)
+                    continue
             if settler is not None and self.reconcile_one(row, settler):
                 done += 1
         return done
@@ -114,7 +117,7 @@ class Reconciler:
         if receipt is None and not settler.used(
             self._listing_token(row.model_id) or "", auth.payer, auth.nonce
         ):
-            if auth.valid_before < time.time() + SETTLE_MARGIN:
+            if settler.chain_time() >= auth.valid_before:  # the chain's clock, not ours
                 with self.engine.begin() as conn:
                     return settlements.failed(conn, row.payer, row.nonce, "expired")
             # dropped (a restarted node, a replaced nonce): send it again, anew

@@ -52,6 +52,7 @@ def reserve(
     model_id: int,
     inference_id: str,
     since_block: int,
+    request: bytes | None,
 ) -> bool:
     """Reserve the authorization for one call: False when a row for it (or for its
     payment id) exists already."""
@@ -69,6 +70,7 @@ def reserve(
             valid_after=auth.valid_after,
             valid_before=auth.valid_before,
             signature="0x" + auth.signature.hex(),
+            request_sha256=request.hex() if request is not None else None,
             status="reserved",
             delivered=False,
             since_block=since_block,
@@ -81,7 +83,13 @@ def reserve(
     return inserted is not None
 
 
-def _move(conn: Connection, payer: str, nonce: str, where: Any, **values: Any) -> bool:
+def _move(
+    conn: Connection, payer: str, nonce: str, where: Any, mine: str | None = None, **values: Any
+) -> bool:
+    # `mine`: only while the row is still this call's (an inference id), so a call whose
+    # reservation lapsed and was taken by another never moves the other's row
+    if mine is not None:
+        where = where & (C.inference_id == mine)
     done = conn.execute(
         update(TABLE)
         .where(C.payer == payer, C.nonce == nonce, where)
@@ -90,36 +98,65 @@ def _move(conn: Connection, payer: str, nonce: str, where: Any, **values: Any) -
     return bool(done.rowcount)
 
 
-def rereserve(conn: Connection, payer: str, nonce: str, inference_id: str) -> bool:
-    """Take a released authorization for a new call."""
+def rereserve(
+    conn: Connection,
+    payer: str,
+    nonce: str,
+    inference_id: str,
+    *,
+    model_id: int,
+    request: bytes | None,
+) -> bool:
+    """Take a released authorization for a new call (on any model: nothing moved)."""
     return _move(
-        conn, payer, nonce, C.status == "released", status="reserved", inference_id=inference_id
+        conn,
+        payer,
+        nonce,
+        C.status == "released",
+        status="reserved",
+        inference_id=inference_id,
+        model_id=model_id,
+        request_sha256=request.hex() if request is not None else None,
+        reason=None,
     )
 
 
-def sending(conn: Connection, payer: str, nonce: str, signed: SignedSettlement) -> bool:
+def sending(
+    conn: Connection, payer: str, nonce: str, signed: SignedSettlement, mine: str | None = None
+) -> bool:
     """Record the signed settlement before it is sent (the reservation is still ours)."""
     return _move(
         conn,
         payer,
         nonce,
         C.status.in_(("reserved", "sending")),
+        mine,
         status="sending",
         tx_hash=signed.tx_hash,
         raw_tx=signed.raw,
     )
 
 
-def settled(conn: Connection, payer: str, nonce: str, tx_hash: str, *, delivered: bool) -> bool:
+def settled(
+    conn: Connection,
+    payer: str,
+    nonce: str,
+    tx_hash: str,
+    *,
+    delivered: bool,
+    mine: str | None = None,
+) -> bool:
     """The settlement is mined (by `tx_hash`); `delivered` when this answer carries it."""
     return _move(
         conn,
         payer,
         nonce,
         C.status.in_(("sending", "reserved")),
+        mine,
         status="settled",
         tx_hash=tx_hash,
         delivered=delivered,
+        reason=None,
     )
 
 
@@ -136,15 +173,18 @@ def failed(conn: Connection, payer: str, nonce: str, reason: str) -> bool:
     )
 
 
-def release(conn: Connection, payer: str, nonce: str, *, refused: bool = False) -> bool:
+def release(
+    conn: Connection, payer: str, nonce: str, mine: str | None = None, *, refused: bool = False
+) -> bool:
     """The call failed before settling (or the node `refused` the settlement): nothing
     was sent, the authorization is free."""
     was = C.status.in_(("reserved", "sending")) if refused else C.status == "reserved"
-    return _move(conn, payer, nonce, was, status="released", tx_hash=None, raw_tx=None)
+    return _move(conn, payer, nonce, was, mine, status="released", tx_hash=None, raw_tx=None)
 
 
 def deliver(conn: Connection, payer: str, nonce: str, inference_id: str) -> bool:
-    """Claim the one answer a settled, undelivered payment is owed."""
+    """Claim the one answer a settled, undelivered payment is owed; "delivering" until
+    the answer is written (a worker that dies meanwhile leaves it to the reconciler)."""
     return _move(
         conn,
         payer,
@@ -152,12 +192,18 @@ def deliver(conn: Connection, payer: str, nonce: str, inference_id: str) -> bool
         (C.status == "settled") & C.delivered.is_(False),
         delivered=True,
         inference_id=inference_id,
+        reason="delivering",
     )
 
 
-def undeliver(conn: Connection, payer: str, nonce: str) -> bool:
-    """The claimed answer failed: the payment is owed an answer again."""
-    return _move(conn, payer, nonce, C.status == "settled", delivered=False)
+def delivered(conn: Connection, payer: str, nonce: str, mine: str) -> bool:
+    """The owed answer was given."""
+    return _move(conn, payer, nonce, C.status == "settled", mine, reason=None)
+
+
+def undeliver(conn: Connection, payer: str, nonce: str, mine: str | None = None) -> bool:
+    """The claimed answer failed (or its worker died): the payment is owed it again."""
+    return _move(conn, payer, nonce, C.status == "settled", mine, delivered=False, reason=None)
 
 
 def touch(conn: Connection, row: Row[Any]) -> bool:
@@ -170,12 +216,16 @@ def touch(conn: Connection, row: Row[Any]) -> bool:
 
 def stale(conn: Connection, *, reserved_before: float, sending_before: float) -> Sequence[Row[Any]]:
     """Rows a crash or a timeout left: reservations older than the reservation TTL
-    (their worker died before settling) and settlements sent and not seen mined."""
+    (their worker died before settling), owed answers being delivered as long (their
+    worker died mid-call), and settlements sent and not seen mined."""
     return conn.execute(
         select(TABLE)
         .where(
             or_(
                 (C.status == "reserved") & (C.updated_at < reserved_before),
+                (C.status == "settled")
+                & (C.reason == "delivering")
+                & (C.updated_at < reserved_before),
                 (C.status == "sending") & (C.updated_at < sending_before),
             )
         )
