@@ -153,6 +153,8 @@ def model(model_id: int) -> str:
         confirmations=gateway.settings.confirmations,
         # the CIDs go into shell commands to copy: only when they are CIDs
         shell_safe=_is_cid(full.model_cid) and _is_cid(full.metadata_cid),
+        # this gateway settles x402 payments for a listing on sale
+        per_call=gateway.settings.settler_key is not None and full.active,
     )
 
 

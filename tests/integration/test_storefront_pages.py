@@ -78,3 +78,16 @@ def test_the_catalog_pages_sorts_and_filters(world: World):
     assert len(names("?tag=bulk")) == 12 and "Iris" not in names("?tag=bulk")
     assert names("?q=model+07") == ["Model 07"]
     assert names("?page=3") == []
+
+
+def test_the_model_page_offers_x402_only_while_it_can_be_paid(world: World):
+    page = world.client.get(f"/models/{world.model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert 'id="x402"' in page
+    assert f"modelmarket infer {world.model_id} --input in.json --x402" in page
+    assert f"max_amount={PRICE}" in page
+    world.market.delist(world.signers[1], world.model_id)  # no longer sold: no x402 offer
+    world.mine(1)
+    world.index()
+    world.client.application.extensions["modelmarket"].listing(world.model_id, max_age=0)  # type: ignore[attr-defined]
+    delisted = world.client.get(f"/models/{world.model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert 'id="x402"' not in delisted
