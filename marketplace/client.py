@@ -67,6 +67,8 @@ class _X402Signer:
     def sign_typed_data(
         self, domain: Any, types: dict[str, Any], primary_type: str, message: dict[str, Any]
     ) -> bytes:
+        from marketplace.chain.per_call import DOMAIN_FIELDS  # the x402 path loads web3 anyway
+
         def field(f: Any) -> dict[str, str]:
             return f if isinstance(f, dict) else {"name": f.name, "type": f.type}
 
@@ -78,7 +80,8 @@ class _X402Signer:
                 "verifyingContract": domain.verifying_contract,
             }
         typed_types = {name: [field(f) for f in fs] for name, fs in types.items()}
-        typed_types.setdefault("EIP712Domain", [_DOMAIN_FIELDS[k] for k in domain])
+        by_name = {f["name"]: f for f in DOMAIN_FIELDS}
+        typed_types.setdefault("EIP712Domain", [by_name[k] for k in domain])
         typed = {
             "types": typed_types,
             "primaryType": primary_type,
@@ -87,14 +90,6 @@ class _X402Signer:
         }
         v, r, s = self._signer.sign_typed_data(typed)
         return r + s + bytes([v])
-
-
-_DOMAIN_FIELDS = {
-    "name": {"name": "name", "type": "string"},
-    "version": {"name": "version", "type": "string"},
-    "chainId": {"name": "chainId", "type": "uint256"},
-    "verifyingContract": {"name": "verifyingContract", "type": "address"},
-}
 
 
 @dataclass(frozen=True)

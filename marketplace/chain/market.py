@@ -105,7 +105,7 @@ class Marketplace:
             )
         return contract
 
-    def _read_uint(self, to: str, data: str) -> int:
+    def read_uint(self, to: str, data: str) -> int:
         """A uint256 view by a bare `eth_call` (web3's call path adds ~5 ms of formatting
         and checks; unauthenticated purchase preparation makes this call)."""
         with rpc_errors():
@@ -185,7 +185,7 @@ class Marketplace:
         """The EIP-2612 Permit typed data a wallet signs for the marketplace to spend `value`."""
         erc20 = self.token_contract(token) if token else self.token
         name, version, chain_id, verifying = self.eip712_domain(erc20.address)
-        nonce = self._read_uint(
+        nonce = self.read_uint(
             erc20.address, calldata("nonces(address)", to_checksum_address(owner))
         )
         return {
@@ -281,7 +281,7 @@ class Marketplace:
                 signer, model_id, calls, max_price_per_call, deadline=deadline
             )
         value = calls * listing.price_per_call
-        allowance = self._read_uint(
+        allowance = self.read_uint(
             listing.token,
             calldata(
                 "allowance(address,address)",

@@ -245,17 +245,9 @@ class Settler:
     def used(self, token: str, payer: str, nonce: bytes) -> bool:
         """Whether the token has used (or seen cancelled) this authorization."""
         data = calldata("authorizationState(address,bytes32)", to_checksum_address(payer), nonce)
-        with rpc_errors():
-            answer = self.w3.provider.make_request(
-                "eth_call",  # type: ignore[arg-type]
-                [{"to": to_checksum_address(token), "data": data}, "latest"],
-            )
-        result = answer.get("result")
-        if not isinstance(result, str):
-            raise errors.ChainError("the token refused a read of authorizationState")
-        return int(result, 16) != 0
+        return self.market.read_uint(to_checksum_address(token), data) != 0
 
-    def outcome(self, token: str, auth: Authorization, since_block: int) -> tuple[Outcome, str]:
+    def outcome(self, token: str, auth: Authorization) -> tuple[Outcome, str]:
         """Where a used authorization went, from the token's logs: settled by us
         ("ours"), submitted by someone else with the price arriving here ("arrived"), or
         spent elsewhere (a payer who signed the nonce twice). And the transaction."""
@@ -264,7 +256,8 @@ class Settler:
             "0x" + HexBytes(auth.payer).rjust(32, b"\0").hex(),
             "0x" + auth.nonce.hex(),
         ]
-        logs = self._logs_back(to_checksum_address(token), topics, since_block)
+        since = self.market.deployment.start_block  # nothing of ours is older
+        logs = self._logs_back(to_checksum_address(token), topics, since)
         if not logs:
             return "elsewhere", ""  # cancelled (EIP-3009 cancelAuthorization)
         tx_hash = HexBytes(logs[0]["transactionHash"]).to_0x_hex()
@@ -323,11 +316,6 @@ class Settler:
             timeout=timeout,
         )
         return HexBytes(receipt["transactionHash"]).to_0x_hex()
-
-    def block_number(self) -> int:
-        """The chain's latest block."""
-        with rpc_errors():
-            return int(self.w3.eth.block_number)
 
 
 REFUSALS = {

@@ -225,7 +225,6 @@ class X402Payment(Base):
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
     reason: Mapped[str | None] = mapped_column(String(64))  # why it failed
-    since_block: Mapped[int] = mapped_column(BigInteger)  # where to look for its use
     created_at: Mapped[float]  # epoch seconds
     updated_at: Mapped[float]
 

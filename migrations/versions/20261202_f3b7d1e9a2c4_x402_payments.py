@@ -37,7 +37,6 @@ def upgrade() -> None:
         sa.Column("tx_hash", sa.String(length=66), nullable=True),
         sa.Column("raw_tx", sa.LargeBinary(), nullable=True),
         sa.Column("reason", sa.String(length=64), nullable=True),
-        sa.Column("since_block", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("payer", "nonce"),

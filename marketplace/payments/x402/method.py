@@ -126,7 +126,6 @@ class X402Exact:
                 payment_id=payment.payment_id,
                 model_id=listing.model_id,
                 inference_id=inference_id,
-                since_block=settler.market.deployment.start_block,
                 request=payer.request,
             )
             row = None if won else settlements.find(conn, auth, payment.payment_id)

@@ -55,7 +55,7 @@ class Reconciler:
         token = self._listing_token(model_id)
         if token is None or not settler.used(token, auth.payer, auth.nonce):
             return None
-        outcome, tx = settler.outcome(token, auth, settler.market.deployment.start_block)
+        outcome, tx = settler.outcome(token, auth)
         if outcome == "ours":
             return tx
         if outcome == "arrived":

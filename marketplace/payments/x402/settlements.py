@@ -51,7 +51,6 @@ def reserve(
     payment_id: str | None,
     model_id: int,
     inference_id: str,
-    since_block: int,
     request: bytes | None,
 ) -> bool:
     """Reserve the authorization for one call: False when a row for it (or for its
@@ -73,7 +72,6 @@ def reserve(
             request_sha256=request.hex() if request is not None else None,
             status="reserved",
             delivered=False,
-            since_block=since_block,
             created_at=now,
             updated_at=now,
         )
