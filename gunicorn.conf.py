@@ -29,6 +29,9 @@ reuse_port = True
 timeout = int(_settings.inference_time_limit + _settings.x402_settle_timeout + 30)
 graceful_timeout = 30
 keepalive = 5
+# gunicorn 27's control socket is one path per user: a second replica on the host would
+# take the first one's. Nothing here uses it.
+control_socket_disable = True
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -141,6 +141,34 @@ def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
 
 
 @main.command()
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="Bring the database to the newest schema first.",
+)
+@domain_errors
+def serve(migrate: bool) -> None:
+    """The gateway alone (both API families), under gunicorn with gunicorn.conf.py: what
+    `modelmarket run` starts, and what each of N production replicas runs. Address and
+    workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and _HTTP_WORKERS; the chain from
+    MODELMARKET_RPC_URL and the deployment record. gunicorn replaces this process, so
+    signals (SIGTERM: a graceful stop) reach it directly."""
+    import os
+    import sys
+
+    settings = load_settings()
+    if migrate:
+        from marketplace.db.migrate import migrate as bring_up
+
+        bring_up(settings.db_url)
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    os.chdir(PROJECT_ROOT)  # where app.py lives
+    config = str(PROJECT_ROOT / "gunicorn.conf.py")
+    os.execv(gunicorn, [gunicorn, "-c", config, "app:create_app()"])  # noqa: S606 (no shell)
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="Catch up once and exit (default: keep following).")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between polls.")
 @domain_errors
