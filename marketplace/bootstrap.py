@@ -43,7 +43,9 @@ def make_market(
     settings: Settings, rpc_url: str | None = None, deployment: Deployment | None = None
 ) -> Marketplace:
     """The marketplace binding of the deployment in use (connects now)."""
-    w3 = connect(rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout)
+    w3 = connect(
+        rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout, retries=settings.rpc_retries
+    )
     return Marketplace(
         w3,
         deployment or load_deployment(settings),
@@ -67,8 +69,10 @@ def model_checks(settings: Settings) -> ModelChecks:
 
 def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
     """An Indexer for the deployment in use, writing to the configured database."""
-    w3 = connect(rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout)
-    engine = make_engine(settings.db_url)
+    w3 = connect(
+        rpc_url or rpc_url_for(settings), timeout=settings.rpc_timeout, retries=settings.rpc_retries
+    )
+    engine = make_engine(settings.db_url, timeout=settings.db_timeout)
     store = make_store(settings)
     return Indexer(
         session_factory(engine),

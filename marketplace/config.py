@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,13 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Seconds to wait for a transaction receipt."
     )
     rpc_timeout: float = Field(default=10.0, gt=0, description="Seconds per JSON-RPC request.")
+    rpc_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a JSON-RPC request that met a connection error or a timeout"
+        " (reads, and resending the same signed transaction), 0.1 s apart and doubling.",
+    )
     fee_bps: int = Field(
         default=250, ge=0, le=1000, description="Protocol fee set at deployment (basis points)."
     )
@@ -125,6 +133,20 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL (postgresql+psycopg://... or sqlite:///...)."
         " Default: SQLite in <data_dir>/modelmarket.db.",
+    )
+    db_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to open a PostgreSQL connection or wait for a pooled one; past"
+        " it a paid call answers 503 database_unavailable (nothing charged).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line (for a log collector). No line"
+        " carries a key, an API key or a signature either way.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The least severe log level written."
     )
     indexer_batch_blocks: int = Field(
         default=2000, gt=0, description="Blocks per eth_getLogs request while indexing."

@@ -339,6 +339,7 @@ _FOREIGN: dict[str, int] = {
     "store_unavailable": 503,
     "store_timeout": 504,
     "content_too_large": 507,
+    "cache_disk_full": 507,
     "invalid_cid": 502,
     "bad_input": 400,
     "input_too_large": 413,
@@ -357,6 +358,30 @@ def oip_body(body: dict[str, object]) -> dict[str, object]:
     return {"error": f"[{code}] {message}", "code": code, **rest}
 
 
+# How long a client should wait before trying again, by the code of a 503/504: a
+# dependency that restarts (PostgreSQL, the IPFS node, the chain's endpoint) is back in
+# seconds; a model not fetched yet waits for the indexer's next round.
+_RETRY_AFTER: dict[str, int] = {
+    "database_unavailable": 2,
+    "chain_unavailable": 5,
+    "settlement_refused": 10,
+    "store_unavailable": 5,
+    "store_timeout": 10,
+    "content_not_found": 30,
+    "model_pending": 10,
+    "resource_exhausted": 1,
+    "purchase_not_redeemed": 5,
+    "marketplace_paused": 60,
+}
+
+
+def retry_after(status: int, code: str) -> int | None:
+    """Seconds a 503 (or a 504 a retry may cure) asks the client to wait, else None."""
+    if status == 503:
+        return _RETRY_AFTER.get(code, 5)
+    return _RETRY_AFTER.get(code) if status == 504 else None
+
+
 def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
     """(HTTP status, JSON body) for any error a request can meet; the web faces and the
     CLI both go through here."""
@@ -364,6 +389,9 @@ def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
         return describe(exc.cause)
     if isinstance(exc, ModelMarketError):
         return exc.http_status, exc.to_dict()
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
     from inference.errors import InferenceError, InvalidModel
     from storage.errors import StorageError
 
@@ -371,4 +399,10 @@ def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
         return 422, {"error": exc.code, "message": exc.message}
     if isinstance(exc, StorageError | InferenceError):
         return _FOREIGN.get(exc.code, 500), {"error": exc.code, "message": exc.message}
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
+        # the driver's text names the host and the statement: none of it is shown
+        return 503, {
+            "error": DatabaseUnavailable.code,
+            "message": "the database does not answer; nothing was charged, try again",
+        }
     return 500, {"error": "internal_error", "message": "an unexpected error; it was logged"}

@@ -4,6 +4,7 @@ one CID coalesced into one fetch, kept across restarts."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from storage import cid
 from storage.cid import ProgressFn
-from storage.errors import ContentTooLarge
+from storage.errors import CacheDiskFull, ContentTooLarge
 from storage.store import ContentStore
 
 TOUCH_EVERY = 60.0  # seconds: how stale a file's on-disk recency may get
@@ -98,6 +99,17 @@ class ModelCache:
                 self._inflight.pop(key, None)
 
     def _fetch(self, key: str, on_bytes: ProgressFn | None) -> Path:
+        try:
+            return self._download(key, on_bytes)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise CacheDiskFull(
+                f"no room on the model cache's disk for {key}: the models already cached"
+                " still serve; free space on it or lower MODELMARKET_CACHE_MAX_BYTES"
+            ) from None
+
+    def _download(self, key: str, on_bytes: ProgressFn | None) -> Path:
         self.fetches += 1
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{os.getpid()}-")
         tmp = Path(tmp_name)
@@ -138,7 +150,7 @@ class ModelCache:
                 self._entries.move_to_end(key)
             return path
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file
             if reserved:
                 with self._lock:
                     self._reserved -= reserved

@@ -50,6 +50,13 @@ class StoreTimeout(StoreUnavailable):
     code = "store_timeout"
 
 
+class CacheDiskFull(StorageError):
+    """The disk under the model cache has no room for the file (ENOSPC): the models
+    already cached still serve; nothing was left half-written."""
+
+    code = "cache_disk_full"
+
+
 class InvalidCar(StorageError):
     """A CAR file is malformed, has a block that does not match its CID, or is incomplete."""
 

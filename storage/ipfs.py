@@ -4,6 +4,7 @@ CID; every request has a timeout, since a missing CID otherwise hangs forever.""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -29,6 +30,12 @@ warnings.filterwarnings(
 )
 
 ADD_OPTS = {"cid-base": "base32"}
+RETRIES = 2  # of a read (cat, has, refs, pin) that could not reach the node
+RETRY_BACKOFF = 0.25  # seconds before the first retry; doubling
+
+
+class _Unreachable(Exception):
+    """No connection to the node (retried when the request is a read)."""
 
 
 class _Counting:
@@ -69,6 +76,25 @@ class IpfsStore:
         )
 
     def _call(
+        self,
+        what: str,
+        fn: Any,
+        *args: Any,
+        limit: float | None = None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> Any:
+        for attempt in range(retries + 1):
+            try:
+                return self._call_once(what, fn, *args, limit=limit, **kwargs)
+            except _Unreachable:
+                if attempt == retries:
+                    raise StoreUnavailable(f"cannot reach the IPFS node at {self.api}") from None
+                # a node restarting is back within a second or two; more is an outage
+                time.sleep(RETRY_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _call_once(
         self, what: str, fn: Any, *args: Any, limit: float | None = None, **kwargs: Any
     ) -> Any:
         try:
@@ -76,7 +102,7 @@ class IpfsStore:
         except (ipfs_errors.TimeoutError, requests.exceptions.Timeout):
             raise self._timeout(what, limit) from None
         except (ipfs_errors.ConnectionError, requests.exceptions.ConnectionError):
-            raise StoreUnavailable(f"cannot reach the IPFS node at {self.api}") from None
+            raise _Unreachable() from None
         except ipfs_errors.ErrorResponse as exc:
             text = str(exc)
             if any(word in text.lower() for word in ("timed out", "timeout", "deadline")):
@@ -122,6 +148,7 @@ class IpfsStore:
             timeout=limit,
             opts={"timeout": f"{limit:g}s"},
             limit=limit,
+            retries=RETRIES,
         )
 
         def stream() -> Iterator[bytes]:
@@ -136,6 +163,10 @@ class IpfsStore:
 
         return stream()
 
+    def ping(self) -> None:
+        """One quick request (`version`): health's view of the node, never retried."""
+        self._call("version", self._client.version, timeout=min(self.timeout, 2), limit=2)
+
     def has(self, cid_text: str) -> bool:
         """Whether the node has the root block locally (without fetching it)."""
         content = cid.normalize(cid_text)
@@ -146,6 +177,7 @@ class IpfsStore:
                 content,
                 opts={"offline": "true", "timeout": "2s"},
                 timeout=min(self.timeout, 5),
+                retries=RETRIES,
             )
         except (ContentNotFound, StoreTimeout):
             return False
@@ -155,7 +187,11 @@ class IpfsStore:
         """Pin recursively on the node."""
         content = cid.normalize(cid_text)
         self._call(
-            f"pin {content}", self._client.pin.add, content, opts={"timeout": f"{self.timeout:g}s"}
+            f"pin {content}",
+            self._client.pin.add,
+            content,
+            opts={"timeout": f"{self.timeout:g}s"},
+            retries=RETRIES,
         )
 
     def unpin(self, cid_text: str) -> None:
@@ -178,6 +214,7 @@ class IpfsStore:
             (content,),
             opts={"recursive": "true", "timeout": f"{self.timeout:g}s"},
             decoder="json",
+            retries=RETRIES,
         )
         digests = []
         for item in response:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from storage import car, cid, unixfs
 from storage.cid import ProgressFn
-from storage.errors import ContentNotFound, InvalidCar
+from storage.errors import ContentNotFound, InvalidCar, StoreUnavailable
 
 READ_SIZE = 1 << 20
 
@@ -27,6 +27,11 @@ class LocalStore:
         self._tmp = root / "tmp"
         for folder in (self._blobs, self._pins, self._tmp):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def ping(self) -> None:
+        """The embedded store answers while its folder is there."""
+        if not self._blobs.is_dir():
+            raise StoreUnavailable(f"the embedded store's folder {self._blobs} is gone")
 
     def _blob(self, content: str) -> Path:
         return self._blobs / cid.normalize(content)

@@ -42,3 +42,7 @@ class ContentStore(Protocol):
     def import_car(self, stream: BinaryIO) -> str:
         """Store the file a CAR v1 holds (every block verified); return its root CID."""
         ...
+
+    def ping(self) -> None:
+        """Return when the store answers; StoreUnavailable (or StoreTimeout) when not."""
+        ...

@@ -26,6 +26,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import (
     TimeExhausted,
 )
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxParams, TxReceipt, Wei
 
 from marketplace import errors
@@ -87,12 +88,32 @@ class Signer:
 # ------------------------------------------------------------------- connect
 
 
-def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
-    """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there."""
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+def connect(rpc_url: str, timeout: float = 10.0, retries: int = 2) -> Web3:
+    """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there. A request
+    that meets a connection error or a timeout is tried `retries` more times, 0.1 s
+    apart and doubling (web3's allowlist: reads, and resending a signed transaction,
+    which cannot spend twice)."""
+    retry = ExceptionRetryConfiguration(
+        errors=(requests.exceptions.ConnectionError, requests.exceptions.Timeout),
+        retries=retries + 1,  # web3 counts attempts
+        backoff_factor=0.1,
+    )
+    provider = Web3.HTTPProvider(
+        rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=retry
+    )
+    w3 = Web3(provider)
     with rpc_errors(public_origin(rpc_url)):
         w3.eth.chain_id  # noqa: B018 - the first request proves the endpoint answers
     return w3
+
+
+def head_block(rpc_url: str, timeout: float) -> int:
+    """The chain's newest block number: one request, no retry (health's probe)."""
+    provider = Web3.HTTPProvider(
+        rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None
+    )
+    with rpc_errors(public_origin(rpc_url)):
+        return int(Web3(provider).eth.block_number)
 
 
 def public_origin(url: str) -> str:

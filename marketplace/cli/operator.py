@@ -220,7 +220,7 @@ def indexer(once: bool, interval: float) -> None:
             done(idx.run_once(progress=show))
         else:
             # on PostgreSQL, one indexer works and the others stand by to take over
-            leadership = Leadership(make_engine(settings.db_url))
+            leadership = Leadership(make_engine(settings.db_url, timeout=settings.db_timeout))
             follow(
                 idx,
                 stop,
@@ -251,7 +251,7 @@ def deploy(fee_bps: int | None, as_json: bool) -> None:
     from marketplace.chain.transactions import connect
 
     settings = load_settings()
-    w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout)
+    w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout, retries=settings.rpc_retries)
     record = deploy_marketplace(
         w3,
         signer(settings),

@@ -3,6 +3,7 @@ one dialect-aware INSERT."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
@@ -10,9 +11,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, timeout: float = 5.0, **kwargs: Any) -> Engine:
     """An engine for `url`. SQLite gets WAL, foreign keys and a busy timeout, so several
-    processes (gateway workers, the indexer) can share one file."""
+    processes (gateway workers, the indexer) can share one file. PostgreSQL gets
+    `timeout` seconds to connect and to hand out a pooled connection (a database that is
+    down fails a call fast instead of holding its thread), and every pooled connection
+    is pinged before use, so one dropped by a restart is replaced, not used."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -35,7 +39,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    connect_args = {"connect_timeout": max(1, math.ceil(timeout))}
+    return create_engine(
+        url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args, **kwargs
+    )
 
 
 def read_session_factory(engine: Engine) -> sessionmaker[Session]:

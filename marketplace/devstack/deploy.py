@@ -106,7 +106,7 @@ def running(
             rpc_url = anvil.rpc_url
             progress(f"anvil is up on {rpc_url} (pid {anvil.process.pid})")
             signers = dev_signers(SETTLER_ACCOUNT + 1)
-        w3 = connect(rpc_url, timeout=settings.rpc_timeout)
+        w3 = connect(rpc_url, timeout=settings.rpc_timeout, retries=settings.rpc_retries)
         deployment, new = ensure_deployment(w3, settings, signers, progress=progress)
         if anvil is not None:
             # other processes (`modelmarket indexer`) find the embedded chain here

@@ -44,6 +44,9 @@ def error_response(exc: Exception) -> Response:
             headers[x402.PAYMENT_REQUIRED] = x402.payment_required_header(
                 request.url, cause.message, cause.accepts
             )
+    wait = errors.retry_after(status, str(body["error"]))
+    if wait is not None:
+        headers.setdefault("Retry-After", str(wait))
     if request.blueprint == "store" and request.method == "GET":
         # a page asked for by a browser gets a page, with the same code and message
         page = render_template("error.html", status=status, error=body)

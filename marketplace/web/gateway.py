@@ -15,12 +15,14 @@ from marketplace.accounts.siwe import SiweTerms, load_secret
 from marketplace.bootstrap import load_deployment, make_market, make_store, runtime_settings
 from marketplace.catalog.sales import Served, served
 from marketplace.chain.artifacts import Deployment
+from marketplace.chain.endpoint import rpc_url_for
 from marketplace.chain.market import Marketplace
 from marketplace.chain.per_call import Settler
-from marketplace.chain.transactions import Signer
+from marketplace.chain.transactions import Signer, head_block
 from marketplace.config import Settings
 from marketplace.db.engine import make_engine, read_session_factory, session_factory
 from marketplace.db.tables import Listing
+from marketplace.health import PROBE_TIMEOUT, Dependencies, database_check
 from marketplace.payments.pipeline import PaymentPipeline
 from marketplace.payments.prepaid.method import PrepaidCredits
 from marketplace.payments.x402.method import X402Exact
@@ -33,7 +35,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.db_url)
+        self.engine = make_engine(settings.db_url, timeout=settings.db_timeout)
         self.sessions = session_factory(self.engine)
         self.reads = read_session_factory(self.engine)
         self.keys = KeyCache(self.reads, settings.key_cache_ttl)
@@ -68,6 +70,13 @@ class Gateway:
         self._served_lock = threading.Lock()
         self._listings: dict[int, tuple[float, Listing]] = {}
         self._listings_lock = threading.Lock()
+        self.dependencies = Dependencies(
+            {
+                "database": database_check(self.engine),
+                "chain": lambda: head_block(rpc_url_for(settings), PROBE_TIMEOUT),
+                "store": self.store.ping,
+            }
+        )
 
     def listing(self, model_id: int, max_age: float = 5.0) -> Listing | None:
         """A listing, from an in-process cache at most `max_age` seconds old. What a paid

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 
 from flask import Blueprint, Response, request
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from inference import codecs
@@ -46,13 +45,29 @@ def live() -> Response:
 @blueprint.get("/health/ready")
 @documented(resp=inference_responses(Ready, 503), tags=["inference"])
 def ready() -> Response:
-    """The server can take paid calls (its database answers); also how the indexer that
-    feeds it is doing (it runs elsewhere, and its failures do not stop paid calls)."""
+    """Whether this replica can take paid calls (its database answers: 503 when not),
+    and which of its dependencies are down: the chain (x402 settlements, receipts) and
+    the content store (models not cached yet) each stop only part of the work. Also the
+    in-process pieces (this worker's lease keeper, its x402 reconciler) and the indexer
+    that feeds it (it runs elsewhere; its failures do not stop paid calls)."""
     gateway = current_gateway()
+    deps = gateway.dependencies.status()
+    body: dict[str, object] = {
+        "ready": deps["database"].up,
+        "dependencies": {name: status.as_dict() for name, status in deps.items()},
+        "prepaid": gateway.prepaid.health(),
+    }
+    if not deps["database"].up:
+        down = errors.DatabaseUnavailable("the database does not answer")
+        wait = errors.retry_after(down.http_status, down.code)
+        return json_response(
+            {**errors.oip_body(down.to_dict()), **body},
+            status=down.http_status,
+            headers={"Retry-After": str(wait)},
+        )
     try:
         with gateway.reads() as session:
-            session.execute(text("SELECT 1"))
-            following = indexer_health(session, gateway.deployment)
+            body["indexer"] = indexer_health(session, gateway.deployment)
             x402 = settlements.counts(session.connection())
     except OperationalError:
         raise errors.DatabaseUnavailable("the database does not answer") from None
@@ -63,7 +78,8 @@ def ready() -> Response:
         # type: ignore[assignment]
         else ("running" if running else "stopped")
     )
-    return json_response({"ready": True, "indexer": following, "x402": x402})
+    body["x402"] = x402
+    return json_response(body)
 
 
 @blueprint.get(f"/models/{MODEL_ID}")

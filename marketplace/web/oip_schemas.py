@@ -83,10 +83,28 @@ class X402Health(BaseModel):
     failed: int = Field(description="settlements that failed (nothing moved)")
 
 
+class DependencyHealth(BaseModel):
+    status: Literal["up", "down"]
+    error: str | None = Field(default=None, description="the stable code of why it is down")
+    message: str | None = None
+
+
+class PrepaidHealth(BaseModel):
+    keeper: str = Field(description="running, stopped (it died), or idle (no prepaid call yet)")
+    unwritten: int = Field(description="calls this worker finished and has not written yet")
+    failing_since: float | None = Field(
+        default=None, description="unix time since writing calls fails (the database is down)"
+    )
+
+
 class Ready(BaseModel):
     ready: bool
-    indexer: IndexerHealth
-    x402: X402Health
+    dependencies: dict[str, DependencyHealth] = Field(
+        description="database, chain (JSON-RPC) and store (IPFS node or embedded store)"
+    )
+    prepaid: PrepaidHealth
+    indexer: IndexerHealth | None = None
+    x402: X402Health | None = None
 
 
 class ModelReady(BaseModel):

@@ -30,9 +30,9 @@ def current_gateway() -> Gateway:
     return gateway
 
 
-def json_response(body: Any, status: int = 200) -> Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """JSON via orjson (uint256 amounts are sent as strings by the callers)."""
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
 def validated(model: type[M], data: Any) -> M:

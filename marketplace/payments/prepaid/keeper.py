@@ -45,12 +45,18 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="credit-leases", daemon=True)
         self._pid = -1
+        # since when writing has failed (the database is down), for health; None when well
+        self.failing_since: float | None = None
 
     def start(self) -> None:
         """Run in this process; its leases are given back when the process exits."""
         self._pid = os.getpid()
         self._thread.start()
         atexit.register(self.stop)
+
+    def alive(self) -> bool:
+        """Whether this process's keeper thread runs (health checks ask)."""
+        return self._pid == os.getpid() and self._thread.is_alive()
 
     def flush(self) -> None:
         """Write finished calls, settle leases that are done, keep the rest alive, and
@@ -125,5 +131,11 @@ class LeaseKeeper:
                 for credit in self.pool.take_wanted():
                     self._take_standby(credit)
                 self.flush()
-            except Exception:  # the next round retries; never kill the thread
-                log.exception("writing paid calls failed")
+            except Exception as exc:  # the next round retries; never kill the thread
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                    log.warning("writing paid calls failed; retrying: %s", type(exc).__name__)
+            else:
+                if self.failing_since is not None:
+                    log.warning("writing paid calls works again")
+                self.failing_since = None

@@ -167,6 +167,17 @@ class PrepaidCredits:
                 left[model_id] = left.get(model_id, 0) - served
         return left
 
+    def health(self) -> dict[str, object]:
+        """This worker's keeper: running, stopped (it died) or idle (no prepaid call yet);
+        calls served and not yet written; since when writing them fails, if it does."""
+        if self._pid != os.getpid():
+            return {"keeper": "idle", "unwritten": 0, "failing_since": None}
+        return {
+            "keeper": "running" if self.keeper.alive() else "stopped",
+            "unwritten": self.pool.unwritten_count(),
+            "failing_since": self.keeper.failing_since,
+        }
+
     # ------------------------------------------------------------ the worker
 
     def flush(self) -> None:

@@ -136,6 +136,11 @@ class LeasePool:
                     counts[record.model_id] = counts.get(record.model_id, 0) + 1
         return counts
 
+    def unwritten_count(self) -> int:
+        """Finished calls (served or given back) waiting for the keeper to write them."""
+        with self.lock:
+            return len(self._done)
+
     def refill_lock(self, credit: CreditKey) -> threading.Lock:
         """One lease taken at a time per credit and worker (a call that finds the lease
         dry waits for the standby being taken rather than taking another)."""
