@@ -43,6 +43,7 @@ class Anvil:
     process: subprocess.Popen[bytes]
     rpc_url: str
     log_path: Path
+    state_file: Path | None = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop anvil gracefully (it writes its state on the way out), then for sure."""
@@ -94,7 +95,7 @@ def start_anvil(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     rpc_url = f"http://127.0.0.1:{port}"
-    anvil = Anvil(process, rpc_url, log_path)
+    anvil = Anvil(process, rpc_url, log_path, state_file)
     deadline = time.monotonic() + ready_timeout
     while True:
         if process.poll() is not None:
@@ -102,7 +103,7 @@ def start_anvil(
                 f"anvil exited with code {process.returncode} at start; see {log_path}"
             )
         try:
-            connect(rpc_url, timeout=1.0)
+            connect(rpc_url, timeout=1.0, retries=0)  # this loop is the retry
             return anvil
         except errors.ChainUnavailable:
             if time.monotonic() > deadline:

@@ -15,15 +15,10 @@ import requests
 from sqlalchemy import func, select
 
 from inference import codecs
-from marketplace.accounts import keys
-from marketplace.bootstrap import make_indexer
-from marketplace.config import PROJECT_ROOT
 from marketplace.db.engine import make_engine, session_factory
-from marketplace.db.migrate import migrate
 from marketplace.db.tables import Credit, CreditLease, Usage
 from marketplace.devstack.anvil import dev_key
-from marketplace.devstack.serve import start_gunicorn
-from marketplace.payments.prepaid import ledger
+from tests.support.replicas import serve
 from tests.support.world import PRICE
 
 pytestmark = pytest.mark.slow
@@ -32,51 +27,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
-def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no-untyped-def]
-    """The world's listing in `database`, `calls` credits for signer 2 and a key, and
-    the gateway under gunicorn (2 workers x 4 threads): (server, key, buyer, log)."""
-    settings = world.settings.model_copy(update={"database_url": database})
-    migrate(settings.db_url)
-    make_indexer(settings).run_once()  # the listing, into this database
-    buyer = world.signers[2].address
-    sessions = session_factory(make_engine(database))
-    with sessions() as s, s.begin():
-        ledger.credit(
-            s,
-            ledger.PurchaseRecord(
-                tx_hash="0x" + "11" * 32,
-                log_index=0,
-                buyer=buyer,
-                model_id=world.model_id,
-                calls=calls,
-                amount=calls * PRICE,
-                fee=0,
-                block_number=1,
-                block_hash="0x" + "22" * 32,
-                source="receipt",
-            ),
-        )
-        _, key = keys.create_key(s, buyer, "load")
-    env = {
-        "MODELMARKET_DATA_DIR": str(settings.data_dir),
-        "MODELMARKET_RPC_URL": str(settings.rpc_url),
-        "MODELMARKET_DATABASE_URL": database,
-        "MODELMARKET_DEPLOYMENT_FILE": str(settings.deployment_path),
-        **env,
-    }
-    log = tmp_path / "gunicorn.log"
-    server = start_gunicorn(  # with the gunicorn.conf.py we ship (its worker_exit hook)
-        "app:create_app()",
-        env,
-        workers=2,
-        threads=4,
-        log=log,
-        ready_path="/v2/health/ready",
-        config=PROJECT_ROOT / "gunicorn.conf.py",
-    )
-    return server, key, buyer, log
 
 
 def test_500_calls_on_100_credits(world, database, tmp_path):

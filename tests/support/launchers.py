@@ -47,7 +47,9 @@ class JsIpfs:
             (self.repo / stale).unlink(missing_ok=True)
 
 
-def start_jsipfs(jsipfs_bin: Path, repo: Path, *, ready_timeout: float = 60.0) -> JsIpfs:
+def start_jsipfs(
+    jsipfs_bin: Path, repo: Path, *, ready_timeout: float = 60.0, api_port: int = 0
+) -> JsIpfs:
     """Start js-ipfs on a fresh or existing repo, with no network but loopback.
 
     The config empties Swarm, Gateway, Bootstrap and Delegates and turns MDNS off, so the
@@ -55,7 +57,7 @@ def start_jsipfs(jsipfs_bin: Path, repo: Path, *, ready_timeout: float = 60.0) -
     """
     if not jsipfs_bin.exists():
         raise errors.ConfigurationError(f"js-ipfs is not installed at {jsipfs_bin}; run make setup")
-    api_port = free_port()
+    api_port = api_port or free_port()  # a restarted node keeps its address
     env = {**os.environ, "IPFS_PATH": str(repo)}
     repo.parent.mkdir(parents=True, exist_ok=True)
     if not (repo / "config").exists():
@@ -116,6 +118,13 @@ class Postgres:
 
     url: str  # admin URL (postgresql+psycopg://postgres@127.0.0.1:PORT/postgres)
     root: Path
+
+    def restart(self) -> None:
+        """Restart the cluster ("fast": open sessions are cut, as in a failover or an
+        upgrade), on the same port and files."""
+        data, log = str(self.root / "data"), str(self.root / "log")
+        # -l: without it the new server writes to (and holds open) our capture pipe
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", data, "-l", log, "-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
         """Stop the cluster at once and remove its files."""

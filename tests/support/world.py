@@ -25,7 +25,7 @@ from marketplace.chain.market import Marketplace
 from marketplace.chain.transactions import Signer, connect, send
 from marketplace.config import Settings
 from marketplace.db.migrate import migrate
-from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
+from marketplace.devstack.anvil import Anvil, dev_key, dev_signers, start_anvil
 from storage.local import LocalStore
 from tests.support.market import funded_market
 from tests.support.paths import ANVIL_BIN, ARTIFACTS
@@ -46,6 +46,14 @@ class World:
     keys: list[str]
     client: object
     model_id: int
+    anvil: Anvil
+
+    def restart_chain(self) -> None:
+        """Start the world's anvil again on the same port from the state it wrote when
+        it stopped (the world must have been made with `chain_state`)."""
+        port = int(self.anvil.rpc_url.rsplit(":", 1)[1])
+        assert self.anvil.state_file is not None, "make_world(..., chain_state=True)"
+        self.anvil = start_anvil(ANVIL_BIN, state_file=self.anvil.state_file, port=port)
 
     def mine(self, n: int = 1) -> None:
         self.market.w3.provider.make_request("anvil_mine", [n])  # type: ignore[arg-type]
@@ -54,10 +62,15 @@ class World:
         make_indexer(self.settings).run_once()
 
 
-def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[World]:
-    """Build the world on a fresh anvil (stopped when the generator closes)."""
-    anvil = start_anvil(ANVIL_BIN)
+def make_world(
+    tmp_path: Path, database_url: str | None = None, *, chain_state: bool = False
+) -> Iterator[World]:
+    """Build the world on a fresh anvil (stopped when the generator closes); with
+    `chain_state`, anvil keeps its chain in a file, so it can be stopped and restarted."""
+    state = tmp_path / "anvil-state.json" if chain_state else None
+    anvil = start_anvil(ANVIL_BIN, state_file=state)
     app = None
+    world: World | None = None
     try:
         w3 = connect(anvil.rpc_url)
         signers = dev_signers(5)
@@ -91,6 +104,7 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
             [dev_key(i) for i in range(5)],
             (app := create_app(settings)).test_client(),
             model_id,
+            anvil,
         )
         world.mine(1)
         world.index()
@@ -99,7 +113,7 @@ def make_world(tmp_path: Path, database_url: str | None = None) -> Iterator[Worl
         if app is not None:  # its background keeper writes what is left, then stops
             app.extensions["modelmarket"].prepaid.close()
             app.extensions["modelmarket"].x402.close()
-        anvil.stop()
+        (world.anvil if world is not None else anvil).stop()
 
 
 def sign_in(world: World, who: int) -> str:
