@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from marketplace import web
+from marketplace import logs, web
 from marketplace.config import Settings, load_settings
 from marketplace.web.gateway import Gateway
 
@@ -19,6 +19,8 @@ def __getattr__(name: str) -> object:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; nothing is created at import time."""
+    settings = settings or load_settings()
+    logs.configure(settings)
     app = Flask(__name__, static_folder=None)  # the storefront serves its own static files
-    web.register(app, Gateway(settings or load_settings()))
+    web.register(app, Gateway(settings))
     return app

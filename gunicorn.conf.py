@@ -13,11 +13,23 @@ covered by the lease TTL instead.
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
+from marketplace import logs
 from marketplace.config import load_settings
 
 _settings = load_settings()
+
+# Prometheus counters shared by the workers (prometheus-client's multiprocess mode): a
+# folder per master, named before any worker imports prometheus_client, so the workers
+# (forked from here) inherit it; emptied at start, removed at exit.
+_metrics = (_settings.metrics_dir or _settings.data_dir / "metrics") / f"gunicorn-{os.getpid()}"
+os.environ.update(
+    {"PROMETHEUS_MULTIPROC_DIR": str(_metrics), "MODELMARKET_METRICS_DIR": str(_metrics)}
+)
+logconfig_dict = logs.gunicorn_logconfig(_settings)
 
 bind = f"{_settings.http_host}:{_settings.http_port}"
 workers = _settings.http_workers
@@ -32,6 +44,23 @@ keepalive = 5
 # gunicorn 27's control socket is one path per user: a second replica on the host would
 # take the first one's. Nothing here uses it.
 control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """A fresh metrics folder: counters restart with the server, as Prometheus expects."""
+    shutil.rmtree(_metrics, ignore_errors=True)
+    _metrics.mkdir(parents=True)
+
+
+def on_exit(server: Any) -> None:
+    shutil.rmtree(_metrics, ignore_errors=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker that is gone no longer counts in live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(_metrics))  # type: ignore[no-untyped-call]
 
 
 def worker_exit(server: Any, worker: Any) -> None:

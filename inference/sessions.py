@@ -9,6 +9,7 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cache
@@ -58,9 +59,14 @@ class SessionCache:
     """InferenceSessions by key (the model's CID), holding at most `max_bytes` of memory."""
 
     def __init__(
-        self, max_bytes: int, runtime: RuntimeSettings | None = None, limits: Limits | None = None
+        self,
+        max_bytes: int,
+        runtime: RuntimeSettings | None = None,
+        limits: Limits | None = None,
+        on_load: Callable[[float], None] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        self.on_load = on_load or (lambda _seconds: None)  # each load's time, for metrics
         self.runtime = runtime or RuntimeSettings()
         self.limits = limits or Limits()
         cap_process_memory(self.runtime.arena_max_bytes)
@@ -115,6 +121,7 @@ class SessionCache:
     def _load(self, key: str, path: Path, size_hint: int) -> LoadedModel:
         """Inspect and load; the entry counts max(file size, resident memory the load
         added, `size_hint`): a 111-byte model can hold 1 GiB once loaded."""
+        started = time.perf_counter()
         data = path.read_bytes()
         info = inspect_bytes(data, self.limits)  # never run what would not be listed
         # One load at a time, so the growth measured is this load's (concurrent runs
@@ -132,6 +139,7 @@ class SessionCache:
             after = memory.rss_bytes()
             self._release_above = after + self.runtime.release_above_bytes
         self.loads += 1
+        self.on_load(time.perf_counter() - started)
         return LoadedModel(key, session, info, max(len(data), after - before, size_hint))
 
     def _evict(self) -> None:

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="The least severe log level written."
     )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Where gunicorn's workers share their Prometheus counters; set by"
+        " gunicorn.conf.py (one folder per master, emptied at its start). Unset: /metrics"
+        " shows this process's own.",
+    )
     indexer_batch_blocks: int = Field(
         default=2000, gt=0, description="Blocks per eth_getLogs request while indexing."
     )

@@ -358,20 +358,13 @@ def oip_body(body: dict[str, object]) -> dict[str, object]:
     return {"error": f"[{code}] {message}", "code": code, **rest}
 
 
-# How long a client should wait before trying again, by the code of a 503/504: a
-# dependency that restarts (PostgreSQL, the IPFS node, the chain's endpoint) is back in
-# seconds; a model not fetched yet waits for the indexer's next round.
+# Seconds to wait before trying again, by the code of a 503/504: a restarted dependency
+# is back in seconds; a model not fetched yet waits for the indexer's next round.
 _RETRY_AFTER: dict[str, int] = {
-    "database_unavailable": 2,
-    "chain_unavailable": 5,
-    "settlement_refused": 10,
-    "store_unavailable": 5,
-    "store_timeout": 10,
-    "content_not_found": 30,
-    "model_pending": 10,
-    "resource_exhausted": 1,
-    "purchase_not_redeemed": 5,
-    "marketplace_paused": 60,
+    **dict.fromkeys(("database_unavailable", "resource_exhausted"), 1),
+    **dict.fromkeys(("chain_unavailable", "store_unavailable", "purchase_not_redeemed"), 5),
+    **dict.fromkeys(("settlement_refused", "store_timeout", "model_pending"), 10),
+    **{"content_not_found": 30, "marketplace_paused": 60},
 }
 
 
@@ -389,8 +382,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
         return describe(exc.cause)
     if isinstance(exc, ModelMarketError):
         return exc.http_status, exc.to_dict()
-    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeout
+    from sqlalchemy import exc as db
 
     from inference.errors import InferenceError, InvalidModel
     from storage.errors import StorageError
@@ -399,10 +391,8 @@ def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
         return 422, {"error": exc.code, "message": exc.message}
     if isinstance(exc, StorageError | InferenceError):
         return _FOREIGN.get(exc.code, 500), {"error": exc.code, "message": exc.message}
-    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
-        # the driver's text names the host and the statement: none of it is shown
-        return 503, {
-            "error": DatabaseUnavailable.code,
-            "message": "the database does not answer; nothing was charged, try again",
-        }
+    down = db.OperationalError | db.InterfaceError | db.DisconnectionError | db.TimeoutError
+    if isinstance(exc, down):  # the driver's text names host and statement: not shown
+        message = "the database does not answer; nothing was charged, try again"
+        return 503, {"error": DatabaseUnavailable.code, "message": message}
     return 500, {"error": "internal_error", "message": "an unexpected error; it was logged"}

@@ -26,6 +26,7 @@ class Status:
     error: str | None = None
     message: str | None = None
     checked_at: float = 0.0
+    value: object = None  # what the probe read (the chain's head block)
 
     def as_dict(self) -> dict[str, object]:
         """The health body's entry."""
@@ -37,11 +38,11 @@ class Status:
 def probe(check: Callable[[], object]) -> Status:
     """Run `check`; down with the error's stable code and message if it raises."""
     try:
-        check()
+        value = check()
     except Exception as exc:  # any failure means down; the code says which kind
         _, body = errors.describe(exc)
         return Status(False, str(body["error"]), str(body["message"]), time.monotonic())
-    return Status(True, checked_at=time.monotonic())
+    return Status(True, checked_at=time.monotonic(), value=value)
 
 
 class Dependencies:

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -31,9 +32,17 @@ class ModelCache:
     """
 
     def __init__(
-        self, root: Path, store: ContentStore, max_bytes: int, *, timeout: float = 60.0
+        self,
+        root: Path,
+        store: ContentStore,
+        max_bytes: int,
+        *,
+        timeout: float = 60.0,
+        on_event: Callable[[str, int], None] | None = None,
     ) -> None:
         self.root = root
+        # ("hit", 0), ("miss", 0), ("fetched", bytes), ("evicted", bytes): for metrics
+        self.on_event = on_event or (lambda _kind, _n: None)
         self.store = store
         self.max_bytes = max_bytes
         self.timeout = timeout
@@ -78,12 +87,17 @@ class ModelCache:
                     os.utime(path)  # recency survives a restart
                     touched = now
                 self._hot[key] = (path, touched)
-                return path
-            future = self._inflight.get(key)
-            leader = future is None
-            if future is None:
-                future = Future()
-                self._inflight[key] = future
+                future = None
+            else:
+                future = self._inflight.get(key)
+                leader = future is None
+                if future is None:
+                    future = Future()
+                    self._inflight[key] = future
+        if future is None:
+            self.on_event("hit", 0)
+            return path
+        self.on_event("miss", 0)
         if not leader:
             return future.result()
         try:
@@ -148,6 +162,7 @@ class ModelCache:
                 reserved = 0
                 self._entries[key] = size
                 self._entries.move_to_end(key)
+            self.on_event("fetched", size)
             return path
         finally:
             tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file
@@ -163,6 +178,7 @@ class ModelCache:
             self._hot.pop(victim, None)
             (self._files / victim).unlink(missing_ok=True)
             total -= size
+            self.on_event("evicted", size)
 
 
 def _alive(pid: str) -> bool:

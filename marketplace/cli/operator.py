@@ -181,6 +181,7 @@ def indexer(once: bool, interval: float) -> None:
     from rich.progress import BarColumn, TextColumn
     from rich.progress import Progress as Bar
 
+    from marketplace import logs
     from marketplace.bootstrap import make_indexer
     from marketplace.db.engine import make_engine
     from marketplace.db.migrate import migrate
@@ -188,6 +189,7 @@ def indexer(once: bool, interval: float) -> None:
     from marketplace.indexer.leader import Leadership
 
     settings = load_settings()
+    logs.configure(settings)
     migrate(settings.db_url)
     idx = make_indexer(settings)
     stop = threading.Event()

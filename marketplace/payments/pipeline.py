@@ -12,10 +12,11 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from marketplace import errors
+from marketplace import errors, metrics
 from marketplace.db.tables import Listing
 from marketplace.payments.method import Headers, Payer, Payment, PaymentMethod
 from marketplace.usage.records import UsageRecord
@@ -111,13 +112,30 @@ class PaymentPipeline:
         """Begin, run `call`, complete: its result and the headers the answer carries.
         A failure after the payment began is given back and raised as a PaidCallFailed
         that carries the cause and the headers saying what was given back."""
-        payment = self.begin(method, payer, listing)
+        started = time.perf_counter()
+        try:
+            payment = self.begin(method, payer, listing)
+        except errors.ModelMarketError as exc:  # refused before anything ran
+            metrics.call_finished(listing.model_id, method.name, exc.code, None)
+            raise
         try:
             result = call()
         except Exception as exc:
             headers = self.complete_after_error(method, payment, exc)
+            code = str(errors.describe(exc)[1]["error"])
+            metrics.call_finished(payment.model_id, method.name, code, _since(started))
             raise errors.PaidCallFailed(exc, headers) from exc
-        return result, self.complete(method, payment, listing)
+        try:
+            headers = self.complete(method, payment, listing)
+        except errors.ModelMarketError as exc:  # the settlement failed: nothing charged
+            metrics.call_finished(payment.model_id, method.name, exc.code, None)
+            raise
+        metrics.call_finished(payment.model_id, method.name, "ok", _since(started))
+        return result, headers
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
 def _usage(payment: Payment, status: str, error: str | None) -> UsageRecord:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from marketplace.payments.x402 import headers as x402
-from marketplace.web import api, oip, storefront
+from marketplace.web import api, metrics, oip, storefront
 from marketplace.web import session as web_session
 from marketplace.web.errors import error_response
 from marketplace.web.gateway import Gateway
@@ -57,4 +57,5 @@ def register(app: Flask, gateway: Gateway) -> None:
     app.register_blueprint(storefront.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(oip.blueprint)
+    app.register_blueprint(metrics.blueprint)
     spec.register(app)

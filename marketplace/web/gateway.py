@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from inference.sessions import SessionCache
-from marketplace import errors
+from marketplace import errors, metrics
 from marketplace.accounts.keys import KeyCache
 from marketplace.accounts.siwe import SiweTerms, load_secret
 from marketplace.bootstrap import load_deployment, make_market, make_store, runtime_settings
@@ -46,8 +46,11 @@ class Gateway:
             self.store,
             settings.cache_max_bytes,
             timeout=settings.storage_timeout,
+            on_event=metrics.cache_event,
         )
-        self.onnx_sessions = SessionCache(settings.session_cache_bytes, runtime_settings(settings))
+        self.onnx_sessions = SessionCache(
+            settings.session_cache_bytes, runtime_settings(settings), on_load=metrics.session_loaded
+        )
         self.prepaid = PrepaidCredits(
             self.engine,
             keys=self.keys,
