@@ -12,7 +12,7 @@ UV           := $(shell command -v uv 2>/dev/null)
 DEB_PACKAGES := postgresql chromium wrk
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help setup uv-bin deb-packages run test lint pytest contracts-test bench compile clean
+.PHONY: help setup uv-bin deb-packages run test lint pytest contracts-test bench bench-peers compile clean
 
 help:
 	@echo "make run    start the embedded default (anvil + contracts), Ctrl-C to stop"
@@ -70,6 +70,16 @@ bench: setup
 	.venv/bin/python -m bench.inference
 	.venv/bin/python -m bench.indexer
 	.venv/bin/python -m bench.gateway
+	.venv/bin/python -m bench.load
+
+# Peer model servers for bench.load (MLServer, BentoML), one venv each, outside the
+# runtime's dependencies: .bench-peers/<name> from bench/peers/<name>/requirements.txt.
+bench-peers: | uv-bin
+	@for p in mlserver bentoml; do \
+	  uv venv --quiet --allow-existing --python python3.11 .bench-peers/$$p && \
+	  uv pip install --quiet --python .bench-peers/$$p/bin/python \
+	    -r bench/peers/$$p/requirements.txt || exit 1; \
+	done
 
 compile: setup
 	.venv/bin/python contracts/compile.py

@@ -63,6 +63,12 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid, str(_metrics))  # type: ignore[no-untyped-call]
 
 
+def post_worker_init(worker: Any) -> None:
+    """Say when a worker has built the app and takes connections (a replica that shares
+    its port with others is ready when its own workers are, not when the port answers)."""
+    worker.log.info("worker %s serving", worker.pid)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """Settle what the worker holds: its served calls written, its leases given back
     (the prepaid keeper), its x402 reconciler stopped. Safe to run twice (the keeper's

@@ -12,7 +12,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from marketplace.config import Settings
+from marketplace.config import Settings, load_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(message)s"
@@ -61,6 +61,11 @@ def formatter(settings: Settings) -> Scrubbed:
     )
     keys = [settings.private_key, settings.settler_key, settings.secret_key]
     return Scrubbed(inner, [k.get_secret_value() for k in keys if k is not None])
+
+
+def granian_formatter() -> Scrubbed:
+    """The formatter granian's own lines go through (marketplace/granian_logging.json)."""
+    return formatter(load_settings())
 
 
 def configure(settings: Settings) -> None:

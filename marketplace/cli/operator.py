@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @domain_errors
 def run() -> None:
     """Start the embedded default: anvil, contracts deployed, demo accounts funded, the
-    indexer following the chain and the gateway (both API families) under gunicorn.
+    indexer following the chain and the gateway (both API families) under gunicorn (or
+    granian: MODELMARKET_HTTP_SERVER).
 
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
@@ -47,7 +48,7 @@ def run() -> None:
     # gateway and the indexer as their own processes against a real chain.
     from marketplace.bootstrap import make_indexer
     from marketplace.devstack.deploy import running
-    from marketplace.devstack.serve import start_gunicorn
+    from marketplace.devstack.serve import start_gateway
 
     with running(settings, progress=lambda m: out.print(f"• {m}", markup=False)) as (
         rpc_url,
@@ -76,18 +77,7 @@ def run() -> None:
 
             # the embedded chain's settler: a public dev key holding only play gas
             env["MODELMARKET_SETTLER_KEY"] = dev_key(SETTLER_ACCOUNT)
-        gateway = start_gunicorn(
-            "app:create_app()",
-            env,
-            workers=settings.http_workers,
-            threads=8,
-            reuse_port=True,
-            host=settings.http_host,
-            port=settings.http_port,
-            log=settings.data_dir / "gateway.log",
-            ready_path="/v2/health/ready",
-            config=PROJECT_ROOT / "gunicorn.conf.py",
-        )
+        gateway = start_gateway(settings, env, log=settings.data_dir / "gateway.log")
         try:
             out.print(f"  gateway      {gateway.url}/api/v1 and {gateway.url}/v2")
             out.print(f"  openapi      {gateway.url}/api/v1/openapi.json")
@@ -147,25 +137,33 @@ def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
     show_default=True,
     help="Bring the database to the newest schema first.",
 )
+@click.option(
+    "--server",
+    type=click.Choice(["granian", "gunicorn"]),
+    help="The HTTP server (default: MODELMARKET_HTTP_SERVER, gunicorn).",
+)
 @domain_errors
-def serve(migrate: bool) -> None:
-    """The gateway alone (both API families), under gunicorn with gunicorn.conf.py: what
-    `modelmarket run` starts, and what each of N production replicas runs. Address and
-    workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and _HTTP_WORKERS; the chain from
-    MODELMARKET_RPC_URL and the deployment record. gunicorn replaces this process, so
-    signals (SIGTERM: a graceful stop) reach it directly."""
+def serve(migrate: bool, server: str | None) -> None:
+    """The gateway alone (both API families and the storefront): what `modelmarket run`
+    starts, and what each of N production replicas runs: gunicorn with gunicorn.conf.py
+    by default, or granian; address and workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and
+    _HTTP_WORKERS, the chain from MODELMARKET_RPC_URL and the deployment record. The
+    server replaces this process, so signals (SIGTERM: a graceful stop) reach it."""
     import os
-    import sys
+
+    from marketplace import serving
 
     settings = load_settings()
+    if server is not None:
+        settings = settings.model_copy(update={"http_server": server})
     if migrate:
         from marketplace.db.migrate import migrate as bring_up
 
         bring_up(settings.db_url)
-    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    command = serving.command(settings)
+    os.environ.update(serving.environment(settings))
     os.chdir(PROJECT_ROOT)  # where app.py lives
-    config = str(PROJECT_ROOT / "gunicorn.conf.py")
-    os.execv(gunicorn, [gunicorn, "-c", config, "app:create_app()"])  # noqa: S606 (no shell)
+    os.execv(command[0], command)  # noqa: S606 (no shell)
 
 
 @main.command()

@@ -1,35 +1,51 @@
-"""The gateway under gunicorn, started and stopped as a child process."""
+"""The gateway (or a benchmark's app) under granian or gunicorn, started and stopped as
+a child process in its own process group."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketplace.config import PROJECT_ROOT
+from marketplace import serving
+from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.devstack.ports import free_port
+
+# what each server logs once a worker has built the app and takes connections
+READY_LINE = {"gunicorn": " serving", "granian": "Started worker-"}
 
 
 @dataclass
-class Gunicorn:
-    """A running gunicorn master and its workers."""
+class Server:
+    """A running server's main process and its workers."""
 
     process: subprocess.Popen[bytes]
     url: str
+    log: Path | None = None
+    ready_line: str = READY_LINE["gunicorn"]
 
     def worker_pids(self) -> list[int]:
-        """The master's worker processes."""
+        """The main process's worker processes."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(p) for p in children.read_text().split()]
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful stop (workers finish their calls and run their exit hooks)."""
+    def wait_serving(self, workers: int, timeout: float = 60.0) -> None:
+        """Until `workers` of its workers have built the app: with replicas on one port,
+        the port answering says nothing about this one."""
+        assert self.log is not None, "started without a log"
+        deadline = time.monotonic() + timeout
+        while self.log.read_text(errors="replace").count(self.ready_line) < workers:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"its {workers} workers did not start (log: {self.log})")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 40.0) -> None:
+        """Graceful stop (workers finish their calls and give their leases back)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -37,6 +53,28 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+Gunicorn = Server  # the benchmarks' older name
+
+
+def start_gateway(
+    settings: Settings, env: dict[str, str], *, log: Path | None = None, port: int = 0
+) -> Server:
+    """The gateway under the configured server (MODELMARKET_HTTP_SERVER), as
+    `modelmarket serve` runs it, once its health answers."""
+    port = port or settings.http_port or free_port()
+    command = serving.command(settings, port=port)
+    full_env = {**env, **serving.environment(settings)}
+    return start_server(
+        command,
+        full_env,
+        settings.http_host,
+        port,
+        log=log,
+        ready_path="/v2/health/ready",
+        ready_line=READY_LINE[settings.http_server],
+    )
 
 
 def start_gunicorn(
@@ -53,23 +91,68 @@ def start_gunicorn(
     ready_path: str = "/",
     ready_timeout: float = 60.0,
     config: Path | None = None,
-) -> Gunicorn:
+) -> Server:
     """gunicorn serving `app` ("module:factory()") on `host`:`port` (0: a free loopback
-    port), in its own process group, once it answers HTTP on `ready_path`. `connections` caps each
-    worker's open connections (a worker at the cap leaves new ones to the others);
-    `reuse_port` gives each worker its own SO_REUSEPORT socket, so the kernel spreads
-    new connections over the workers instead of the first to wake taking them. `config`
-    is a gunicorn.conf.py (its hooks); the arguments here override its settings."""
+    port). `connections` caps each worker's open connections; `reuse_port` gives each
+    worker its own SO_REUSEPORT socket, so the kernel spreads new connections over the
+    workers (and over several masters on one port). `config` is a gunicorn.conf.py (its
+    hooks); the arguments here override its settings."""
     port = port or free_port()
-    command = [str(Path(sys.executable).parent / "gunicorn")]
-    if config is not None:
-        command += ["-c", str(config)]
-    command += ["-w", str(workers)]
-    command += ["--threads", str(threads), "-b", f"{host}:{port}", app]
+    command = serving.gunicorn_command(app, host=host, port=port, workers=workers, threads=threads)
+    if config is None:
+        command[1:3] = []  # no -c
+    else:
+        command[2] = str(config)
     if connections:
         command[-1:-1] = ["--worker-connections", str(connections)]
     if reuse_port:
         command[-1:-1] = ["--reuse-port"]
+    return start_server(
+        command, env, host, port, log=log, ready_path=ready_path, ready_timeout=ready_timeout
+    )
+
+
+def start_granian(
+    app: str,
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    threads: int = serving.THREADS,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log: Path | None = None,
+    ready_path: str = "/",
+    ready_timeout: float = 60.0,
+) -> Server:
+    """granian serving the WSGI factory `app` ("module:function") with the flags the
+    gateway ships with."""
+    port = port or free_port()
+    command = serving.granian_command(app, host=host, port=port, workers=workers, threads=threads)
+    return start_server(
+        command,
+        env,
+        host,
+        port,
+        log=log,
+        ready_path=ready_path,
+        ready_timeout=ready_timeout,
+        ready_line=READY_LINE["granian"],
+    )
+
+
+def start_server(
+    command: list[str],
+    env: dict[str, str],
+    host: str,
+    port: int,
+    *,
+    log: Path | None = None,
+    ready_path: str = "/",
+    ready_timeout: float = 60.0,
+    ready_line: str = READY_LINE["gunicorn"],
+) -> Server:
+    """Run `command` in its own process group; return once it answers HTTP on
+    `ready_path` (any status)."""
     with open(log or os.devnull, "ab") as out:
         process = subprocess.Popen(
             command,
@@ -80,7 +163,7 @@ def start_gunicorn(
             start_new_session=True,
         )
     reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 (we connect, not bind)
-    server = Gunicorn(process, f"http://{reach}:{port}")
+    server = Server(process, f"http://{reach}:{port}", log, ready_line)
     deadline = time.monotonic() + ready_timeout
     while True:
         try:
@@ -93,5 +176,5 @@ def start_gunicorn(
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"gunicorn {app} did not start (log: {log})")
+            raise RuntimeError(f"{Path(command[0]).name} did not start (log: {log})")
         time.sleep(0.1)

@@ -255,8 +255,8 @@ class Load:
             while not self._stop.is_set():
                 try:
                     r = http.post(self.url, data=BODY, headers=headers, timeout=30)
-                except requests.ConnectionError:
-                    self.broken += 1
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    self.broken += 1  # cut before or while the answer came
                     continue
                 body = None if r.status_code == 200 else r.json()
                 if body is not None:

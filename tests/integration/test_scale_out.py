@@ -1,5 +1,5 @@
-"""Scale-out: two gateway replicas (2 gunicorn workers each, one port shared through
-SO_REUSEPORT as a load balancer would spread it) on one PostgreSQL. 2,000 paid calls
+"""Scale-out: two gateway replicas (2 workers each, under the server we ship, calls
+spread over them in turn as a load balancer would) on one PostgreSQL. 2,000 paid calls
 sent at once on 100 prepaid credits, with x402 payments mixed in: exactly 100 prepaid
 calls served and the rest 402, each x402 payment served once, and the usage table,
 the credit and the chain's balances agree."""
@@ -32,18 +32,19 @@ pytestmark = pytest.mark.slow
 PREPAID_CALLS, CREDITS, X402_PAYMENTS = 2_000, 100, 20
 
 
-async def send_all(url: str, requests_: list[dict[str, str]], body: bytes) -> list[int]:
-    """Every request on its own connection, all at once."""
+async def send_all(urls: list[str], requests_: list[dict[str, str]], body: bytes) -> list[int]:
+    """Every request on its own connection, all at once, spread over `urls` in turn (as
+    a round-robin load balancer would)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
-        async def one(headers: dict[str, str]) -> int:
+        async def one(url: str, headers: dict[str, str]) -> int:
             async with http.post(url, data=body, headers=headers) as r:
                 await r.read()
                 return r.status
 
-        return await asyncio.gather(*(one(h) for h in requests_))
+        return await asyncio.gather(*(one(urls[i % len(urls)], h) for i, h in enumerate(requests_)))
 
 
 def test_two_replicas_2000_calls_at_once_on_100_credits_with_x402_mixed_in(
@@ -55,9 +56,9 @@ def test_two_replicas_2000_calls_at_once_on_100_credits_with_x402_mixed_in(
     key = credit_calls(pg_url, buyer, world.model_id, CREDITS)
     env = replica_env(world, pg_url, MODELMARKET_SETTLER_KEY=dev_key(SETTLER))
     first = start_replica(env, tmp_path / "replica-1.log", workers=2, threads=8)
-    port = int(first.url.rsplit(":", 1)[1])
-    second = start_replica(env, tmp_path / "replica-2.log", port=port, workers=2, threads=8)
-    url = f"{first.url}/v2/models/{world.model_id}/infer"
+    second = start_replica(env, tmp_path / "replica-2.log", workers=2, threads=8)
+    urls = [f"{r.url}/v2/models/{world.model_id}/infer" for r in (first, second)]
+    url = urls[0]
     body, headers = codecs.encode_request(
         {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
     )
@@ -71,7 +72,7 @@ def test_two_replicas_2000_calls_at_once_on_100_credits_with_x402_mixed_in(
         mixed = prepaid + x402
         random.Random(7).shuffle(mixed)
         started = time.monotonic()
-        statuses = asyncio.run(send_all(url, mixed, body))
+        statuses = asyncio.run(send_all(urls, mixed, body))
         elapsed = time.monotonic() - started
     finally:
         first.stop()

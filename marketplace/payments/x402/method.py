@@ -118,7 +118,15 @@ class X402Exact:
         if row is not None:
             return self._again(row, payer, payment, listing, inference_id, settler)
         self._check(payment, listing, settler)
-        gas = self._simulate(settler, listing.model_id, auth)
+        try:
+            gas = self._simulate(settler, listing.model_id, auth)
+        except errors.PaymentRequired:
+            # sent twice at once, the other call may have settled it meanwhile: a replay
+            with self.engine.begin() as conn:
+                row = settlements.find(conn, auth, payment.payment_id)
+            if row is None:
+                raise
+            return self._again(row, payer, payment, listing, inference_id, settler)
         with self.engine.begin() as conn:
             won = settlements.reserve(
                 conn,

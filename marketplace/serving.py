@@ -1,0 +1,74 @@
+"""How a gateway replica is served: gunicorn with gunicorn.conf.py (the default), or
+granian in WSGI mode (MODELMARKET_HTTP_SERVER=granian: 1.5-2.5x gunicorn's requests/s
+on this app, paid and unpaid, in bench.load; not the default because its main process
+shut down when two workers were SIGKILLed at once, where gunicorn replaces them). The
+command and its environment, for `modelmarket serve` (which becomes it) and
+`modelmarket run` (which starts it)."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from marketplace.config import PROJECT_ROOT, Settings
+
+THREADS = 8  # request threads per worker process (gunicorn gthread / granian blocking)
+GRACEFUL = 30  # seconds a stopping worker has to finish its calls
+LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
+
+
+def granian_command(app: str, *, host: str, port: int, workers: int, threads: int) -> list[str]:
+    """granian serving the WSGI factory `app` ("module:function"). A worker that dies is
+    started again (as gunicorn does); a stopping one gets GRACEFUL seconds; its leased
+    calls are given back by the prepaid keeper's exit hook."""
+    return [
+        str(Path(sys.executable).parent / "granian"),
+        *("--interface", "wsgi", "--factory", "--no-ws"),
+        *("--workers", str(workers), "--blocking-threads", str(threads)),
+        *("--host", host, "--port", str(port), "--backlog", "2048"),
+        *("--workers-kill-timeout", str(GRACEFUL)),
+        *("--respawn-failed-workers", "--respawn-interval", "1"),
+        *("--log-config", str(LOG_CONFIG)),
+        app,
+    ]
+
+
+def gunicorn_command(app: str, *, host: str, port: int, workers: int, threads: int) -> list[str]:
+    """gunicorn with the shipped gunicorn.conf.py (its hooks) serving `app`
+    ("module:function()")."""
+    return [
+        str(Path(sys.executable).parent / "gunicorn"),
+        *("-c", str(PROJECT_ROOT / "gunicorn.conf.py")),
+        *("-w", str(workers), "--threads", str(threads), "-b", f"{host}:{port}"),
+        app,
+    ]
+
+
+def command(settings: Settings, *, port: int | None = None) -> list[str]:
+    """The gateway's command under the configured server."""
+    bind = {
+        "host": settings.http_host,
+        "port": settings.http_port if port is None else port,
+        "workers": settings.http_workers,
+        "threads": THREADS,
+    }
+    if settings.http_server == "gunicorn":
+        return gunicorn_command("app:create_app()", **bind)  # type: ignore[arg-type]
+    return granian_command("app:create_app", **bind)  # type: ignore[arg-type]
+
+
+def metrics_environment(parent: Path) -> dict[str, str]:
+    """A new folder under `parent` where one server's workers share their Prometheus
+    counters, named for prometheus-client and for Settings (gunicorn.conf.py makes its
+    own)."""
+    folder = parent / f"granian-{secrets.token_hex(6)}"
+    folder.mkdir(parents=True)
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder), "MODELMARKET_METRICS_DIR": str(folder)}
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """What the configured server's processes need in their environment."""
+    if settings.http_server == "gunicorn":
+        return {}
+    return metrics_environment(settings.metrics_dir or settings.data_dir / "metrics")
