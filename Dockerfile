@@ -47,8 +47,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Code stays root-owned: the service user can write its data dir and nothing else.
 RUN useradd --no-log-init --create-home --uid 10001 modelmarket \
-    && mkdir -p /data \
-    && chown modelmarket /data
+    && mkdir -p /data /shared \
+    && chown modelmarket /data /shared
 
 WORKDIR /app
 COPY --from=build /app /app

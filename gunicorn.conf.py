@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from typing import Any
 
-from marketplace import logs
+from marketplace import logs, serving
 from marketplace.config import load_settings
 
 _settings = load_settings()
 
 # Prometheus counters shared by the workers (prometheus-client's multiprocess mode): a
-# folder per master, named before any worker imports prometheus_client, so the workers
-# (forked from here) inherit it; emptied at start, removed at exit.
-_metrics = (_settings.metrics_dir or _settings.data_dir / "metrics") / f"gunicorn-{os.getpid()}"
+# folder per master (host and pid: replicas may share a disk), named before any worker
+# imports prometheus_client, so the workers (forked from here) inherit it. A HUP reloads
+# this file with the folder already set: it is kept, not nested.
+_name = f"gunicorn-{socket.gethostname()}-{os.getpid()}"
+_parent = _settings.metrics_dir or serving.METRICS_PARENT
+_metrics = _parent if _parent.name == _name else _parent / _name
+_metrics.mkdir(parents=True, exist_ok=True)
 os.environ.update(
     {"PROMETHEUS_MULTIPROC_DIR": str(_metrics), "MODELMARKET_METRICS_DIR": str(_metrics)}
 )
@@ -49,7 +54,7 @@ control_socket_disable = True
 def on_starting(server: Any) -> None:
     """A fresh metrics folder: counters restart with the server, as Prometheus expects."""
     shutil.rmtree(_metrics, ignore_errors=True)
-    _metrics.mkdir(parents=True)
+    _metrics.mkdir(parents=True, exist_ok=True)
 
 
 def on_exit(server: Any) -> None:

@@ -156,9 +156,15 @@ class Settings(BaseSettings):
     )
     metrics_dir: Path | None = Field(
         default=None,
-        description="Where gunicorn's workers share their Prometheus counters; set by"
-        " gunicorn.conf.py (one folder per master, emptied at its start). Unset: /metrics"
-        " shows this process's own.",
+        description="Where a server's workers share their Prometheus counters: a folder per"
+        " server is made under it (default: <tmp>/modelmarket-metrics) and handed to its"
+        " workers in this variable. Unset in a process outside a server: /metrics shows"
+        " its own.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="If set, GET /metrics wants `Authorization: Bearer <token>` (403"
+        " otherwise). Never logged.",
     )
     indexer_batch_blocks: int = Field(
         default=2000, gt=0, description="Blocks per eth_getLogs request while indexing."

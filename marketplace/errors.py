@@ -382,17 +382,15 @@ def describe(exc: BaseException) -> tuple[int, dict[str, object]]:
         return describe(exc.cause)
     if isinstance(exc, ModelMarketError):
         return exc.http_status, exc.to_dict()
-    from sqlalchemy import exc as db
-
     from inference.errors import InferenceError, InvalidModel
+    from marketplace.db.engine import unreachable
     from storage.errors import StorageError
 
     if isinstance(exc, InvalidModel):
         return 422, {"error": exc.code, "message": exc.message}
     if isinstance(exc, StorageError | InferenceError):
         return _FOREIGN.get(exc.code, 500), {"error": exc.code, "message": exc.message}
-    down = db.OperationalError | db.InterfaceError | db.DisconnectionError | db.TimeoutError
-    if isinstance(exc, down):  # the driver's text names host and statement: not shown
-        message = "the database does not answer; nothing was charged, try again"
+    if unreachable(exc):  # the driver's text names host and statement: not shown
+        message = "the database does not answer; try again shortly"
         return 503, {"error": DatabaseUnavailable.code, "message": message}
     return 500, {"error": "internal_error", "message": "an unexpected error; it was logged"}

@@ -8,7 +8,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Engine, text
 
@@ -46,26 +48,45 @@ def probe(check: Callable[[], object]) -> Status:
 
 
 class Dependencies:
-    """The outside parts a gateway needs, each probed at most every REMEMBER seconds."""
+    """The outside parts a gateway needs, each probed at most every REMEMBER seconds, all
+    at once, one probe per dependency in flight (callers share it), and none waited for
+    past PROBE_TIMEOUT: a dependency that hangs is down, and holds no request thread."""
 
     def __init__(self, checks: dict[str, Callable[[], object]]) -> None:
         self.checks = checks
         self._known: dict[str, Status] = {}
+        self._running: dict[str, Future[Status]] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(len(checks) or 1, thread_name_prefix="health")
 
     def status(self) -> dict[str, Status]:
         """Every dependency's state, probing the ones not checked lately."""
         now = time.monotonic()
+        waiting: dict[str, Future[Status]] = {}
+        started: dict[str, Future[Status]] = {}
         with self._lock:
-            stale = [
-                name
-                for name in self.checks
-                if name not in self._known or now - self._known[name].checked_at >= REMEMBER
-            ]
-        fresh = {name: probe(self.checks[name]) for name in stale}
+            for name, check in self.checks.items():
+                known = self._known.get(name)
+                if known is not None and now - known.checked_at < REMEMBER:
+                    continue
+                if name not in self._running:
+                    started[name] = self._running[name] = self._pool.submit(probe, check)
+                waiting[name] = self._running[name]
+        for name, future in started.items():  # outside the lock: a done one calls back now
+            future.add_done_callback(partial(self._done, name))
+        wait(list(waiting.values()), timeout=PROBE_TIMEOUT + 0.5)
         with self._lock:
-            self._known.update(fresh)
-            return dict(self._known)
+            found = dict(self._known)
+        for name, future in waiting.items():
+            if not future.done():  # still running: down for this answer
+                message = f"no answer to its probe within {PROBE_TIMEOUT:g} s"
+                found[name] = Status(False, "probe_timeout", message, now)
+        return found
+
+    def _done(self, name: str, future: Future[Status]) -> None:
+        with self._lock:
+            self._running.pop(name, None)
+            self._known[name] = future.result()
 
 
 def database_check(engine: Engine) -> Callable[[], object]:

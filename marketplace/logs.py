@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -22,7 +23,7 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(m
 _PATTERNS = [
     # an API key: its id may show (it names the key in /api/v1/keys), its secret not
     (re.compile(r"\b(mm_[A-Za-z0-9]+_)[A-Za-z0-9_-]{8,}"), r"\1[redacted]"),
-    (re.compile(r"(?i)\b(bearer\s+)\S+"), r"\1[redacted]"),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     # a 65-byte ECDSA signature (x402 authorizations, SIWE sign-ins)
     (re.compile(r"0x[0-9a-fA-F]{130}\b"), "[signature]"),
     # base64 JSON, as in PAYMENT-SIGNATURE and PAYMENT-REQUIRED headers
@@ -37,8 +38,9 @@ class Scrubbed(logging.Formatter):
     def __init__(self, inner: logging.Formatter, secrets: list[str]) -> None:
         super().__init__()
         self.inner = inner
-        exact = sorted({s for k in secrets for s in (k, k.removeprefix("0x")) if len(s) >= 16})
-        self.exact = re.compile("|".join(re.escape(s) for s in exact)) if exact else None
+        exact = sorted({s for k in secrets for s in (k, k.removeprefix("0x")) if len(s) >= 8})
+        pattern = "|".join(re.escape(s) for s in exact)
+        self.exact = re.compile(pattern, re.IGNORECASE) if exact else None
 
     def format(self, record: logging.LogRecord) -> str:
         return self.scrub(self.inner.format(record))
@@ -60,7 +62,15 @@ def formatter(settings: Settings) -> Scrubbed:
         else logging.Formatter(TEXT_FORMAT)
     )
     keys = [settings.private_key, settings.settler_key, settings.secret_key]
-    return Scrubbed(inner, [k.get_secret_value() for k in keys if k is not None])
+    keys.append(settings.metrics_token)
+    secrets = [k.get_secret_value() for k in keys if k is not None]
+    # a hosted RPC URL carries its API key in its path or query; a database URL its password
+    if settings.rpc_url:
+        parts = urlsplit(settings.rpc_url)
+        secrets += [p for p in (parts.path.strip("/"), parts.query, parts.password) if p]
+    if settings.database_url:
+        secrets += [p for p in [urlsplit(settings.database_url).password] if p]
+    return Scrubbed(inner, secrets)
 
 
 def granian_formatter() -> Scrubbed:

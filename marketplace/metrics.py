@@ -11,10 +11,12 @@ dependencies up) is read at scrape time, so every worker reports the same.
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -70,6 +72,28 @@ SESSION_LOADS = Histogram(
     registry=LIVE,
 )
 
+log = logging.getLogger("modelmarket.metrics")
+_failed = threading.Event()
+
+P = ParamSpec("P")
+
+
+def _never_raises(hook: Callable[P, None]) -> Callable[P, None]:
+    """A metric that cannot be written (its folder gone, a full disk) must not fail the
+    paid call that reports it: logged once per process, then dropped."""
+
+    @functools.wraps(hook)
+    def safe(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:
+            if not _failed.is_set():
+                _failed.set()
+                log.exception("writing a metric failed; metrics are incomplete from now")
+
+    return safe
+
+
 _children: dict[tuple[str, ...], Any] = {}
 _children_lock = threading.Lock()
 
@@ -85,6 +109,7 @@ def _child(metric: Any, *labels: str) -> Any:
     return child
 
 
+@_never_raises
 def call_finished(model_id: int, method: str, status: str, seconds: float | None) -> None:
     """One paid call ended (`status`: ok or its error code); `seconds` when it ran."""
     model = str(model_id)
@@ -94,6 +119,7 @@ def call_finished(model_id: int, method: str, status: str, seconds: float | None
         _child(CONSUMED if status == "ok" else REFUNDED, model, method).inc()
 
 
+@_never_raises
 def cache_event(kind: str, size: int) -> None:
     """The model cache's hook (storage.cache.ModelCache on_event)."""
     _child(CACHE, kind).inc()
@@ -101,6 +127,7 @@ def cache_event(kind: str, size: int) -> None:
         _child(CACHE_BYTES, kind).inc(size)
 
 
+@_never_raises
 def session_loaded(seconds: float) -> None:
     """The session cache's hook (inference.sessions.SessionCache on_load)."""
     SESSION_LOADS.observe(seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 from marketplace.config import PROJECT_ROOT, Settings
@@ -16,6 +17,9 @@ from marketplace.config import PROJECT_ROOT, Settings
 THREADS = 8  # request threads per worker process (gunicorn gthread / granian blocking)
 GRACEFUL = 30  # seconds a stopping worker has to finish its calls
 LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
+# where servers' metrics folders go by default: local to the host (a data dir may be a
+# volume shared by replicas, whose worker pids repeat)
+METRICS_PARENT = Path(tempfile.gettempdir()) / "modelmarket-metrics"
 
 
 def granian_command(app: str, *, host: str, port: int, workers: int, threads: int) -> list[str]:
@@ -71,4 +75,4 @@ def environment(settings: Settings) -> dict[str, str]:
     """What the configured server's processes need in their environment."""
     if settings.http_server == "gunicorn":
         return {}
-    return metrics_environment(settings.metrics_dir or settings.data_dir / "metrics")
+    return metrics_environment(settings.metrics_dir or METRICS_PARENT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ from storage.cid import ProgressFn
 from storage.errors import CacheDiskFull, ContentTooLarge
 from storage.store import ContentStore
 
+HOST = socket.gethostname().replace("-", "_")  # download files: <host>~<pid>-<random>
 TOUCH_EVERY = 60.0  # seconds: how stale a file's on-disk recency may get
 
 
@@ -57,7 +59,7 @@ class ModelCache:
         self._hot: dict[str, tuple[Path, float]] = {}  # cid -> (path, last os.utime)
         self.fetches = 0  # how many times content was fetched from the store
         for leftover in self._tmp.iterdir():  # a crash mid-download leaves these
-            if not _alive(leftover.name.split("-", 1)[0]):  # gunicorn workers share it
+            if _abandoned(leftover.name):  # other workers (or hosts) may share the folder
                 leftover.unlink(missing_ok=True)
         existing = sorted(self._files.iterdir(), key=lambda p: p.stat().st_mtime)
         for path in existing:
@@ -97,10 +99,10 @@ class ModelCache:
         if future is None:
             self.on_event("hit", 0)
             return path
-        self.on_event("miss", 0)
         if not leader:
             return future.result()
         try:
+            self.on_event("miss", 0)  # inside: whatever happens, the future is resolved
             path = self._fetch(key, on_bytes)
         except BaseException as exc:
             future.set_exception(exc)
@@ -125,7 +127,7 @@ class ModelCache:
 
     def _download(self, key: str, on_bytes: ProgressFn | None) -> Path:
         self.fetches += 1
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{os.getpid()}-")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=f"{HOST}~{os.getpid()}-")
         tmp = Path(tmp_name)
         reserved = 0
 
@@ -179,6 +181,14 @@ class ModelCache:
             (self._files / victim).unlink(missing_ok=True)
             total -= size
             self.on_event("evicted", size)
+
+
+def _abandoned(name: str) -> bool:
+    """Whether a download file's process is gone: only this host's processes can be
+    asked (a pid on another host, sharing the disk, says nothing here)."""
+    owner = name.rpartition("-")[0]
+    host, _, pid = owner.rpartition("~")
+    return host in ("", HOST) and not _alive(pid)
 
 
 def _alive(pid: str) -> bool:

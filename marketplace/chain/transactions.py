@@ -26,7 +26,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import (
     TimeExhausted,
 )
-from web3.providers.rpc.utils import ExceptionRetryConfiguration
+from web3.providers.rpc.utils import REQUEST_RETRY_ALLOWLIST, ExceptionRetryConfiguration
 from web3.types import TxParams, TxReceipt, Wei
 
 from marketplace import errors
@@ -89,14 +89,16 @@ class Signer:
 
 
 def connect(rpc_url: str, timeout: float = 10.0, retries: int = 2) -> Web3:
-    """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there. A request
+    """A Web3 on `rpc_url`; raises ChainUnavailable when nothing answers there. A read
     that meets a connection error or a timeout is tried `retries` more times, 0.1 s
-    apart and doubling (web3's allowlist: reads, and resending a signed transaction,
-    which cannot spend twice)."""
+    apart and doubling. Sending a transaction is not retried here: a node that took it
+    answers a resend with "already known", which the senders read as their nonce taken;
+    they and the x402 reconciler resend what they recorded themselves."""
     retry = ExceptionRetryConfiguration(
         errors=(requests.exceptions.ConnectionError, requests.exceptions.Timeout),
         retries=retries + 1,  # web3 counts attempts
         backoff_factor=0.1,
+        method_allowlist=[m for m in REQUEST_RETRY_ALLOWLIST if m != "eth_sendRawTransaction"],
     )
     provider = Web3.HTTPProvider(
         rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=retry

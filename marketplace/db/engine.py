@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import exc as db_errors
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +44,26 @@ def make_engine(url: str, *, timeout: float = 5.0, **kwargs: Any) -> Engine:
     return create_engine(
         url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args, **kwargs
     )
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (down, restarting, the pool
+    exhausted, a connection cut), which a retry cures: not a deadlock, a timeout of a
+    statement or a missing table, which are bugs or load to see in the logs."""
+    if isinstance(exc, db_errors.TimeoutError | db_errors.DisconnectionError):
+        return True
+    if not isinstance(exc, db_errors.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, db_errors.InterfaceError):
+        return True
+    original = exc.orig
+    # psycopg raises its base OperationalError, not a subclass, when it cannot connect
+    if type(original).__name__ == "OperationalError" and type(original).__module__.startswith(
+        "psycopg"
+    ):
+        return True
+    # SQLite past its busy timeout: another writer holds the file
+    return isinstance(exc, db_errors.OperationalError) and "database is locked" in str(original)
 
 
 def read_session_factory(engine: Engine) -> sessionmaker[Session]:

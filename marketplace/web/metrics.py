@@ -1,11 +1,16 @@
 """GET /metrics: Prometheus text, for the operator's scraper (keep it inside the
-deployment's network, as with any exporter). The counters every worker wrote, plus
-gauges read now from the database and the dependency probes."""
+deployment's network, as with any exporter, or set MODELMARKET_METRICS_TOKEN). The
+counters every worker wrote, plus gauges read now from the database and the dependency
+probes."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+import hmac
+import time
+
+from flask import Blueprint, Response, request
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import Forbidden
 
 from marketplace import errors, metrics
 from marketplace.indexer.follow import health as indexer_health
@@ -75,11 +80,30 @@ LABELS = {
 }
 
 
+_cached: dict[int, tuple[float, dict[str, tuple[str, Values]]]] = {}
+CACHE_SECONDS = 1.0  # scrapers poll; two database reads per scrape is enough per second
+
+
+def recent_gauges(gateway: Gateway) -> dict[str, tuple[str, Values]]:
+    """`gauges`, read at most once a CACHE_SECONDS per worker."""
+    now = time.monotonic()
+    hit = _cached.get(id(gateway))
+    if hit is None or now - hit[0] >= CACHE_SECONDS:
+        hit = _cached[id(gateway)] = (now, gauges(gateway))
+    return hit[1]
+
+
 @blueprint.get("/metrics")
 def exposition() -> Response:
-    """Prometheus text format (not in the OpenAPI document: it is for scrapers)."""
+    """Prometheus text format (not in the OpenAPI document: it is for scrapers). With
+    MODELMARKET_METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
     gateway = current_gateway()
-    now = metrics.ScrapeTime(lambda: gauges(gateway))
+    token = gateway.settings.metrics_token
+    if token is not None:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+            raise Forbidden("/metrics wants the operator's bearer token")
+    now = metrics.ScrapeTime(lambda: recent_gauges(gateway))
     now.labels = dict(LABELS)
     body = metrics.exposition(gateway.settings.metrics_dir, now)
     return Response(body, mimetype=None, content_type=metrics.CONTENT_TYPE)

@@ -105,7 +105,14 @@ def test_metrics_add_up_over_the_workers_and_logs_are_clean_json(
 def test_no_secret_reaches_a_log_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     """Every kind of secret a message or a traceback could quote, in text and in JSON."""
     key = "0x" + "ab" * 32
-    settings = Settings(_env_file=None, data_dir=tmp_path, private_key=key)  # type: ignore[call-arg]
+    rpc_key, db_password = "abcdef0123456789projectkey", "s3cretpassw0rd"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        private_key=key,
+        rpc_url=f"https://mainnet.example.io/v3/{rpc_key}",
+        database_url=f"postgresql+psycopg://mm:{db_password}@db.internal/mm",
+    )
     api_key = "mm_4f3a2b1c_" + "s3cr3t-Token_value-0123456789abcdefghij"
     signature = "0x" + "cd" * 65
     payment = "eyJ4NDAyVmVyc2lvbiI6Miwic2NoZW1lIjoiZXhhY3QiLCJwYXlsb2FkIjp7fX0="
@@ -115,13 +122,19 @@ def test_no_secret_reaches_a_log_line(capsys: pytest.CaptureFixture[str], tmp_pa
         log.warning("key %s and %s", key, key.removeprefix("0x"))
         log.warning("Authorization: Bearer %s", api_key)
         log.warning("PAYMENT-SIGNATURE %s signed %s", payment, signature)
+        log.warning("Max retries exceeded with url: /v3/%s (%s)", rpc_key, db_password)
         try:
-            raise ValueError(f"bad settler key {key} for {api_key}")
+            raise ValueError(f"bad settler key {key.upper()} for {api_key}")
         except ValueError:
             log.exception("failed")
         out = capsys.readouterr().err
-        assert out.count("\n") >= 4
-        for secret in (key, key.removeprefix("0x"), "s3cr3t-Token", signature, payment):
+        assert out.count("\n") >= 5
+        secrets = (key, key.removeprefix("0x"), "s3cr3t-Token", signature, payment)
+        for secret in (*secrets, key.upper()[2:], rpc_key, db_password):
             assert secret not in out, (fmt, out)
+        if fmt == "json":  # scrubbing keeps every line one JSON object
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    json.loads(line)
         assert "mm_4f3a2b1c_[redacted]" in out  # the key's id still names it
     logs.configure(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]

@@ -80,7 +80,7 @@ def start_replica(
             config=PROJECT_ROOT / "gunicorn.conf.py",
         )
     else:
-        metrics = serving.metrics_environment(Path(env["MODELMARKET_DATA_DIR"]) / "metrics")
+        metrics = serving.metrics_environment(serving.METRICS_PARENT)
         replica = start_granian(
             "app:create_app",
             {**env, **metrics},

@@ -131,10 +131,10 @@ class LeaseKeeper:
                 for credit in self.pool.take_wanted():
                     self._take_standby(credit)
                 self.flush()
-            except Exception as exc:  # the next round retries; never kill the thread
-                if self.failing_since is None:
+            except Exception:  # the next round retries; never kill the thread
+                if self.failing_since is None:  # once per outage, with its traceback
                     self.failing_since = time.time()
-                    log.warning("writing paid calls failed; retrying: %s", type(exc).__name__)
+                    log.exception("writing paid calls failed; retrying every round")
             else:
                 if self.failing_since is not None:
                     log.warning("writing paid calls works again")

@@ -22,6 +22,7 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 from sqlalchemy import Engine, Row
+from sqlalchemy.exc import SQLAlchemyError
 
 from marketplace import errors
 from marketplace.chain.per_call import Authorization, Settler, SignedSettlement, refusal
@@ -120,8 +121,7 @@ class X402Exact:
         self._check(payment, listing, settler)
         try:
             gas = self._simulate(settler, listing.model_id, auth)
-        except errors.PaymentRequired:
-            # sent twice at once, the other call may have settled it meanwhile: a replay
+        except errors.PaymentRequired:  # sent twice at once, its twin may have settled it
             with self.engine.begin() as conn:
                 row = settlements.find(conn, auth, payment.payment_id)
             if row is None:
@@ -195,14 +195,16 @@ class X402Exact:
                     settlements.failed(conn, payer, nonce, "reverted")
                 raise self._settlement_failed(settler, auth, tx)
             tx = found
-        with self.engine.begin() as conn:  # settled and the call recorded: one transaction
-            # (or, if a reconciler saw it mined first, the one answer it is owed, claimed)
-            ours = settlements.settled(
-                conn, payer, nonce, tx, delivered=True, mine=payment.inference_id
-            )
-            if not ours and not settlements.deliver(conn, payer, nonce, payment.inference_id):
-                raise already_answered(tx)
-            write_usage(conn, [usage])
+        call = payment.inference_id
+        try:  # settled and the call recorded in one transaction (or, if a reconciler saw
+            # it mined first, the one answer it is owed, claimed)
+            with self.engine.begin() as conn:
+                ours = settlements.settled(conn, payer, nonce, tx, delivered=True, mine=call)
+                if not ours and not settlements.deliver(conn, payer, nonce, call):
+                    raise already_answered(tx)
+                write_usage(conn, [usage])
+        except SQLAlchemyError:  # paid on-chain, not recorded: the reconciler will; never
+            raise pending_error(signed) from None  # an answer that reads as "not paid"
         return self._paid(settler, payer, tx)
 
     def complete_after_error(self, payment: Payment, usage: UsageRecord) -> dict[str, str]:
@@ -329,10 +331,8 @@ class X402Exact:
         raise _invalid(f"this authorization could not settle ({row.reason}); nothing was charged")
 
     # ------------------------------------------------------------ the worker
-
     def reconcile(self) -> int:
-        """Finish what crashes and timeouts left now (the reconciler also runs every
-        RECONCILE_EVERY seconds in each worker)."""
+        """Finish what crashes and timeouts left, now (the reconciler does so regularly)."""
         return self.reconciler.reconcile()
 
     def start(self) -> None:
