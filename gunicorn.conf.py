@@ -27,9 +27,9 @@ _settings = load_settings()
 # folder per master (host and pid: replicas may share a disk), named before any worker
 # imports prometheus_client, so the workers (forked from here) inherit it. A HUP reloads
 # this file with the folder already set: it is kept, not nested.
-_name = f"gunicorn-{socket.gethostname()}-{os.getpid()}"
 _parent = _settings.metrics_dir or serving.METRICS_PARENT
-_metrics = _parent if _parent.name == _name else _parent / _name
+_name = f"gunicorn-{socket.gethostname()}-{os.getpid()}"
+_metrics = _parent if _parent.name == _name else serving.metrics_folder("gunicorn", _parent)
 _metrics.mkdir(parents=True, exist_ok=True)
 os.environ.update(
     {"PROMETHEUS_MULTIPROC_DIR": str(_metrics), "MODELMARKET_METRICS_DIR": str(_metrics)}

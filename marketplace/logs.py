@@ -111,7 +111,9 @@ def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
                 "handlers": ["stderr"],
                 "propagate": False,
             },
-            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            # no access log (as gunicorn's default): a line per paid call costs CPU on
+            # its path; a load balancer's log has the same facts
+            "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": ["stderr"]},
     }

@@ -7,7 +7,9 @@ command and its environment, for `modelmarket serve` (which becomes it) and
 
 from __future__ import annotations
 
-import secrets
+import os
+import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -62,11 +64,25 @@ def command(settings: Settings, *, port: int | None = None) -> list[str]:
     return granian_command("app:create_app", **bind)  # type: ignore[arg-type]
 
 
+def metrics_folder(server: str, parent: Path) -> Path:
+    """This process's folder for a server's shared Prometheus counters under `parent`
+    (`<server>-<host>-<pid>`); folders of this host's processes that are gone (a
+    server killed outright) are removed on the way."""
+    host = socket.gethostname()
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        owner, _, pid = old.name.partition("-")[2].rpartition("-")
+        if owner == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return parent / f"{server}-{host}-{os.getpid()}"
+
+
 def metrics_environment(parent: Path) -> dict[str, str]:
-    """A new folder under `parent` where one server's workers share their Prometheus
-    counters, named for prometheus-client and for Settings (gunicorn.conf.py makes its
-    own)."""
-    folder = parent / f"granian-{secrets.token_hex(6)}"
+    """A fresh folder under `parent` where one granian server's workers share their
+    Prometheus counters, named for prometheus-client and for Settings (gunicorn.conf.py
+    makes gunicorn's)."""
+    folder = metrics_folder("granian", parent)
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return {"PROMETHEUS_MULTIPROC_DIR": str(folder), "MODELMARKET_METRICS_DIR": str(folder)}
 

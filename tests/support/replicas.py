@@ -51,6 +51,7 @@ def replica_env(world: World, database: str, **env: str) -> dict[str, str]:
         "MODELMARKET_RPC_URL": str(settings.rpc_url),
         "MODELMARKET_DATABASE_URL": database,
         "MODELMARKET_DEPLOYMENT_FILE": str(settings.deployment_path),
+        "MODELMARKET_METRICS_DIR": str(settings.data_dir / "metrics"),  # the test's own
         **env,
     }
 
@@ -80,7 +81,7 @@ def start_replica(
             config=PROJECT_ROOT / "gunicorn.conf.py",
         )
     else:
-        metrics = serving.metrics_environment(serving.METRICS_PARENT)
+        metrics = serving.metrics_environment(Path(env["MODELMARKET_METRICS_DIR"]))
         replica = start_granian(
             "app:create_app",
             {**env, **metrics},
