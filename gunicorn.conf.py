@@ -44,7 +44,7 @@ reuse_port = True
 # A worker silent this long is killed and replaced: well above the longest inference
 # (MODELMARKET_INFERENCE_TIME_LIMIT) plus an x402 settlement's wait.
 timeout = int(_settings.inference_time_limit + _settings.x402_settle_timeout + 30)
-graceful_timeout = 30
+graceful_timeout = serving.GRACEFUL
 keepalive = 5
 # gunicorn 27's control socket is one path per user: a second replica on the host would
 # take the first one's. Nothing here uses it.

@@ -55,7 +55,7 @@ INPUTS = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
 CREDITS = 10_000_000  # calls bought: far more than a full run makes, so no cell sees a 402
 GOAL_UNPAID = 0.85
 GOAL_PEER = 1.5
-HTTP = "gunicorn"  # the HTTP server the goals are measured under (the shipped default)
+HTTP = "gunicorn"  # the HTTP server the goals are measured under: the one we ship
 # Each on a new connection: the kernel hashes every one to some worker's SO_REUSEPORT
 # socket, so 32 reach all 4 workers of 2 replicas but with odds of ~1 in 2,500.
 WARM_CALLS = 32
@@ -340,8 +340,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f"run(s) of {args.seconds} s per cell{smoke}"
     )
     print(
-        f"gateway and unpaid endpoint: gunicorn, 2 workers x {THREADS} threads per replica; "
-        f"MLServer parallel_workers=2, BentoML workers=2"
+        f"gateway and unpaid endpoint: gunicorn and granian, 2 workers x {THREADS} threads"
+        f" per replica; MLServer parallel_workers=2, BentoML workers=2; goals under {HTTP}"
     )
     print(
         "2 replicas: two gunicorn masters (gunicorn.conf.py) bound to one port; each worker "

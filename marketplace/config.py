@@ -110,12 +110,6 @@ class Settings(BaseSettings):
         description="Largest JSON part of a /v2 inference request (413 above; large tensors"
         " go in the binary extension).",
     )
-    http_server: Literal["gunicorn", "granian"] = Field(
-        default="gunicorn",
-        description="The HTTP server `modelmarket serve` and `run` start: gunicorn with"
-        " gunicorn.conf.py, or granian (WSGI; 1.5-2.5x the requests/s in bench.load, but"
-        " its main process exits when two workers die at once: see the README).",
-    )
     http_workers: int = Field(
         default=2, ge=1, description="Worker processes the gateway is served with (8 threads each)."
     )

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pythonjsonlogger.json import JsonFormatter
 
-from marketplace.config import Settings, load_settings
+from marketplace.config import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(message)s"
@@ -71,11 +71,6 @@ def formatter(settings: Settings) -> Scrubbed:
     if settings.database_url:
         secrets += [p for p in [urlsplit(settings.database_url).password] if p]
     return Scrubbed(inner, secrets)
-
-
-def granian_formatter() -> Scrubbed:
-    """The formatter granian's own lines go through (marketplace/granian_logging.json)."""
-    return formatter(load_settings())
 
 
 def configure(settings: Settings) -> None:

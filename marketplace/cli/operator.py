@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 @domain_errors
 def run() -> None:
     """Start the embedded default: anvil, contracts deployed, demo accounts funded, the
-    indexer following the chain and the gateway (both API families) under gunicorn (or
-    granian: MODELMARKET_HTTP_SERVER).
+    indexer following the chain and the gateway (both API families) under gunicorn.
 
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
@@ -137,31 +136,23 @@ def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
     show_default=True,
     help="Bring the database to the newest schema first.",
 )
-@click.option(
-    "--server",
-    type=click.Choice(["granian", "gunicorn"]),
-    help="The HTTP server (default: MODELMARKET_HTTP_SERVER, gunicorn).",
-)
 @domain_errors
-def serve(migrate: bool, server: str | None) -> None:
-    """The gateway alone (both API families and the storefront): what `modelmarket run`
-    starts, and what each of N production replicas runs: gunicorn with gunicorn.conf.py
-    by default, or granian; address and workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and
-    _HTTP_WORKERS, the chain from MODELMARKET_RPC_URL and the deployment record. The
-    server replaces this process, so signals (SIGTERM: a graceful stop) reach it."""
+def serve(migrate: bool) -> None:
+    """The gateway alone (both API families and the storefront) under gunicorn with
+    gunicorn.conf.py: what `modelmarket run` starts, and what each of N production
+    replicas runs. Address and workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and
+    _HTTP_WORKERS; the chain from MODELMARKET_RPC_URL and the deployment record.
+    gunicorn replaces this process, so signals (SIGTERM: a graceful stop) reach it."""
     import os
 
     from marketplace import serving
 
     settings = load_settings()
-    if server is not None:
-        settings = settings.model_copy(update={"http_server": server})
     if migrate:
         from marketplace.db.migrate import migrate as bring_up
 
         bring_up(settings.db_url)
     command = serving.command(settings)
-    os.environ.update(serving.environment(settings))
     os.chdir(PROJECT_ROOT)  # where app.py lives
     os.execv(command[0], command)  # noqa: S606 (no shell)
 

@@ -148,7 +148,11 @@ def open_for_business(
         receipt = market.purchase_with_permit(
             buyer, model_id, DEMO_CALLS, price, deadline=int(time.time()) + 3600
         )
-        sdk.redeem(receipt["transactionHash"].to_0x_hex())
+        try:
+            sdk.redeem(receipt["transactionHash"].to_0x_hex())
+        except errors.RemoteError as exc:  # the indexer may credit it first: as good
+            if exc.code != "receipt_already_redeemed":
+                raise
         progress(f"the demo buyer bought {DEMO_CALLS} calls of model {model_id}")
     assert sdk.api_key is not None
     body = orjson.dumps(

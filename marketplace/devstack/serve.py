@@ -1,11 +1,12 @@
-"""The gateway (or a benchmark's app) under granian or gunicorn, started and stopped as
-a child process in its own process group."""
+"""The gateway (or a benchmark's app) under gunicorn (or granian, for bench.load),
+started and stopped as a child process in its own process group."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -61,19 +62,16 @@ Gunicorn = Server  # the benchmarks' older name
 def start_gateway(
     settings: Settings, env: dict[str, str], *, log: Path | None = None, port: int = 0
 ) -> Server:
-    """The gateway under the configured server (MODELMARKET_HTTP_SERVER), as
-    `modelmarket serve` runs it, once its health answers."""
+    """The gateway as `modelmarket serve` runs it (gunicorn, gunicorn.conf.py), once its
+    health answers."""
     port = port or settings.http_port or free_port()
-    command = serving.command(settings, port=port)
-    full_env = {**env, **serving.environment(settings)}
     return start_server(
-        command,
-        full_env,
+        serving.command(settings, port=port),
+        env,
         settings.http_host,
         port,
         log=log,
         ready_path="/v2/health/ready",
-        ready_line=READY_LINE[settings.http_server],
     )
 
 
@@ -124,10 +122,13 @@ def start_granian(
     ready_path: str = "/",
     ready_timeout: float = 60.0,
 ) -> Server:
-    """granian serving the WSGI factory `app` ("module:function") with the flags the
-    gateway ships with."""
+    """granian (a Rust HTTP server, a dev dependency) serving the WSGI factory `app`
+    ("module:function"), `workers` processes of `threads` blocking threads: what
+    bench.load measures against gunicorn (not shipped: see marketplace/serving.py)."""
     port = port or free_port()
-    command = serving.granian_command(app, host=host, port=port, workers=workers, threads=threads)
+    command = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi"]
+    command += ["--factory", "--no-ws", "--workers", str(workers)]
+    command += ["--blocking-threads", str(threads), "--host", host, "--port", str(port), app]
     return start_server(
         command,
         env,

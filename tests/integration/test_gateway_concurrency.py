@@ -29,11 +29,8 @@ def database(request) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-@pytest.mark.parametrize("http", ["gunicorn", "granian"])
-def test_500_calls_on_100_credits(world, database, tmp_path, http):
-    """Under either HTTP server: exactly once, and every lease given back at a graceful
-    stop (gunicorn's worker_exit hook; under granian the keeper's exit hook)."""
-    server, key, buyer, log = serve(world, database, tmp_path, 100, http)
+def test_500_calls_on_100_credits(world, database, tmp_path):
+    server, key, buyer, log = serve(world, database, tmp_path, 100)
     sessions = session_factory(make_engine(database))
     url = server.url
     try:

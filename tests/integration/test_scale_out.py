@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import numpy as np
@@ -72,7 +73,10 @@ def test_two_replicas_2000_calls_at_once_on_100_credits_with_x402_mixed_in(
         mixed = prepaid + x402
         random.Random(7).shuffle(mixed)
         started = time.monotonic()
-        statuses = asyncio.run(send_all(urls, mixed, body))
+        # on a thread of its own: an earlier test's event loop (Playwright's) may still
+        # be set on this one
+        with ThreadPoolExecutor(1) as thread:
+            statuses = thread.submit(asyncio.run, send_all(urls, mixed, body)).result()
         elapsed = time.monotonic() - started
     finally:
         first.stop()

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from marketplace import serving
 from marketplace.accounts import keys
 from marketplace.bootstrap import make_indexer
-from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.config import PROJECT_ROOT
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
-from marketplace.devstack.serve import Server, start_granian, start_gunicorn
+from marketplace.devstack.serve import Server, start_gunicorn
 from marketplace.payments.prepaid import ledger
 from tests.support.world import PRICE, World
-
-SHIPPED = str(Settings.model_fields["http_server"].default)  # gunicorn
 
 
 def credit_calls(database: str, buyer: str, model_id: int, calls: int) -> str:
@@ -57,45 +54,26 @@ def replica_env(world: World, database: str, **env: str) -> dict[str, str]:
 
 
 def start_replica(
-    env: dict[str, str],
-    log: Path,
-    *,
-    port: int = 0,
-    workers: int = 2,
-    threads: int = 4,
-    server: str = SHIPPED,
+    env: dict[str, str], log: Path, *, port: int = 0, workers: int = 2, threads: int = 4
 ) -> Server:
-    """One gateway replica under the server we ship (or `server`), with the flags and
-    hooks it ships with. gunicorn replicas may share a port (SO_REUSEPORT); granian
-    replicas each take their own, behind whatever balances them."""
-    if server == "gunicorn":
-        replica = start_gunicorn(
-            "app:create_app()",
-            env,
-            workers=workers,
-            threads=threads,
-            reuse_port=True,
-            port=port,
-            log=log,
-            ready_path="/v2/health/ready",
-            config=PROJECT_ROOT / "gunicorn.conf.py",
-        )
-    else:
-        metrics = serving.metrics_environment(Path(env["MODELMARKET_METRICS_DIR"]))
-        replica = start_granian(
-            "app:create_app",
-            {**env, **metrics},
-            workers=workers,
-            threads=threads,
-            port=port,
-            log=log,
-            ready_path="/v2/health/ready",
-        )
+    """One gateway replica: gunicorn with the gunicorn.conf.py we ship (its hooks, and
+    SO_REUSEPORT, so replicas started on one port share it as a load balancer would)."""
+    replica = start_gunicorn(
+        "app:create_app()",
+        env,
+        workers=workers,
+        threads=threads,
+        reuse_port=True,
+        port=port,
+        log=log,
+        ready_path="/v2/health/ready",
+        config=PROJECT_ROOT / "gunicorn.conf.py",
+    )
     replica.wait_serving(workers)  # the port may have been answered by another replica
     return replica
 
 
-def serve(world, database, tmp_path, calls: int, server: str = SHIPPED, **env: str):  # type: ignore[no-untyped-def]
+def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no-untyped-def]
     """The world's listing in `database`, `calls` credits for signer 2 and a key, and
     the gateway under `server` (2 workers x 4 threads): (server, key, buyer, log)."""
     migrate(database)
@@ -103,5 +81,5 @@ def serve(world, database, tmp_path, calls: int, server: str = SHIPPED, **env: s
     buyer = world.signers[2].address
     key = credit_calls(database, buyer, world.model_id, calls)
     log = tmp_path / "gunicorn.log"
-    replica = start_replica(replica_env(world, database, **env), log, server=server)
+    replica = start_replica(replica_env(world, database, **env), log)
     return replica, key, buyer, log
