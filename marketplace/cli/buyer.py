@@ -113,11 +113,14 @@ def buy(model_id: int, calls: int, as_json: bool) -> None:
     try:
         credited = _redeem(sdk, tx_hash, settings.redeem_wait)
     except errors.ModelMarketError as exc:
-        # the tokens moved: the indexer credits the purchase on its own
-        raise errors.PurchaseNotRedeemed(
-            f"the purchase is on-chain (tx {tx_hash}) but redeeming it failed ({exc.message});"
-            " the indexer credits it within a few blocks: check with `modelmarket credits`"
-        ) from None
+        if exc.code != "receipt_already_redeemed":
+            # the tokens moved: the indexer credits the purchase on its own
+            raise errors.PurchaseNotRedeemed(
+                f"the purchase is on-chain (tx {tx_hash}) but redeeming it failed"
+                f" ({exc.message}); the indexer credits it within a few blocks: check with"
+                " `modelmarket credits`"
+            ) from None
+        credited = [{"model_id": model_id, "calls": calls}]  # the indexer was first
     left = sum(int(c["calls"]) for c in credited)
     result = {"model_id": model_id, "calls": calls, "tx_hash": tx_hash, "credited": credited}
     emit(result, as_json, lambda: line(f"bought {left} calls of model {model_id} (tx {tx_hash})"))

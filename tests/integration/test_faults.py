@@ -289,11 +289,16 @@ def test_postgresql_restarted_under_load(world: World, tmp_path: Path) -> None:
     database_unavailable with Retry-After (never a 500); after it, every 200 is written
     exactly once and the buyer's calls add up."""
     cluster = start_postgres(durable=False)
-    calls = 100_000
+    calls, ttl = 100_000, 2.0
     try:
         # small leases: most calls need the database, so the restart is felt
         server, key, buyer, log = serve(
-            world, cluster.url, tmp_path, calls, MODELMARKET_CREDIT_LEASE_SIZE="4"
+            world,
+            cluster.url,
+            tmp_path,
+            calls,
+            MODELMARKET_CREDIT_LEASE_SIZE="4",
+            MODELMARKET_CREDIT_LEASE_TTL=str(ttl),
         )
         try:
             with Load(f"{server.url}/v2/models/{world.model_id}/infer", key) as load:
@@ -302,6 +307,13 @@ def test_postgresql_restarted_under_load(world: World, tmp_path: Path) -> None:
                 cluster.restart()
                 back = time.monotonic()
                 time.sleep(2.5)
+            # A lease whose commit was cut by the restart is taken but held by no one
+            # (its worker saw an error): it comes back once its TTL passes unrenewed.
+            wait_for(
+                lambda: remaining(cluster.url, buyer) + len(usage_ids(cluster.url)) == calls,
+                10 * ttl,
+                "a lease cut by the restart did not come back",
+            )
         finally:
             server.stop()  # graceful: every worker writes what it served
         statuses = {status for _, status, _, _ in load.answers}
