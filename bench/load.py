@@ -35,19 +35,17 @@ import requests
 from bench import peers
 from bench.gateway import ANVIL, ARTIFACTS, MODEL, THREADS, gunicorn, wrk
 from inference import codecs
-from marketplace.accounts import keys
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.market import Marketplace, deploy_marketplace
 from marketplace.chain.transactions import connect, send
 from marketplace.config import PROJECT_ROOT, Settings
-from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
 from marketplace.devstack.serve import Gunicorn, start_granian, start_gunicorn
-from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
 from tests.support.launchers import PG_BIN, start_postgres
+from tests.support.replicas import credit_calls
 
 CONNECTIONS = (1, 16)
 REPLICAS = (1, 2)
@@ -131,23 +129,7 @@ def open_database(
     settings = base.model_copy(update={"database_url": url})
     migrate(settings.db_url)
     make_indexer(settings).run_once()
-    engine = make_engine(url)
-    with session_factory(engine)() as s, s.begin():
-        purchase = ledger.PurchaseRecord(
-            tx_hash="0x" + "ab" * 32,
-            log_index=0,
-            buyer=buyer,
-            model_id=model_id,
-            calls=CREDITS,
-            amount=1,
-            fee=0,
-            block_number=1,
-            block_hash="0x" + "cd" * 32,
-            source="receipt",
-        )
-        ledger.credit(s, purchase)
-        _, key = keys.create_key(s, buyer, "bench")
-    engine.dispose()
+    key = credit_calls(url, buyer, model_id, CREDITS)
     env = {
         "MODELMARKET_DATA_DIR": str(settings.data_dir),
         "MODELMARKET_RPC_URL": rpc_url,

@@ -136,9 +136,13 @@ def session_loaded(seconds: float) -> None:
 class ScrapeTime:
     """Gauges read when scraped: `read()` returns name -> (help, {labels: value})."""
 
-    def __init__(self, read: Callable[[], dict[str, tuple[str, dict[tuple[str, ...], float]]]]):
+    def __init__(
+        self,
+        read: Callable[[], dict[str, tuple[str, dict[tuple[str, ...], float]]]],
+        labels: dict[str, tuple[str, ...]],
+    ) -> None:
         self.read = read
-        self.labels: dict[str, tuple[str, ...]] = {}
+        self.labels = labels  # each gauge's label names (none if absent)
 
     def collect(self) -> Iterator[Metric]:
         for name, (help_text, values) in self.read().items():

@@ -73,7 +73,7 @@ def gauges(gateway: Gateway) -> dict[str, tuple[str, Values]]:
     return found
 
 
-LABELS = {
+LABELS: dict[str, tuple[str, ...]] = {
     "modelmarket_dependency_up": ("dependency",),
     "modelmarket_x402_settlements": ("state",),
     "modelmarket_indexer_leader": ("leader",),
@@ -103,7 +103,6 @@ def exposition() -> Response:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
             raise Forbidden("/metrics wants the operator's bearer token")
-    now = metrics.ScrapeTime(lambda: recent_gauges(gateway))
-    now.labels = dict(LABELS)
+    now = metrics.ScrapeTime(lambda: recent_gauges(gateway), LABELS)
     body = metrics.exposition(gateway.settings.metrics_dir, now)
     return Response(body, mimetype=None, content_type=metrics.CONTENT_TYPE)
