@@ -76,10 +76,11 @@ def post_worker_init(worker: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Settle what the worker holds: its served calls written, its leases given back
-    (the prepaid keeper), its x402 reconciler stopped. Safe to run twice (the keeper's
+    (the prepaid keeper), its x402 reconciler and anchorer stopped. Safe to run twice (the keeper's
     atexit hook does the same when the interpreter exits)."""
     app = getattr(worker, "wsgi", None)
     gateway = getattr(app, "extensions", {}).get("modelmarket")
     if gateway is not None:
         gateway.prepaid.close()
         gateway.x402.close()
+        gateway.anchorer.stop()

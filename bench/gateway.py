@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -205,31 +206,36 @@ def main() -> int:
                         ),
                     )
                 _, key = keys.create_key(s, buyer.address, "bench")
-            env = {
-                "MODELMARKET_DATA_DIR": str(settings.data_dir),
-                "MODELMARKET_RPC_URL": node.rpc_url,
-                "MODELMARKET_DATABASE_URL": url,
-                "MODELMARKET_SETTLER_KEY": dev_key(4),
-            }
-            paid = gunicorn("app:create_app()", env, work / f"paid-{name}.log")
-            servers.append(paid)
-            for label, (_path, _inputs, conns) in MODELS.items():
-                body, req_headers = bodies[label]
-                headers = {**req_headers, "Authorization": f"Bearer {key}"}
-                for c in conns:
-                    result = best_of(
-                        args.runs,
-                        f"{paid.url}/v2/models/{model_ids[label]}/infer",
-                        body,
-                        headers,
-                        c,
-                        args.seconds,
-                        work,
-                    )
-                    rows.append((label, name, c, result, baseline[label, c]))
-            url_iris = f"{paid.url}/v2/models/{model_ids['iris']}/infer"
-            x402_rows[name] = x402_latency(url_iris, bodies["iris"], key)
-            paid.stop()
+            for receipts in ("on", "off"):  # off: iris only, the receipts' own cost
+                env = {
+                    "MODELMARKET_DATA_DIR": str(settings.data_dir),
+                    "MODELMARKET_RPC_URL": node.rpc_url,
+                    "MODELMARKET_DATABASE_URL": url,
+                    "MODELMARKET_SETTLER_KEY": dev_key(4),
+                    "MODELMARKET_RECEIPTS": "true" if receipts == "on" else "false",
+                }
+                paid = gunicorn("app:create_app()", env, work / f"paid-{name}-{receipts}.log")
+                servers.append(paid)
+                for label, (_path, _inputs, conns) in MODELS.items():
+                    if receipts == "off" and label != "iris":
+                        continue
+                    body, req_headers = bodies[label]
+                    headers = {**req_headers, "Authorization": f"Bearer {key}"}
+                    for c in conns:
+                        result = best_of(
+                            args.runs,
+                            f"{paid.url}/v2/models/{model_ids[label]}/infer",
+                            body,
+                            headers,
+                            c,
+                            args.seconds,
+                            work,
+                        )
+                        rows.append((label, name, c, result, baseline[label, c], receipts))
+                if receipts == "on":
+                    url_iris = f"{paid.url}/v2/models/{model_ids['iris']}/infer"
+                    x402_rows[name] = x402_latency(url_iris, bodies["iris"], key)
+                paid.stop()
     finally:
         for server in servers:
             server.stop()
@@ -243,13 +249,14 @@ def main() -> int:
         f"best of {args.runs} runs of {args.seconds} s per cell"
     )
     print(
-        f"{'model':<10}{'database':<11}{'conns':>6}{'paid rps':>10}{'unpaid rps':>12}{'ratio':>7}"
+        f"{'model':<10}{'database':<11}{'receipts':>9}{'conns':>6}{'paid rps':>10}"
+        f"{'unpaid rps':>12}{'ratio':>7}"
         f"{'paid p50':>10}{'unpaid p50':>12}{'added p50':>11}{'paid p99':>10}"
         f"{'unpaid p99':>12}{'non-2xx':>9}"
     )
-    for label, name, c, (rps, p50, p99, bad), (b_rps, b_p50, b_p99, _b_bad) in rows:
+    for label, name, c, (rps, p50, p99, bad), (b_rps, b_p50, b_p99, _b_bad), on in rows:
         print(
-            f"{label:<10}{name:<11}{c:>6}{rps:>10,.0f}{b_rps:>12,.0f}{rps / b_rps:>7.2f}"
+            f"{label:<10}{name:<11}{on:>9}{c:>6}{rps:>10,.0f}{b_rps:>12,.0f}{rps / b_rps:>7.2f}"
             f"{p50:>9.2f}m{b_p50:>11.2f}m{p50 - b_p50:>10.2f}m{p99:>9.2f}m{b_p99:>11.2f}m"
             f"{bad:>9}"
         )
@@ -266,8 +273,11 @@ def main() -> int:
         " its block, ~2 s on Base, ~12 s on Ethereum)"
     )
     print()
+    receipt_costs()
+    print()
     for name in dict.fromkeys(r[1] for r in rows):
-        mine = [r for r in rows if r[1] == name and r[0] == "iris"]  # the goals' model
+        # the goals' model, as shipped (receipts on)
+        mine = [r for r in rows if r[1] == name and r[0] == "iris" and r[5] == "on"]
         ratio = min(r[3][0] / r[4][0] for r in mine)
         added = max(r[3][1] - r[4][1] for r in mine)
         print(
@@ -278,7 +288,51 @@ def main() -> int:
             f"goal: added_p50_ms_{name} = {added:.2f} (target <= 1.0) "
             f"{'met' if added <= 1.0 else 'missed'}"
         )
+        off = {r[2]: r[3][0] for r in rows if r[1] == name and r[0] == "iris" and r[5] == "off"}
+        kept = min(r[3][0] / off[r[2]] for r in mine)
+        print(
+            f"goal: receipts_on_vs_off_throughput_{name} = {kept:.2f} (target >= 0.95) "
+            f"{'met' if kept >= 0.95 else 'missed'}"
+        )
     return 0
+
+
+def receipt_costs(n: int = 20_000) -> None:
+    """What a receipt costs on a paid call's request thread, against what signing each
+    one would add (the per-batch root is what commits to them instead)."""
+    from eth_account import Account
+
+    from inference.digests import tensors_digest
+    from marketplace.usage import receipts as rc
+    from marketplace.usage.anchoring import ReceiptIssuer
+
+    issuer = ReceiptIssuer(None, "0x" + "11" * 20, rc.Domain(31337, "0x" + "22" * 20))  # type: ignore[arg-type]
+    issuer._numbers, issuer._next, issuer._pid = range(10**9), 0, os.getpid()  # no database
+    x = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+    y = {"label": np.array([0]), "probabilities": np.array([[0.9, 0.05, 0.05]], np.float32)}
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+    def issue() -> rc.Receipt:
+        digests = (tensors_digest(x), tensors_digest(y))
+        receipt = issuer.issue("ab" * 16, 1, cid, "0x" + "33" * 20, 1000, "prepaid", 1.8e9, digests)
+        rc.header(receipt, issuer.domain)
+        return receipt
+
+    started = time.perf_counter()
+    for _ in range(n):
+        receipt = issue()
+    issued = (time.perf_counter() - started) / n * 1e6
+    key = dev_key(4)
+    signs = n // 10
+    started = time.perf_counter()
+    for _ in range(signs):
+        Account.unsafe_sign_hash(receipt.digest(issuer.domain), key)
+    signed = (time.perf_counter() - started) / signs * 1e6
+    print("a receipt on the request thread, per call (in-process, one thread)")
+    print(f"{'work':<52}{'us':>8}{'x issue':>9}")
+    print(f"{'issue (2 tensor digests, sequence, header)':<52}{issued:>8.1f}{1:>9.2f}")
+    sign = "EIP-712 digest + secp256k1 signature (not done)"
+    print(f"{sign:<52}{signed:>8.1f}{signed / issued:>9.2f}")
 
 
 if __name__ == "__main__":

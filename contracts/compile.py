@@ -20,6 +20,7 @@ ARTIFACTS = HERE / "artifacts"
 CONTRACTS = {
     "ModelMarketplace": "src/ModelMarketplace.sol",
     "MarketToken": "src/MarketToken.sol",
+    "UsageAnchors": "src/UsageAnchors.sol",
     # benchmarks and tests only: many purchases in one transaction
     "BulkBuyer": "src/test/BulkBuyer.sol",
     # tests only: logs shaped like the marketplace's, emitted by another contract

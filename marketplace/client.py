@@ -101,6 +101,7 @@ class InferResult:
     inference_id: str
     model_cid: str
     payment_tx: str | None = None  # x402: the settlement's transaction
+    receipt: str | None = None  # the usage receipt (X-Usage-Receipt), when the gateway issues them
 
 
 class ModelMarketClient:
@@ -253,7 +254,23 @@ class ModelMarketClient:
             response.headers.get("X-Inference-Id", ""),
             response.headers.get("X-Model-CID", ""),
             orjson.loads(base64.b64decode(settled)).get("transaction") if settled else None,
+            response.headers.get("X-Usage-Receipt"),
         )
+
+    # ---------------------------------------------------------------- audit trail
+
+    def usage(self, inference_id: str) -> dict[str, Any]:
+        """One of your calls' usage receipt with its proof (signed in as its buyer)."""
+        return dict(self._call("GET", f"/api/v1/usage/{inference_id}"))
+
+    def usage_proof(self, inference_id: str) -> dict[str, Any]:
+        """A receipt's inclusion proof and batch (anyone)."""
+        return dict(self._call("GET", f"/api/v1/usage/{inference_id}/proof", auth=False))
+
+    def batches(self, gateway: str | None = None, **query: Any) -> dict[str, Any]:
+        """A gateway's anchored receipt batches, newest first."""
+        params = {**query, **({"gateway": gateway} if gateway else {})}
+        return dict(self._call("GET", "/api/v1/batches", params=params, auth=False))
 
     # ---------------------------------------------------------------- transport
 

@@ -217,9 +217,25 @@ class Settings(BaseSettings):
     )
     settler_key: SecretStr | None = Field(
         default=None,
-        description="Hex key of the gateway's x402 settling account (the marketplace owner"
-        " allows it with setSettler; it pays the settlement gas). Unset: no x402 offers."
-        " Never logged.",
+        description="Hex key of the gateway's on-chain identity: it settles x402 payments"
+        " (the marketplace owner allows it with setSettler) and anchors the roots of usage"
+        " receipts; it pays their gas. Unset: no x402 offers, no receipts. Never logged.",
+    )
+    receipts: bool = Field(
+        default=True,
+        description="Issue a usage receipt for every served paid call (X-Usage-Receipt)"
+        " and anchor their Merkle roots on-chain (needs MODELMARKET_SETTLER_KEY).",
+    )
+    anchor_period: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a receipt waits at most before its batch is closed and its"
+        " root anchored (one transaction per batch).",
+    )
+    anchor_max_calls: int = Field(
+        default=10_000,
+        ge=1,
+        description="Receipts per batch at most: a batch this full is anchored at once.",
     )
     x402_settle_timeout: float = Field(
         default=20.0,

@@ -19,6 +19,7 @@ from storage.errors import ContentMismatch, ContentTooLarge, InvalidCid
 from storage.unixfs import CHUNK_SIZE
 
 READ_SIZE = 1 << 20
+SHA2_256 = 0x12  # the multihash code
 
 ProgressFn = Callable[[int], None]
 
@@ -60,6 +61,19 @@ def normalize(cid: str) -> str:
     if raw[0] != 1:  # CIDv0 is dag-pb sha2-256
         raw = b"\x01\x70" + raw
     return str(libipld.encode_cid(raw))
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and on every paid call with receipts on
+def digest(cid: str) -> bytes:
+    """The 32-byte sha2-256 digest a CID's multihash carries (of the root block: for a
+    chunked file that is its DAG root, not the file's own sha256)."""
+    try:
+        parts = libipld.decode_cid(cid)
+    except Exception:
+        raise InvalidCid(f"{cid[:80]!r} is not a CID") from None
+    if int(parts["hash"]["code"]) != SHA2_256 or len(parts["hash"]["digest"]) != 32:
+        raise InvalidCid(f"{cid[:80]!r} is not a sha2-256 CID")
+    return bytes(parts["hash"]["digest"])
 
 
 def same(a: str, b: str) -> bool:

@@ -1,4 +1,5 @@
-"""Deploy ModelMarketplace (and, unless TOKEN is given, MarketToken) to any chain.
+"""Deploy ModelMarketplace, its UsageAnchors (and, unless TOKEN is given, MarketToken) to
+any chain.
 
     DEPLOYER_PRIVATE_KEY=0x... contracts/brownie.sh deploy http://host:8545 [out.json]
 
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 
-from brownie import MarketToken, ModelMarketplace, accounts, chain
+from brownie import MarketToken, ModelMarketplace, UsageAnchors, accounts, chain
 
 
 def main():
@@ -34,10 +35,13 @@ def main():
         start_block = token.tx.block_number
     market = ModelMarketplace.deploy(deployer, treasury, fee_bps, tx_args)
     market.setTokenAllowed(token_address, True, tx_args)
+    # where the gateways anchor their usage-receipt batches, for this marketplace
+    anchors = UsageAnchors.deploy(market.address, tx_args)
 
     record = {
         "chain_id": chain.id,
         "marketplace": market.address,
+        "anchors": anchors.address,
         "token": token_address,
         "start_block": start_block,
         "owner": deployer.address,

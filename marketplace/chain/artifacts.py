@@ -10,7 +10,7 @@ from typing import Any
 
 from marketplace import errors
 
-CONTRACT_NAMES = ("ModelMarketplace", "MarketToken")
+CONTRACT_NAMES = ("ModelMarketplace", "MarketToken", "UsageAnchors")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Deployment:
     start_block: int
     owner: str
     treasury: str
+    anchors: str | None = None  # UsageAnchors (records written before it have none)
 
     def save(self, path: Path) -> None:
         """Write the record atomically (temp file + rename)."""

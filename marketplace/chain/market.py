@@ -32,7 +32,8 @@ def deploy_marketplace(
     token_supply: int = 10**27,
     timeout: float = 120.0,
 ) -> Deployment:
-    """Deploy MarketToken and ModelMarketplace, allowlist the token; the signer owns both."""
+    """Deploy MarketToken, ModelMarketplace (allowlisting the token; the signer owns
+    both) and the UsageAnchors of this marketplace."""
     token_art = load_artifact(artifacts_dir, "MarketToken")
     market_art = load_artifact(artifacts_dir, "ModelMarketplace")
     treasury = treasury or signer.address
@@ -46,6 +47,8 @@ def deploy_marketplace(
     send(
         w3, contract.functions.setTokenAllowed(token, True), signer, artifacts_dir, timeout=timeout
     )
+    anchors_art = load_artifact(artifacts_dir, "UsageAnchors")
+    anchors, _ = deploy(w3, anchors_art, signer, artifacts_dir, market, timeout=timeout)
     return Deployment(
         chain_id=w3.eth.chain_id,
         marketplace=market,
@@ -53,6 +56,7 @@ def deploy_marketplace(
         start_block=receipt["blockNumber"],
         owner=signer.address,
         treasury=treasury,
+        anchors=anchors,
     )
 
 

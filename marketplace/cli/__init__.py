@@ -6,7 +6,7 @@ its own body: at module level they cost every command, `--help` included, 3-4 s.
 
 from __future__ import annotations
 
-from marketplace.cli import buyer, operator, seller
+from marketplace.cli import audit, buyer, operator, seller
 from marketplace.cli.group import main
 
-__all__ = ["buyer", "main", "operator", "seller"]
+__all__ = ["audit", "buyer", "main", "operator", "seller"]

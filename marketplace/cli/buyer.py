@@ -207,9 +207,17 @@ def _inputs(sdk: ModelMarketClient, model_id: int, path: Path) -> dict[str, np.n
     help="Pay this call with x402 from your wallet (no login, no purchase), at most the"
     " listed price.",
 )
+@click.option(
+    "--save-receipt",
+    "receipt_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the call's usage receipt here (check it later with `modelmarket verify`).",
+)
 @json_option
 @domain_errors
-def infer(model_id: int, input_path: Path, per_call: bool, as_json: bool) -> None:
+def infer(
+    model_id: int, input_path: Path, per_call: bool, receipt_path: Path | None, as_json: bool
+) -> None:
     """One paid call: prints the outputs and the calls you have left (or, with --x402,
     the settlement's transaction).
 
@@ -231,7 +239,14 @@ def infer(model_id: int, input_path: Path, per_call: bool, as_json: bool) -> Non
         "calls_left": answer.calls_left,
         "inference_id": answer.inference_id,
         "payment_tx": answer.payment_tx,
+        "receipt": answer.receipt,
     }
+    if receipt_path is not None:
+        if answer.receipt is None:
+            raise errors.NotFound("this gateway issues no usage receipts")
+        from marketplace.usage.receipts import from_header, to_json
+
+        receipt_path.write_text(json.dumps(to_json(*from_header(answer.receipt)), indent=2))
 
     def show() -> None:
         for name, array in answer.outputs.items():
@@ -240,5 +255,7 @@ def infer(model_id: int, input_path: Path, per_call: bool, as_json: bool) -> Non
             line(f"paid with x402: {answer.payment_tx}")
         else:
             line(f"calls left: {answer.calls_left}")
+        if receipt_path is not None:
+            line(f"usage receipt saved to {receipt_path}")
 
     emit(result, as_json, show)

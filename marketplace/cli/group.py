@@ -26,6 +26,7 @@ EXIT_USAGE = 2  # and a setting that is missing or invalid
 EXIT_INVALID = 3  # the input or the request was refused (4xx but payment)
 EXIT_PAYMENT = 4  # not signed in, not paid, not allowed
 EXIT_UNAVAILABLE = 5  # the chain, the store or the database did not answer
+EXIT_REFUTED = 6  # a usage receipt failed verification (`verify`)
 
 
 def exit_code(status: int, code: str) -> int:

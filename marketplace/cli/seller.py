@@ -247,8 +247,8 @@ def import_car(car: Path, as_json: bool) -> None:
 @json_option
 @domain_errors
 def models(seller: str | None, as_json: bool) -> None:
-    """Your listings, offered or not: status, price, calls sold and served; and what you
-    can withdraw.
+    """Your listings, offered or not: status, price, calls sold, served and anchored
+    on-chain (their usage receipts' roots); and what you can withdraw.
 
     \b
     Example:
@@ -266,7 +266,7 @@ def models(seller: str | None, as_json: bool) -> None:
     result = {"seller": who, "earnings": str(owed), "models": rows}
 
     def show() -> None:
-        table = Table("id", "name", "status", "price", "sold", "served")
+        table = Table("id", "name", "status", "price", "sold", "served", "anchored")
         for r in rows:
             status = r["model_status"] if r["active"] else "delisted"
             table.add_row(
@@ -276,6 +276,7 @@ def models(seller: str | None, as_json: bool) -> None:
                 r["price_per_call"],
                 str(r["calls_sold"]),
                 str(r["calls_served"]),
+                str(r.get("anchored_calls", 0)),
             )
         out.print(table)
         line(f"earnings: {units} (withdraw with `modelmarket withdraw`)")

@@ -317,3 +317,63 @@ class Usage(Base):
     charged: Mapped[bool] = mapped_column(default=True)
     refunded: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageReceiptRow(Base):
+    """A served call's usage receipt (`usage.receipts.Receipt`), written with its usage
+    row, in a batch once one is built."""
+
+    __tablename__ = "usage_receipts"
+    __table_args__ = (
+        # the receipts no batch holds yet, in sequence order: what the next batch takes
+        Index(
+            "ix_usage_receipts_unbatched",
+            "gateway",
+            "sequence",
+            sqlite_where=text("batch_id IS NULL"),
+            postgresql_where=text("batch_id IS NULL"),
+        ),
+    )
+
+    inference_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(42))  # lower case
+    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    model_digest: Mapped[str] = mapped_column(String(66))
+    input_digest: Mapped[str] = mapped_column(String(66))
+    output_digest: Mapped[str] = mapped_column(String(66))
+    buyer: Mapped[str] = mapped_column(String(42))
+    price: Mapped[int] = mapped_column(Uint256)
+    method: Mapped[str] = mapped_column(String(16))
+    time: Mapped[int] = mapped_column(BigInteger)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class ReceiptBatch(Base):
+    """A Merkle tree over receipts: built (root fixed, its receipts assigned), then
+    anchored (the root is on-chain under the gateway's address)."""
+
+    __tablename__ = "receipt_batches"
+    __table_args__ = (UniqueConstraint("gateway", "root", name="uq_receipt_batch_root"),)
+
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(42))
+    root: Mapped[str | None] = mapped_column(String(66))
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    last_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # building, built, anchored
+    created_at: Mapped[float]
+    sending_at: Mapped[float | None]  # a worker claimed the send (stale after a while)
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    anchored_at: Mapped[float | None]
+
+
+class ReceiptSequence(Base):
+    """The next free receipt sequence number of a gateway; workers take blocks of it."""
+
+    __tablename__ = "receipt_sequences"
+
+    gateway: Mapped[str] = mapped_column(String(42), primary_key=True)
+    next: Mapped[int] = mapped_column(BigInteger)

@@ -27,13 +27,16 @@ from marketplace.devstack.anvil import (
 
 
 def deployment_is_live(w3: Web3, deployment: Deployment) -> bool:
-    """True when `deployment` is on this chain: same chain id, code at both addresses."""
+    """True when `deployment` is on this chain: same chain id, code at every address (a
+    record from before UsageAnchors is not: the embedded default deploys anew)."""
+    if deployment.anchors is None:
+        return False
     with rpc_errors():
         if w3.eth.chain_id != deployment.chain_id:
             return False
         return all(
             len(w3.eth.get_code(to_checksum_address(a))) > 0
-            for a in (deployment.marketplace, deployment.token)
+            for a in (deployment.marketplace, deployment.token, deployment.anchors)
         )
 
 

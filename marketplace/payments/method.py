@@ -46,6 +46,12 @@ class Payment:
     done: bool = False  # completed, either way: each method completes a payment once
 
     @property
+    def price(self) -> int | None:
+        """What this call was charged in token units, when the method knows it (None:
+        the listing's price per call, as prepaid credits are counted)."""
+        return None
+
+    @property
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 

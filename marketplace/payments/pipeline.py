@@ -19,7 +19,13 @@ from typing import TypeVar
 from marketplace import errors, metrics
 from marketplace.db.tables import Listing
 from marketplace.payments.method import Headers, Payer, Payment, PaymentMethod
+from marketplace.usage import receipts
+from marketplace.usage.anchoring import ReceiptIssuer
 from marketplace.usage.records import UsageRecord
+
+# What a served call hands back beside its answer: the digests of its input and output
+# tensors (`inference.digests`), for its receipt; None when receipts are off.
+Digests = tuple[bytes, bytes] | None
 
 T = TypeVar("T")
 MAX_ERROR_CODE = 64  # the usage row's column
@@ -44,9 +50,14 @@ class InferenceIds:
 class PaymentPipeline:
     """The payment methods of a gateway, in the order their offers are listed."""
 
-    def __init__(self, methods: Sequence[PaymentMethod] = ()) -> None:
+    def __init__(
+        self,
+        methods: Sequence[PaymentMethod] = (),
+        receipts: Callable[[], ReceiptIssuer | None] = lambda: None,
+    ) -> None:
         self.methods: list[PaymentMethod] = list(methods)
         self.ids = InferenceIds()
+        self.issuer = receipts  # the receipt issuer, None when receipts are off
 
     def register(self, method: PaymentMethod) -> None:
         """Accept payments with `method` from now on (its offer goes last)."""
@@ -81,16 +92,46 @@ class PaymentPipeline:
             exc.accepts = self.offers(listing)  # its class (why) and headers stay
             raise
 
-    def complete(self, method: PaymentMethod, payment: Payment, listing: Listing) -> dict[str, str]:
+    def complete(
+        self,
+        method: PaymentMethod,
+        payment: Payment,
+        listing: Listing,
+        receipt: receipts.Receipt | None = None,
+    ) -> dict[str, str]:
         """The call was served: the headers the answer carries (a settlement that fails
-        now is a 402 listing every offer, the answer withheld)."""
+        now is a 402 listing every offer, the answer withheld). Its receipt, if any, is
+        written with its usage row and carried in X-Usage-Receipt."""
         try:
-            headers = method.complete(payment, _usage(payment, "ok", None))
+            headers = method.complete(payment, _usage(payment, "ok", None, receipt))
         except errors.PaymentRequired as exc:
             exc.accepts = self.offers(listing)
             raise
         headers["X-Inference-Id"] = payment.inference_id
+        if receipt is not None:
+            issuer = self.issuer()
+            assert issuer is not None
+            headers[receipts.HEADER] = receipts.header(receipt, issuer.domain)
         return headers
+
+    def receipt(
+        self, method: PaymentMethod, payment: Payment, listing: Listing, digests: Digests
+    ) -> receipts.Receipt | None:
+        """The receipt of a served call, or None when receipts are off."""
+        issuer = self.issuer() if digests is not None else None
+        if issuer is None or digests is None:
+            return None
+        price = payment.price
+        return issuer.issue(
+            payment.inference_id,
+            payment.model_id,
+            listing.model_cid,
+            payment.payer.address,
+            listing.price_per_call if price is None else price,
+            method.name,
+            payment.created_at.timestamp(),
+            digests,
+        )
 
     def complete_after_error(
         self, method: PaymentMethod, payment: Payment, exc: Exception
@@ -107,11 +148,12 @@ class PaymentPipeline:
         method: PaymentMethod,
         payer: Payer,
         listing: Listing,
-        call: Callable[[], T],
+        call: Callable[[], tuple[T, Digests]],
     ) -> tuple[T, dict[str, str]]:
         """Begin, run `call`, complete: its result and the headers the answer carries.
-        A failure after the payment began is given back and raised as a PaidCallFailed
-        that carries the cause and the headers saying what was given back."""
+        A failure after the payment began (making its receipt included: no receipt, no
+        charge) is given back and raised as a PaidCallFailed that carries the cause and
+        the headers saying what was given back."""
         started = time.perf_counter()
         try:
             payment = self.begin(method, payer, listing)
@@ -119,14 +161,15 @@ class PaymentPipeline:
             metrics.call_finished(listing.model_id, method.name, exc.code, None)
             raise
         try:
-            result = call()
+            result, digests = call()
+            receipt = self.receipt(method, payment, listing, digests)
         except Exception as exc:
             headers = self.complete_after_error(method, payment, exc)
             code = str(errors.describe(exc)[1]["error"])
             metrics.call_finished(payment.model_id, method.name, code, _since(started))
             raise errors.PaidCallFailed(exc, headers) from exc
         try:
-            headers = self.complete(method, payment, listing)
+            headers = self.complete(method, payment, listing, receipt)
         except errors.ModelMarketError as exc:  # the settlement failed: nothing charged
             metrics.call_finished(payment.model_id, method.name, exc.code, None)
             raise
@@ -138,7 +181,9 @@ def _since(started: float) -> float:
     return time.perf_counter() - started
 
 
-def _usage(payment: Payment, status: str, error: str | None) -> UsageRecord:
+def _usage(
+    payment: Payment, status: str, error: str | None, receipt: receipts.Receipt | None = None
+) -> UsageRecord:
     payer = payment.payer
     return UsageRecord(  # positional: a third of the keyword form's cost, on every call
         payment.inference_id,
@@ -152,4 +197,5 @@ def _usage(payment: Payment, status: str, error: str | None) -> UsageRecord:
         True,
         status != "ok",
         payment.created_at,
+        receipt,
     )

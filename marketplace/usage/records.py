@@ -10,6 +10,9 @@ from typing import NamedTuple
 import orjson
 from sqlalchemy.engine import Connection
 
+from marketplace.db.tables import UINT256_DIGITS
+from marketplace.usage.receipts import Receipt
+
 
 class UsageRecord(NamedTuple):
     """One finished paid call, as the `usage` table stores it. A NamedTuple: built on
@@ -26,9 +29,11 @@ class UsageRecord(NamedTuple):
     charged: bool
     refunded: bool
     created_at: datetime
+    receipt: Receipt | None = None  # a served call's usage receipt (when receipts are on)
 
 
-USAGE_COLUMNS = UsageRecord._fields
+USAGE_COLUMNS = UsageRecord._fields[:-1]
+RECEIPT_COLUMNS = Receipt._fields
 _CHARGED = USAGE_COLUMNS.index("charged")
 _USAGE_SQL = ", ".join(USAGE_COLUMNS)
 # PostgreSQL: one statement over the rows as one JSON text (orjson writes it in C; the
@@ -42,15 +47,29 @@ _USAGE_SQLITE = (
     f"INSERT INTO usage ({_USAGE_SQL}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"  # noqa: S608
     " ON CONFLICT (id) DO NOTHING"
 )
+_RECEIPTS_SQL = ", ".join(RECEIPT_COLUMNS)
+_RECEIPTS_PG = (
+    f"INSERT INTO usage_receipts ({_RECEIPTS_SQL}) SELECT {_RECEIPTS_SQL}"  # noqa: S608
+    " FROM json_populate_recordset(NULL::usage_receipts, %s::json)"
+    " ON CONFLICT (inference_id) DO NOTHING"
+)
+_RECEIPTS_SQLITE = (
+    f"INSERT INTO usage_receipts ({_RECEIPTS_SQL})"  # noqa: S608
+    f" VALUES ({', '.join('?' * len(RECEIPT_COLUMNS))}) ON CONFLICT (inference_id) DO NOTHING"
+)
+_PRICE = RECEIPT_COLUMNS.index("price")
 
 
 def write_usage(conn: Connection, records: Sequence[UsageRecord]) -> int:
-    """Insert usage rows at the driver level; returns how many were new (a row already
-    written, by id, is skipped).
+    """Insert usage rows, and the receipts of the served calls among them, at the driver
+    level; returns how many usage rows were new (a row already written, by id, is
+    skipped, and so is its receipt). The caller's transaction holds both: a call is
+    recorded with its receipt or not at all.
 
     A row per paid call: SQLAlchemy's per-row parameter processing cost ~4x the
     driver's own work (measured: ~9 us against ~2 us a row on SQLite), so rows go to
     the driver as they are stored (SQLite: SQLAlchemy's DATETIME text and 0/1)."""
+    receipts = [r.receipt for r in records if r.receipt is not None]
     if conn.dialect.name == "sqlite":
         rows = [
             (
@@ -62,6 +81,21 @@ def write_usage(conn: Connection, records: Sequence[UsageRecord]) -> int:
             )
             for record in records
         ]
-        return int(conn.exec_driver_sql(_USAGE_SQLITE, rows).rowcount)
-    text = orjson.dumps([record._asdict() for record in records])
-    return int(conn.exec_driver_sql(_USAGE_PG, (text.decode(),)).rowcount)
+        new = int(conn.exec_driver_sql(_USAGE_SQLITE, rows).rowcount)
+        if receipts:
+            conn.exec_driver_sql(
+                _RECEIPTS_SQLITE,
+                # the price as Uint256 stores it on SQLite: zero-padded decimal text
+                [
+                    (*r[:_PRICE], str(r.price).zfill(UINT256_DIGITS), *r[_PRICE + 1 :])
+                    for r in receipts
+                ],
+            )
+        return new
+    text = orjson.dumps([dict(zip(USAGE_COLUMNS, record, strict=False)) for record in records])
+    new = int(conn.exec_driver_sql(_USAGE_PG, (text.decode(),)).rowcount)
+    if receipts:
+        # the price as text: orjson writes no integer above 64 bits (numeric parses it)
+        docs = [{**r._asdict(), "price": str(r.price)} for r in receipts]
+        conn.exec_driver_sql(_RECEIPTS_PG, (orjson.dumps(docs).decode(),))
+    return new

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from marketplace.payments.x402 import headers as x402
-from marketplace.web import api, metrics, oip, storefront
+from marketplace.web import api, audit, metrics, oip, storefront
 from marketplace.web import session as web_session
 from marketplace.web.errors import error_response
 from marketplace.web.gateway import Gateway
@@ -38,6 +38,9 @@ def register(app: Flask, gateway: Gateway) -> None:
             # each worker's x402 reconciler (a pid check once running): a restarted
             # gateway finishes what a crash or a timeout left, with or without traffic
             gateway.x402.start()
+        if gateway.receipts_on:
+            # each worker's anchorer: a restarted gateway anchors what it served before
+            gateway.anchorer.start()
 
     @app.after_request
     def no_sniffing(response: Response) -> Response:
@@ -56,6 +59,7 @@ def register(app: Flask, gateway: Gateway) -> None:
     app.register_error_handler(Exception, error_response)
     app.register_blueprint(storefront.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(audit.blueprint)
     app.register_blueprint(oip.blueprint)
     app.register_blueprint(metrics.blueprint)
     spec.register(app)

@@ -75,6 +75,8 @@ def listing_json(listing: Listing) -> dict[str, Any]:
         "offered": listing.active and listing.model_status == "ok",
         "listed_block": listing.listed_block,
         "supersedes": listing.supersedes,
+        # calls whose usage receipts are anchored on-chain (counted every 30 s)
+        "anchored_calls": current_gateway().anchored().get(listing.model_id, (0, 0))[0],
     }
 
 

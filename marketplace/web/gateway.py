@@ -4,6 +4,7 @@ caches, payment methods), built once from Settings for the web faces. Flask-free
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from marketplace.accounts.keys import KeyCache
 from marketplace.accounts.siwe import SiweTerms, load_secret
 from marketplace.bootstrap import load_deployment, make_market, make_store, runtime_settings
 from marketplace.catalog.sales import Served, served
+from marketplace.chain.anchors import Anchors
 from marketplace.chain.artifacts import Deployment
 from marketplace.chain.endpoint import rpc_url_for
 from marketplace.chain.market import Marketplace
@@ -26,7 +28,12 @@ from marketplace.health import PROBE_TIMEOUT, Dependencies, database_check
 from marketplace.payments.pipeline import PaymentPipeline
 from marketplace.payments.prepaid.method import PrepaidCredits
 from marketplace.payments.x402.method import X402Exact
+from marketplace.usage.anchoring import Anchorer, ReceiptIssuer
+from marketplace.usage.batches import anchored_calls
+from marketplace.usage.receipts import Domain
 from storage.cache import ModelCache
+
+log = logging.getLogger("modelmarket.audit")
 
 
 class Gateway:
@@ -66,11 +73,24 @@ class Gateway:
             max_timeout_seconds=settings.x402_max_timeout_seconds,
         )
         # The payment methods, in the order a 402 offers them: one line each.
-        self.payments = PaymentPipeline([self.prepaid, self.x402])
+        self.payments = PaymentPipeline([self.prepaid, self.x402], receipts=self.receipt_issuer)
+        # the gateway's on-chain identity: settles x402 payments, anchors receipt roots
+        self.identity = Signer(settings.settler_key) if settings.settler_key else None
+        self._issuer: ReceiptIssuer | bool | None = None  # False: receipts are off
+        self._anchors: Anchors | None = None
+        self.anchorer = Anchorer(
+            self.engine,
+            self.anchors,
+            self.receipt_domain,
+            period=settings.anchor_period,
+            max_calls=settings.anchor_max_calls,
+            stale_after=settings.tx_timeout + 30,
+        )
         self._settler: Settler | None = None
         self._market: Marketplace | None = None
         self._served: tuple[float, Served] | None = None
         self._served_lock = threading.Lock()
+        self._anchored: tuple[float, dict[int, tuple[int, int]]] | None = None
         self._listings: dict[int, tuple[float, Listing]] = {}
         self._listings_lock = threading.Lock()
         self.dependencies = Dependencies(
@@ -108,6 +128,16 @@ class Gateway:
                     self._served = (now, served(session, datetime.now(UTC)))
             return self._served[1]
 
+    def anchored(self, max_age: float = 30.0) -> dict[int, tuple[int, int]]:
+        """Per model: (calls whose receipts are anchored on-chain, batches holding them),
+        read at most every `max_age` seconds (every listing page shows them)."""
+        with self._served_lock:
+            now = time.monotonic()
+            if self._anchored is None or now - self._anchored[0] >= max_age:
+                with self.reads() as session:
+                    self._anchored = (now, anchored_calls(session))
+            return self._anchored[1]
+
     @functools.cached_property
     def deployment(self) -> Deployment:
         """The deployment record, loaded once (its file does not change under a running
@@ -126,9 +156,47 @@ class Gateway:
 
     def settler(self) -> Settler | None:
         """The x402 settling account (None without MODELMARKET_SETTLER_KEY: no x402)."""
-        if self._settler is None and self.settings.settler_key is not None:
-            self._settler = Settler(self.market, Signer(self.settings.settler_key))
+        if self._settler is None and self.identity is not None:
+            self._settler = Settler(self.market, self.identity)
         return self._settler
+
+    @property
+    def receipts_on(self) -> bool:
+        """Whether this gateway issues receipts: asked for, with an identity to anchor."""
+        return self.settings.receipts and self.identity is not None
+
+    def receipt_domain(self) -> Domain:
+        """Where this gateway's receipts are verified (its deployment's UsageAnchors)."""
+        anchors = self.deployment.anchors
+        if anchors is None:
+            raise errors.ConfigurationError("the deployment record names no UsageAnchors")
+        return Domain(self.deployment.chain_id, anchors.lower())
+
+    def receipt_issuer(self) -> ReceiptIssuer | None:
+        """The receipt issuer, or None when receipts are off (decided once)."""
+        if self._issuer is None:
+            if not self.receipts_on or self.deployment.anchors is None:
+                if self.receipts_on:
+                    log.warning("receipts are off: the deployment record names no UsageAnchors")
+                self._issuer = False
+            else:
+                assert self.identity is not None
+                self._issuer = ReceiptIssuer(
+                    self.engine, self.identity.address, self.receipt_domain()
+                )
+        return self._issuer if isinstance(self._issuer, ReceiptIssuer) else None
+
+    def anchors(self) -> Anchors | None:
+        """The UsageAnchors binding with the gateway's key (None when receipts are off)."""
+        if self._anchors is None and self.receipt_issuer() is not None:
+            self._anchors = Anchors(
+                self.market.w3,
+                self.receipt_domain().anchors,
+                self.settings.artifacts_dir,
+                signer=self.identity,
+                timeout=self.settings.tx_timeout,
+            )
+        return self._anchors
 
     @property
     def market(self) -> Marketplace:

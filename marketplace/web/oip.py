@@ -15,10 +15,12 @@ from flask import Blueprint, Response, request
 from sqlalchemy.exc import OperationalError
 
 from inference import codecs
+from inference.digests import tensors_digest
 from inference.errors import InputTooLarge
 from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.indexer.follow import health as indexer_health
+from marketplace.payments.pipeline import Digests
 from marketplace.payments.x402 import settlements
 from marketplace.web.oip_schemas import (
     InferenceRequest,
@@ -144,13 +146,18 @@ def infer(model_id: int) -> Response:
     if method.binds_request:
         payer = payer._replace(request=hashlib.sha256(body).digest())
 
-    def run() -> tuple[bytes, dict[str, str]]:
+    receipts = gateway.payments.issuer() is not None
+
+    def run() -> tuple[tuple[bytes, dict[str, str]], Digests]:
         path = gateway.model_files.get(listing.model_cid)
         model = gateway.onnx_sessions.get(listing.model_cid, path, size_hint=listing.load_bytes)
         arrays = codecs.check_inputs(model.info, decoded)
         outputs = gateway.onnx_sessions.run(model, arrays, decoded.outputs or None)
         binary = decoded.binary_outputs or (set(outputs) if decoded.binary_by_default else None)
-        return codecs.encode_response(str(model_id), outputs, request_id=decoded.id, binary=binary)
+        answer = codecs.encode_response(
+            str(model_id), outputs, request_id=decoded.id, binary=binary
+        )
+        return answer, (tensors_digest(arrays), tensors_digest(outputs)) if receipts else None
 
     (answer, headers), paid = gateway.payments.run(method, payer, listing, run)
     headers.update(paid)

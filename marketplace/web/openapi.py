@@ -103,6 +103,12 @@ class TensorResponse(Response):
             ),
             "X-Model-CID": header("the CID of the model that answered", {"type": "string"}),
             "X-Inference-Id": header("this call's id", {"type": "string"}),
+            "X-Usage-Receipt": header(
+                "the call's usage receipt (EIP-712 UsageReceipt, base64url JSON); its proof"
+                " at /api/v1/usage/{id}/proof once its batch is anchored",
+                {"type": "string"},
+                required=False,
+            ),
             "Inference-Header-Content-Length": header(
                 "binary extension: the length of the JSON before the tensors",
                 {"type": "integer", "minimum": 0},

@@ -140,6 +140,10 @@ class ListingInfo(BaseModel):
     offered: bool
     listed_block: int
     supersedes: int | None = Field(description="the earlier version this listing replaces")
+    anchored_calls: int = Field(
+        description="paid calls whose usage receipts are anchored on-chain (`modelmarket"
+        " verify` checks each); counted every 30 s"
+    )
     versions: list[int] = Field(
         default_factory=list,
         description="every version of this model, newest first (on a single listing)",
@@ -217,3 +221,44 @@ class OpenApiDocument(BaseModel):
     openapi: str
     info: dict[str, Any]
     paths: dict[str, Any]
+
+
+# ------------------------------------------------------- /api/v1 usage receipts
+
+Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$", description="32 bytes, 0x hex")]
+
+
+class BatchInfo(BaseModel):
+    id: int
+    gateway: Address
+    root: Hex32 | None
+    receipts: int
+    first_sequence: int | None
+    last_sequence: int | None
+    state: Literal["built", "anchored"]
+    tx_hash: str | None = Field(description="the anchoring transaction (null until anchored)")
+    block_number: int | None
+    anchored_at: float | None = Field(description="unix seconds the gateway saw it mined")
+
+
+class BatchPage(BaseModel):
+    gateway: Address
+    batches: list[BatchInfo]
+
+
+class ReceiptProof(BaseModel):
+    inference_id: str
+    anchored: bool = Field(description="whether the receipt's batch root is on-chain")
+    batch: BatchInfo | None = Field(description="null until the receipt's batch is built")
+    leaf: Hex32
+    proof: list[Hex32] = Field(description="siblings from the leaf up (OpenZeppelin layout)")
+
+
+class UsageReceiptInfo(ReceiptProof):
+    receipt: dict[str, Any] = Field(description="the receipt as EIP-712 typed data")
+
+
+class BatchQuery(BaseModel):
+    gateway: Address | None = Field(default=None, description="default: this gateway")
+    before: int | None = Field(default=None, ge=1, description="batches older than this id")
+    limit: int = Field(default=50, ge=1, le=500)

@@ -134,6 +134,7 @@ def model(model_id: int) -> str:
             raise errors.NotFound(f"there is no model {model_id}")
         every = versions(s, full)
     served = gateway.served().counts([model_id])[model_id]
+    anchored = gateway.anchored().get(model_id, (0, 0))
     money = Money(gateway)
     unit = money.unit(full.token)
     signature = full.signature or {}
@@ -143,6 +144,8 @@ def model(model_id: int) -> str:
         listing=full,
         versions=every,
         served=served,
+        anchored=anchored,
+        anchorer=_anchorer(gateway),
         money=money,
         unit=unit,
         inputs=signature.get("inputs", []),
@@ -208,8 +211,8 @@ def dashboard() -> BaseResponse:
 
 @blueprint.get("/sellers/<address>")
 def seller(address: str) -> BaseResponse | str:
-    """A seller's listings, calls sold and served, earnings over time; its own seller
-    also gets withdraw, set price, delist and relist."""
+    """A seller's listings, calls sold, served and anchored on-chain, earnings over time;
+    its own seller also gets withdraw, set price, delist and relist."""
     if not ADDRESS.fullmatch(address):
         raise errors.NotFound(f"{address[:64]!r} is not an address")
     who = to_checksum_address(address)
@@ -231,6 +234,7 @@ def seller(address: str) -> BaseResponse | str:
         "seller.html",
         seller=who,
         rows=rows,
+        anchored=gateway.anchored(),
         owed=owed,
         money=money,
         token=token,
@@ -325,6 +329,15 @@ def _deployment(gateway: Gateway) -> dict[str, Any] | None:
     except errors.ConfigurationError:
         return None
     return {"chain_id": d.chain_id, "marketplace": d.marketplace, "token": d.token}
+
+
+def _anchorer(gateway: Gateway) -> str | None:
+    """The address that anchors this gateway's usage receipts (None: it issues none)."""
+    try:
+        issuing = gateway.receipt_issuer() is not None
+    except errors.ConfigurationError:  # no deployment record (yet)
+        return None
+    return gateway.identity.address if issuing and gateway.identity is not None else None
 
 
 def _example_inputs(signature: dict[str, Any]) -> list[dict[str, Any]]:

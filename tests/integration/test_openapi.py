@@ -53,6 +53,7 @@ SECURED = {
     ("DELETE", "/api/v1/keys/{key_id}"),
     ("POST", "/api/v1/receipts"),
     ("GET", "/api/v1/credits"),
+    ("GET", "/api/v1/usage/{inference_id}"),
 }
 
 
@@ -68,7 +69,7 @@ def test_every_operation_documents_its_bodies_answers_and_auth(world: World):
         for path, ops in doc["paths"].items()
         for method, op in ops.items()
     }
-    assert len(operations) == 18
+    assert len(operations) == 21
     for (method, path), op in operations.items():
         assert op["responses"], f"{method} {path} documents no answer"
         assert {"413", "500"} <= set(op["responses"]), f"{method} {path}"
@@ -88,7 +89,9 @@ def test_every_operation_documents_its_bodies_answers_and_auth(world: World):
     expected = {"200", "400", "401", "402", "404", "409", "413", "422", "500", "503", "504"}
     assert expected <= set(infer_op["responses"])
     assert "application/octet-stream" in infer_op["responses"]["200"]["content"]
-    assert "X-Credits-Remaining" in infer_op["responses"]["200"]["headers"]
+    assert {"X-Credits-Remaining", "X-Usage-Receipt"} <= set(
+        infer_op["responses"]["200"]["headers"]
+    )
 
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
@@ -322,7 +325,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(world: World
     schema = _load(world)
     operations = [result.ok() for result in schema.get_all_operations()]
     # every operation but the document itself (schemathesis leaves its own source out)
-    assert len(operations) == 17
+    assert len(operations) == 20
     report, found = [], {}
     statuses: dict[str, set[int]] = {op.label: set() for op in operations}
     for who, headers in (

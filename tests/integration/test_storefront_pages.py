@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import io
 import re
+import time
+from typing import Any
 
 import orjson
 
+from app import create_app
 from storage.local import LocalStore
-from tests.support.world import PRICE, World
+from tests.support.world import PRICE, World, buy, infer, sign_in
 
 
 def test_earnings_past_64_bits_are_exact_on_sqlite(world: World):
@@ -91,3 +94,57 @@ def test_the_model_page_offers_x402_only_while_it_can_be_paid(world: World):
     world.client.application.extensions["modelmarket"].listing(world.model_id, max_age=0)  # type: ignore[attr-defined]
     delisted = world.client.get(f"/models/{world.model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
     assert 'id="x402"' not in delisted
+
+
+def anchored_fact(html: str) -> str:
+    """The model page's "Calls anchored" figure, as text."""
+    found = re.search(r'<dd id="anchored">(.*?)</dd>', html, re.S)
+    assert found is not None
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+def test_the_pages_show_the_calls_anchored_on_chain(world: World):
+    gateway: Any = world.client.application.extensions["modelmarket"]  # type: ignore[attr-defined]
+    gateway.anchorer.period = 3600.0  # the period closes when the test says
+    seller = world.signers[1].address
+    anchorer = gateway.identity.address
+    before = anchored_fact(world.client.get(f"/models/{world.model_id}").get_data(as_text=True))  # type: ignore[attr-defined]
+    assert before.startswith("no calls anchored yet")
+    assert f"verifiable with modelmarket verify; gateway {anchorer} anchors them" in before
+
+    key = sign_in(world, 2)
+    buy(world, 2, 3)
+    world.index()
+    for _ in range(3):
+        assert infer(world, key).status_code == 200
+    gateway.prepaid.flush()  # the calls' rows (and receipts) written
+    gateway.anchorer.stop()  # its thread would race this round (a request restarts it)
+    assert gateway.anchorer.run_once(time.time() + 3600) == 1
+    gateway.anchored(max_age=0)  # the pages read it through a 30 s cache
+
+    html = world.client.get(f"/models/{world.model_id}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert anchored_fact(html).startswith("3 calls anchored on-chain in 1 batch")
+    dashboard = world.client.get(f"/sellers/{seller}").get_data(as_text=True)  # type: ignore[attr-defined]
+    assert '<th scope="col">Anchored</th>' in dashboard
+    assert re.search(
+        r'<td class="anchored"[^>]*>3 <span class="note">in 1 batch</span></td>', dashboard
+    )
+
+
+def test_the_pages_render_with_receipts_off(world: World):
+    app = create_app(world.settings.model_copy(update={"settler_key": None}))
+    gateway: Any = app.extensions["modelmarket"]
+    try:
+        assert gateway.identity is None and not gateway.receipts_on
+        page = app.test_client().get(f"/models/{world.model_id}")
+        assert page.status_code == 200
+        assert anchored_fact(page.get_data(as_text=True)) == "no calls anchored yet"
+        seller = app.test_client().get(f"/sellers/{world.signers[1].address}")
+        assert seller.status_code == 200
+        assert (
+            '<td class="anchored" title="calls whose usage receipts are anchored on-chain">0</td>'
+            in seller.get_data(as_text=True)
+        )
+    finally:
+        gateway.prepaid.close()
+        gateway.x402.close()

@@ -198,3 +198,4 @@ def serving(settings: Settings, port: int) -> Iterator[Flask]:
         thread.join(5)
         app.extensions["modelmarket"].prepaid.close()
         app.extensions["modelmarket"].x402.close()
+        app.extensions["modelmarket"].anchorer.stop()

@@ -113,6 +113,7 @@ def make_world(
         if app is not None:  # its background keeper writes what is left, then stops
             app.extensions["modelmarket"].prepaid.close()
             app.extensions["modelmarket"].x402.close()
+            app.extensions["modelmarket"].anchorer.stop()
         (world.anvil if world is not None else anvil).stop()
 
 

@@ -4,13 +4,12 @@ gateway's settler submits through `settlePerCall` so the seller is credited on-c
 per model, less the protocol fee.
 
 A call: the payment is read and checked here (the offer it accepted, amount >= price,
-time window, the signature) -> the settlement is simulated on the chain (balance,
-unused nonce, the token's own signature check) -> the nonce is reserved in the database
-(one use across workers and replicas) -> inference -> the signed settlement is stored,
-then sent -> mined: the answer goes out with PAYMENT-RESPONSE. A failed inference
-releases the reservation (nothing is sent). A settlement not mined in time answers
-504 settlement_pending, never a 402: the reconciler finishes it from the chain, and the
-same request sent again then gets the answer it paid for (once).
+time window, signature) -> the settlement is simulated on-chain (balance, unused nonce,
+the token's own signature check) -> the nonce is reserved in the database (one use
+across workers and replicas) -> inference -> the signed settlement is stored, then sent
+-> mined: the answer goes out with PAYMENT-RESPONSE. A failed inference releases the
+reservation. Not mined in time: 504 settlement_pending, never a 402; the reconciler
+finishes it, and the same request again gets its answer (once).
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ class PerCallPayment(Payment):
     auth: Authorization | None = None
     gas: int = 0
     settled_tx: str | None = None  # settled before: this call is the answer it is owed
+    price = property(lambda self: None if self.auth is None else self.auth.value)
 
 
 class X402Exact:

@@ -1,0 +1,196 @@
+"""The two ends of the audit trail inside a gateway: the issuer that makes each served
+call's receipt (on the request thread: a sequence number from this worker's block, the
+digests, no signature) and the anchorer that, in each worker's background thread,
+closes a batch every period (or at its size), fixes its Merkle root and anchors it
+from the gateway's address, finishing whatever a crash left first."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from marketplace import errors
+from marketplace.chain.anchors import Anchors
+from marketplace.usage import batches
+from marketplace.usage.receipts import Domain, Receipt
+from storage import cid
+
+log = logging.getLogger("modelmarket.audit")
+
+SEQUENCE_BLOCK = 1000  # sequence numbers a worker takes at once (one write per block)
+
+
+class ReceiptIssuer:
+    """Makes the receipts of one gateway identity's served calls."""
+
+    def __init__(self, engine: Engine, gateway: str, domain: Domain) -> None:
+        self.engine = engine
+        self.gateway = gateway.lower()
+        self.domain = domain
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._numbers: range = range(0)
+        self._next = 0
+
+    def sequence(self) -> int:
+        """This worker's next sequence number (a block is taken when one runs out)."""
+        with self._lock:
+            if self._pid != os.getpid() or self._next >= len(self._numbers):
+                self._numbers = batches.reserve_sequences(self.engine, self.gateway, SEQUENCE_BLOCK)
+                self._next, self._pid = 0, os.getpid()
+            number = self._numbers[self._next]
+            self._next += 1
+        return number
+
+    def issue(
+        self,
+        inference_id: str,
+        model_id: int,
+        model_cid: str,
+        buyer: str,
+        price: int,
+        method: str,
+        when: float,
+        digests: tuple[bytes, bytes],
+    ) -> Receipt:
+        """The receipt of one served call."""
+        return Receipt(
+            self.gateway,
+            inference_id,
+            self.sequence(),
+            model_id,
+            _model_digest(model_cid),
+            "0x" + digests[0].hex(),
+            "0x" + digests[1].hex(),
+            buyer,
+            price,
+            method,
+            int(when),
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _model_digest(model_cid: str) -> str:
+    return "0x" + cid.digest(model_cid).hex()
+
+
+class Anchorer:
+    """Closes and anchors one gateway's batches, from each worker (a batch is built by
+    one transaction and sent by the worker that claimed it)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        anchors: Callable[[], Anchors | None],
+        domain: Callable[[], Domain],
+        *,
+        period: float,
+        max_calls: int,
+        stale_after: float,
+    ) -> None:
+        self.engine = engine
+        self.anchors = anchors
+        self.domain = domain
+        self.period = period
+        self.max_calls = max_calls
+        self.stale_after = stale_after
+        self.failing_since: float | None = None
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, now: float | None = None) -> int:
+        """One round: close the batches that are due, then anchor every built batch not
+        on-chain yet. Returns how many batches this round anchored (or found anchored)."""
+        anchors = self.anchors()
+        if anchors is None or anchors.signer is None:
+            return 0
+        gateway = anchors.signer.address.lower()
+        now = time.time() if now is None else now
+        domain = self.domain()
+        while True:
+            waiting, oldest = batches.unbatched(self.engine, gateway, self.max_calls)
+            if not waiting or (
+                waiting < self.max_calls and oldest is not None and oldest > now - self.period
+            ):
+                break
+            if batches.build_batch(self.engine, gateway, self.max_calls, domain, now) is None:
+                break
+        done = 0
+        for batch in batches.unsent(self.engine, gateway):
+            if not batches.claim(self.engine, batch.id, now, self.stale_after):
+                continue
+            root = bytes.fromhex(batch.root[2:])
+            try:
+                done += self._anchor(anchors, gateway, batch.id, root, batch.receipts, now)
+            except Exception:
+                batches.release(self.engine, batch.id)
+                raise
+        return done
+
+    def _anchor(
+        self, anchors: Anchors, gateway: str, batch: int, root: bytes, count: int, now: float
+    ) -> int:
+        held = anchors.anchor_of(gateway, root)
+        if held.block_number == 0:  # not on-chain: send it (a crash after sending, before
+            try:  # recording, leaves it on-chain and found here next time)
+                tx_hash, block = anchors.anchor(batch, root, count)
+            except errors.ContractRevert as exc:
+                if exc.revert_name != "AlreadyAnchored":
+                    raise
+                held = anchors.anchor_of(gateway, root)  # a twin's send won
+            else:
+                batches.anchored(self.engine, batch, tx_hash, block, now)
+                log.info("anchored batch %s: %s receipts, tx %s", batch, count, tx_hash)
+                return 1
+        tx = anchors.anchored_tx(gateway, root, held.block_number)
+        batches.anchored(self.engine, batch, tx, held.block_number, now)
+        log.info("batch %s was on-chain already (block %s)", batch, held.block_number)
+        return 1
+
+    # -------------------------------------------------------------- the thread
+
+    @property
+    def tick(self) -> float:
+        """Seconds between rounds: a due batch waits at most this beyond its period."""
+        return max(0.1, min(2.0, self.period / 4))
+
+    def start(self) -> None:
+        """Run rounds in this process's background thread (once per process)."""
+        if self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._loop, name="anchorer", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+
+    def stop(self) -> None:
+        """Stop the thread (at the end of its round)."""
+        self._stop.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout=10)
+        self._pid = -1
+
+    def alive(self) -> bool:
+        """Whether this process's thread runs."""
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.run_once()
+                self.failing_since = None
+            except Exception as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                    log.warning("anchoring failed (will retry): %s", exc, exc_info=True)

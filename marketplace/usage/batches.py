@@ -1,0 +1,219 @@
+"""Receipts and their batches in the database: sequence numbers taken in blocks, a
+batch built in one transaction (its receipts assigned, its root fixed), a send claimed
+by one worker at a time, and the anchored batch recorded.
+
+What is written when: a receipt with its call's usage row, in the same transaction
+(`records.write_usage`); its batch id when the batch is built; the batch's transaction
+and block once the chain holds its root. A receipt is in at most one batch (the
+assignment re-checks `batch_id IS NULL` row by row) and a root is anchored at most once
+per gateway (the contract refuses the second), so a crash anywhere repeats work at
+worst, never the anchoring.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Row, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
+from marketplace.usage.merkle import MerkleTree
+from marketplace.usage.receipts import Domain, Receipt
+
+_ASSIGN = text(
+    "UPDATE usage_receipts SET batch_id = :batch WHERE batch_id IS NULL AND inference_id IN"
+    " (SELECT inference_id FROM usage_receipts WHERE gateway = :gateway AND batch_id IS NULL"
+    " ORDER BY sequence LIMIT :size)"
+)
+
+
+def reserve_sequences(engine: Engine, gateway: str, size: int) -> range:
+    """The next `size` sequence numbers of `gateway`, for this worker alone. Numbers a
+    stopped worker had not used are never used: sequences are unique, not dense."""
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(ReceiptSequence)
+            .where(ReceiptSequence.gateway == gateway)
+            .values(next=ReceiptSequence.next + size)
+            .returning(ReceiptSequence.next)
+        ).scalar()
+        if taken is None:
+            conn.execute(insert(ReceiptSequence).values(gateway=gateway, next=1 + size))
+            taken = 1 + size
+    return range(int(taken) - size, int(taken))
+
+
+def to_receipt(row: Any) -> Receipt:
+    """A receipt from its row."""
+    return Receipt(*(getattr(row, name) for name in Receipt._fields))
+
+
+def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None]:
+    """How many receipts no batch holds yet (counted up to `limit`), and the oldest's time."""
+    with engine.connect() as conn:
+        waiting = (
+            select(UsageReceiptRow.time)
+            .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
+            .limit(limit)
+            .subquery()
+        )
+        count, oldest = conn.execute(select(func.count(), func.min(waiting.c.time))).one()
+    return int(count), (None if oldest is None else int(oldest))
+
+
+def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: float) -> int | None:
+    """Take up to `size` unbatched receipts (oldest sequence first) into a new batch and
+    fix its Merkle root, in one transaction: the batch id, or None if none were left."""
+    with engine.begin() as conn:
+        batch = conn.execute(
+            insert(ReceiptBatch)
+            .values(gateway=gateway, state="building", count=0, created_at=now)
+            .returning(ReceiptBatch.id)
+        ).scalar_one()
+        conn.execute(_ASSIGN, {"batch": batch, "gateway": gateway, "size": size})
+        rows = conn.execute(
+            select(UsageReceiptRow)
+            .where(UsageReceiptRow.batch_id == batch)
+            .order_by(UsageReceiptRow.sequence)
+        ).all()
+        if not rows:
+            conn.rollback()
+            return None
+        receipts = [to_receipt(r) for r in rows]
+        tree = MerkleTree([r.digest(domain) for r in receipts])
+        conn.execute(
+            update(ReceiptBatch)
+            .where(ReceiptBatch.id == batch)
+            .values(
+                root="0x" + tree.root.hex(),
+                count=len(receipts),
+                first_sequence=receipts[0].sequence,
+                last_sequence=receipts[-1].sequence,
+                state="built",
+            )
+        )
+    return int(batch)
+
+
+def unsent(engine: Engine, gateway: str) -> list[Row[Any]]:
+    """Built batches not anchored yet, oldest first."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(ReceiptBatch.id, ReceiptBatch.root, ReceiptBatch.count.label("receipts"))
+                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built")
+                .order_by(ReceiptBatch.id)
+            ).all()
+        )
+
+
+def claim(engine: Engine, batch: int, now: float, stale_after: float) -> bool:
+    """Claim the send of `batch` for this worker; False when another claimed it within
+    `stale_after` seconds (a worker that died mid-send loses its claim after that)."""
+    with engine.begin() as conn:
+        got = conn.execute(
+            update(ReceiptBatch)
+            .where(
+                ReceiptBatch.id == batch,
+                ReceiptBatch.state == "built",
+                (ReceiptBatch.sending_at.is_(None)) | (ReceiptBatch.sending_at < now - stale_after),
+            )
+            .values(sending_at=now)
+        )
+    return got.rowcount == 1
+
+
+def release(engine: Engine, batch: int) -> None:
+    """Give up the claim (the send failed; the next round tries again)."""
+    with engine.begin() as conn:
+        conn.execute(update(ReceiptBatch).where(ReceiptBatch.id == batch).values(sending_at=None))
+
+
+def anchored(engine: Engine, batch: int, tx_hash: str | None, block: int, now: float) -> None:
+    """Record that the chain holds `batch`'s root."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(ReceiptBatch)
+            .where(ReceiptBatch.id == batch)
+            .values(
+                state="anchored",
+                tx_hash=tx_hash,
+                block_number=block,
+                anchored_at=now,
+                sending_at=None,
+            )
+        )
+
+
+# ------------------------------------------------------------------ reading
+
+
+def receipt_row(session: Session, inference_id: str) -> UsageReceiptRow | None:
+    """One receipt's row."""
+    return session.get(UsageReceiptRow, inference_id)
+
+
+def batch_row(session: Session, batch: int) -> ReceiptBatch | None:
+    """One batch's row."""
+    return session.get(ReceiptBatch, batch)
+
+
+_trees: dict[tuple[int, str | None, Domain], tuple[list[str], MerkleTree]] = {}
+_trees_lock = threading.Lock()
+_TREES_KEPT = 8
+
+
+def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Domain) -> list[bytes]:
+    """The inclusion proof of a receipt in its batch (the batch's tree is rebuilt from
+    its receipts once and kept, by id and root: a few batches, up to 10,000 leaves each)."""
+    key = (batch.id, batch.root, domain)
+    with _trees_lock:
+        kept = _trees.get(key)
+    if kept is None:
+        rows = session.scalars(
+            select(UsageReceiptRow)
+            .where(UsageReceiptRow.batch_id == batch.id)
+            .order_by(UsageReceiptRow.sequence)
+        ).all()
+        ids = [r.inference_id for r in rows]
+        kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
+        with _trees_lock:
+            if len(_trees) >= _TREES_KEPT:
+                _trees.pop(next(iter(_trees)))
+            _trees[key] = kept
+    ids, tree = kept
+    return tree.proof(ids.index(inference_id))
+
+
+def batches(
+    session: Session, gateway: str, *, limit: int = 50, before: int | None = None
+) -> Sequence[ReceiptBatch]:
+    """A gateway's anchored batches, newest first."""
+    query = select(ReceiptBatch).where(
+        ReceiptBatch.gateway == gateway, ReceiptBatch.state == "anchored"
+    )
+    if before is not None:
+        query = query.where(ReceiptBatch.id < before)
+    return session.scalars(query.order_by(ReceiptBatch.id.desc()).limit(limit)).all()
+
+
+def anchored_calls(
+    session: Session, model_ids: Sequence[int] | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per model: (calls whose receipt is anchored, batches holding them)."""
+    query = (
+        select(
+            UsageReceiptRow.model_id,
+            func.count(),
+            func.count(func.distinct(UsageReceiptRow.batch_id)),
+        )
+        .join(ReceiptBatch, ReceiptBatch.id == UsageReceiptRow.batch_id)
+        .where(ReceiptBatch.state == "anchored")
+        .group_by(UsageReceiptRow.model_id)
+    )
+    if model_ids is not None:
+        query = query.where(UsageReceiptRow.model_id.in_(list(model_ids)))
+    return {int(m): (int(c), int(b)) for m, c, b in session.execute(query).all()}

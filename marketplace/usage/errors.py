@@ -1,0 +1,19 @@
+"""Errors of usage receipts, in the one domain hierarchy (`marketplace.errors`)."""
+
+from __future__ import annotations
+
+from marketplace.errors import BadRequest, ModelMarketError
+
+
+class InvalidReceipt(BadRequest):
+    """A usage receipt that is not well formed: a field missing, of the wrong type or
+    out of range (the message names it)."""
+
+    code = "invalid_usage_receipt"
+
+
+class ReceiptsOff(ModelMarketError):
+    """This gateway issues no usage receipts (no identity to anchor them with)."""
+
+    code = "receipts_off"
+    http_status = 404
