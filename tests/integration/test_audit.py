@@ -421,3 +421,20 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     assert len(mine) == len(rows)  # one root per batch: the unrecorded one was not re-sent
     for r in rows:
         assert chain.anchor_of(me, bytes.fromhex(r.root[2:])).receipts == r.count
+
+
+def test_receipts_on_postgresql_are_written_batched_and_proven(pg_world: World):
+    """The same trail on PostgreSQL (its own write path: one JSON statement per round)."""
+    from marketplace.usage.verify import check_receipt
+
+    gw = gateway(pg_world)
+    gw.anchorer.period = 3600.0
+    served = paid_calls(pg_world, prepaid=4, x402=2)
+    assert counts(pg_world) == (6, 0, 0)
+    assert gw.anchorer.run_once(time.time() + 3600) == 1
+    assert counts(pg_world) == (6, 1, 6)
+    chain = reader(pg_world, gw)
+    for inference_id, (_i, header) in served.items():
+        receipt, proof = receipt_and_proof(gw, inference_id)
+        assert receipt == receipts.from_header(header)[0]  # stored as the answer said
+        assert check_receipt(receipt, gw.receipt_domain(), proof, chain).ok
