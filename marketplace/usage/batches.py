@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, insert, select, text, update
+from sqlalchemy import Engine, Row, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
@@ -79,8 +79,8 @@ def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: fl
             .where(UsageReceiptRow.batch_id == batch)
             .order_by(UsageReceiptRow.sequence)
         ).all()
-        if not rows:
-            conn.rollback()
+        if not rows:  # another worker took them first
+            conn.execute(delete(ReceiptBatch).where(ReceiptBatch.id == batch))
             return None
         receipts = [to_receipt(r) for r in rows]
         tree = MerkleTree([r.digest(domain) for r in receipts])

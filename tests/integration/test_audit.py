@@ -438,3 +438,59 @@ def test_receipts_on_postgresql_are_written_batched_and_proven(pg_world: World):
         receipt, proof = receipt_and_proof(gw, inference_id)
         assert receipt == receipts.from_header(header)[0]  # stored as the answer said
         assert check_receipt(receipt, gw.receipt_domain(), proof, chain).ok
+
+
+def test_workers_building_batches_at_once_put_each_receipt_in_one(database: str):
+    """4 threads build batches at once from 2,000 waiting receipts (what every worker's
+    anchorer does on the shared database): each receipt lands in exactly one batch, and
+    every batch's root is the tree of exactly its receipts."""
+    import threading
+    from datetime import UTC, datetime
+
+    from marketplace.db.migrate import migrate
+    from marketplace.usage.records import UsageRecord, write_usage
+
+    migrate(database)
+    engine = make_engine(database)
+    gateway_address, domain = "0x" + "11" * 20, receipts.Domain(31337, "0x" + "22" * 20)
+    now = datetime.now(UTC)
+    rows = [
+        UsageRecord(
+            f"{i:032x}", "k", "0x" + "33" * 20, 1, "ok", None, None, 1.0, True, False, now,
+            receipts.Receipt(
+                gateway_address, f"{i:032x}", i + 1, 1, *("0x" + f"{i:064x}",) * 3,
+                "0x" + "33" * 20, 10**15, "prepaid", 1_800_000_000,
+            ),
+        )
+        for i in range(2000)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        assert write_usage(conn, rows) == 2000
+    built: list[int] = []
+
+    def builder() -> None:
+        while (
+            b := batches.build_batch(engine, gateway_address, 100, domain, time.time())
+        ) is not None:
+            built.append(b)
+
+    threads = [threading.Thread(target=builder) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    with session_factory(engine)() as s:
+        assigned = s.execute(
+            select(UsageReceiptRow.batch_id, func.count()).group_by(UsageReceiptRow.batch_id)
+        ).all()
+        made = s.scalars(select(ReceiptBatch)).all()
+        assert None not in dict(assigned) and sum(n for _, n in assigned) == 2000
+        assert sorted(b.id for b in made) == sorted(built) and len(made) == 20
+        for batch in made:
+            mine = s.scalars(
+                select(UsageReceiptRow)
+                .where(UsageReceiptRow.batch_id == batch.id)
+                .order_by(UsageReceiptRow.sequence)
+            ).all()
+            tree = MerkleTree([batches.to_receipt(r).digest(domain) for r in mine])
+            assert batch.count == len(mine) and batch.root == "0x" + tree.root.hex()
