@@ -1,5 +1,5 @@
 """Receipts and their batches in the database: sequence numbers taken in blocks, a
-batch built in one transaction (its receipts assigned, its root fixed), a send claimed
+batch built in one transaction (its root fixed, its receipts assigned), a send claimed
 by one worker at a time, and the anchored batch recorded.
 
 What is written when: a receipt with its call's usage row, in the same transaction
@@ -16,18 +16,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, func, insert, select, text, update
+from sqlalchemy import Engine, Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
 
-_ASSIGN = text(
-    "UPDATE usage_receipts SET batch_id = :batch WHERE batch_id IS NULL AND inference_id IN"
-    " (SELECT inference_id FROM usage_receipts WHERE gateway = :gateway AND batch_id IS NULL"
-    " ORDER BY sequence LIMIT :size)"
-)
+_CHUNK = 1000  # receipt ids per UPDATE (SQLite bounds a statement's parameters)
 
 
 def reserve_sequences(engine: Engine, gateway: str, size: int) -> range:
@@ -65,37 +62,57 @@ def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None
 
 
 def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: float) -> int | None:
-    """Take up to `size` unbatched receipts (oldest sequence first) into a new batch and
-    fix its Merkle root, in one transaction: the batch id, or None if none were left."""
-    with engine.begin() as conn:
-        batch = conn.execute(
-            insert(ReceiptBatch)
-            .values(gateway=gateway, state="building", count=0, created_at=now)
-            .returning(ReceiptBatch.id)
-        ).scalar_one()
-        conn.execute(_ASSIGN, {"batch": batch, "gateway": gateway, "size": size})
+    """Take up to `size` unbatched receipts (oldest sequence first) into a new batch with
+    its Merkle root: the batch id, or None if none were left (or another worker took
+    some of them meanwhile: the next round tries again). The tree is computed before the
+    write transaction, so SQLite's write lock (the usage writes wait on it) is held only
+    for the assignment."""
+    with engine.connect() as conn:
         rows = conn.execute(
             select(UsageReceiptRow)
-            .where(UsageReceiptRow.batch_id == batch)
+            .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
             .order_by(UsageReceiptRow.sequence)
+            .limit(size)
         ).all()
-        if not rows:  # another worker took them first
-            conn.execute(delete(ReceiptBatch).where(ReceiptBatch.id == batch))
-            return None
-        receipts = [to_receipt(r) for r in rows]
-        tree = MerkleTree([r.digest(domain) for r in receipts])
-        conn.execute(
-            update(ReceiptBatch)
-            .where(ReceiptBatch.id == batch)
-            .values(
-                root="0x" + tree.root.hex(),
-                count=len(receipts),
-                first_sequence=receipts[0].sequence,
-                last_sequence=receipts[-1].sequence,
-                state="built",
-            )
-        )
+    if not rows:
+        return None
+    receipts = [to_receipt(r) for r in rows]
+    tree = MerkleTree([r.digest(domain) for r in receipts])
+    ids = [r.inference_id for r in receipts]
+    try:
+        with engine.begin() as conn:
+            batch = conn.execute(
+                insert(ReceiptBatch)
+                .values(
+                    gateway=gateway,
+                    root="0x" + tree.root.hex(),
+                    count=len(receipts),
+                    first_sequence=receipts[0].sequence,
+                    last_sequence=receipts[-1].sequence,
+                    state="built",
+                    created_at=now,
+                )
+                .returning(ReceiptBatch.id)
+            ).scalar_one()
+            assigned = 0
+            for start in range(0, len(ids), _CHUNK):
+                assigned += conn.execute(
+                    update(UsageReceiptRow)
+                    .where(
+                        UsageReceiptRow.inference_id.in_(ids[start : start + _CHUNK]),
+                        UsageReceiptRow.batch_id.is_(None),  # re-checked row by row
+                    )
+                    .values(batch_id=batch)
+                ).rowcount
+            if assigned != len(ids):
+                raise _Raced
+    except (_Raced, IntegrityError):  # IntegrityError: a twin built this very root first
+        return None
     return int(batch)
+
+
+class _Raced(Exception):
+    """Another worker batched some of these receipts first: roll back."""
 
 
 def unsent(engine: Engine, gateway: str) -> list[Row[Any]]:

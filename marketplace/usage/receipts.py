@@ -20,11 +20,10 @@ import functools
 from typing import Any, NamedTuple
 
 import orjson
-from eth_hash.auto import keccak
 from eth_utils.address import is_address, to_checksum_address
 
 from marketplace.usage import errors
-from marketplace.usage.merkle import leaf_hash
+from marketplace.usage.merkle import keccak, leaf_hash
 
 HEADER = "X-Usage-Receipt"
 DOMAIN_NAME = "ModelMarket usage"
@@ -107,7 +106,7 @@ class Receipt(NamedTuple):
             + bytes.fromhex(self.output_digest[2:])
             + _address_word(self.buyer)
             + self.price.to_bytes(32, "big")
-            + keccak(self.method.encode())
+            + _method_hash(self.method)
             + self.time.to_bytes(32, "big")
         )
 
@@ -218,6 +217,11 @@ def from_json(doc: dict[str, Any]) -> tuple[Receipt, Domain]:
         time=_uint(message, "time", _UINT64),
     )
     return receipt, domain
+
+
+@functools.lru_cache(maxsize=8)
+def _method_hash(method: str) -> bytes:
+    return keccak(method.encode())
 
 
 @functools.lru_cache(maxsize=8)
