@@ -263,9 +263,10 @@ class ModelMarketClient:
         """One of your calls' usage receipt with its proof (signed in as its buyer)."""
         return dict(self._call("GET", f"/api/v1/usage/{inference_id}"))
 
-    def usage_proof(self, inference_id: str) -> dict[str, Any]:
-        """A receipt's inclusion proof and batch (anyone)."""
-        return dict(self._call("GET", f"/api/v1/usage/{inference_id}/proof", auth=False))
+    def usage_proof(self, inference_id: str, leaf: str) -> dict[str, Any]:
+        """A receipt's inclusion proof and batch (for whoever holds it: its `leaf`)."""
+        path = f"/api/v1/usage/{inference_id}/proof"
+        return dict(self._call("GET", path, params={"leaf": leaf}, auth=False))
 
     def batches(self, gateway: str | None = None, **query: Any) -> dict[str, Any]:
         """A gateway's anchored receipt batches, newest first."""

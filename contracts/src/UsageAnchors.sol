@@ -16,8 +16,8 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 ///      (npm) builds the trees and proofs off-chain.
 contract UsageAnchors is EIP712 {
     /// @notice One inference call as the gateway served and charged it.
-    /// @dev Signed by the gateway under this contract's EIP-712 domain ("ModelMarket
-    ///      usage", "1"); its digest is also the batch tree's leaf value.
+    /// @dev Typed under this contract's EIP-712 domain ("ModelMarket usage", "1"); not
+    ///      signed one by one: the root the gateway anchors commits to its whole batch.
     struct UsageReceipt {
         address gateway;
         string inferenceId;
@@ -96,8 +96,8 @@ contract UsageAnchors is EIP712 {
         return _anchors[gateway][root];
     }
 
-    /// @notice The EIP-712 digest of a receipt under this contract's domain: what the
-    ///         gateway signs, and the value its batch tree commits to.
+    /// @notice The EIP-712 digest of a receipt under this contract's domain: the value
+    ///         its batch tree commits to (what a wallet would sign).
     function receiptDigest(UsageReceipt calldata r) public view returns (bytes32) {
         return _hashTypedDataV4(
             keccak256(

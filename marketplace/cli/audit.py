@@ -18,6 +18,7 @@ from marketplace.cli.output import emit, line
 from marketplace.config import load_settings
 
 INFERENCE_ID = re.compile(r"[0-9a-f]{8,32}")
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 MARKS = {True: "ok  ", False: "FAIL", None: "note"}
 
 
@@ -57,10 +58,20 @@ def _load(what: str) -> dict[str, Any] | str:
     show_default=True,
     help="Where a failed receipt's evidence file (evidence-<inference id>.json) goes.",
 )
+@click.option(
+    "--anchors",
+    "anchors_address",
+    help="The UsageAnchors contract you trust (the marketplace publishes it; default: the"
+    " one in your deployment record). A receipt naming another is refused.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
 @domain_errors
 def verify(
-    receipts: tuple[str, ...], input_path: Path | None, evidence_dir: Path, as_json: bool
+    receipts: tuple[str, ...],
+    input_path: Path | None,
+    evidence_dir: Path,
+    anchors_address: str | None,
+    as_json: bool,
 ) -> None:
     """Check paid calls' usage receipts against the chain: each one's fields, its proof
     against the root its gateway anchored, the model digest against the listing's CID;
@@ -76,14 +87,17 @@ def verify(
     """
     if input_path is not None and len(receipts) != 1:
         raise errors.BadRequest("--input re-runs one call: give one receipt with it")
+    from marketplace.chain.anchors import Anchors
     from marketplace.chain.endpoint import rpc_url_for
     from marketplace.chain.transactions import connect
 
     settings = load_settings()
+    trusted, market = _trusted(settings, anchors_address)
     w3 = connect(rpc_url_for(settings), timeout=settings.rpc_timeout, retries=settings.rpc_retries)
+    anchors = Anchors(w3, trusted, settings.artifacts_dir)
     results, failed = [], []
     for what in receipts:
-        claim, verdict = _verify_one(settings, w3, what, input_path)
+        claim, verdict = _verify_one(settings, anchors, market, what, input_path)
         results.append(
             {
                 "verified": verdict.ok,
@@ -121,9 +135,34 @@ def verify(
         sys.exit(EXIT_REFUTED)
 
 
-def _verify_one(settings: Any, w3: Any, what: str, input_path: Path | None) -> tuple[Any, Any]:
+def _trusted(settings: Any, given: str | None) -> tuple[str, str | None]:
+    """The UsageAnchors address the verifier trusts, and its marketplace when known:
+    `--anchors`, else the deployment record's; never the receipt's own."""
+    from eth_utils.address import to_checksum_address
+
+    from marketplace.bootstrap import load_deployment
+
+    try:
+        record = load_deployment(settings)
+    except errors.ConfigurationError:
+        record = None
+    if given is not None:
+        if not ADDRESS.fullmatch(given):
+            raise errors.BadRequest("--anchors must be a 0x address")
+        known = record is not None and (record.anchors or "").lower() == given.lower()
+        return to_checksum_address(given), record.marketplace if known and record else None
+    if record is None or record.anchors is None:
+        raise errors.ConfigurationError(
+            "name the UsageAnchors contract you trust: --anchors ADDRESS (the marketplace"
+            " publishes it), or a deployment record that has it"
+        )
+    return record.anchors, record.marketplace
+
+
+def _verify_one(
+    settings: Any, anchors: Any, market: str | None, what: str, input_path: Path | None
+) -> tuple[Any, Any]:
     from marketplace.bootstrap import make_store, runtime_settings
-    from marketplace.chain.anchors import Anchors
     from marketplace.usage import receipts
     from marketplace.usage.verify import check_receipt, load_inputs, parse_proof, rerun
     from storage.cache import ModelCache
@@ -138,14 +177,13 @@ def _verify_one(settings: Any, w3: Any, what: str, input_path: Path | None) -> t
     if not proof_doc:  # the header carries no proof: the gateway's, checked against the chain
         from marketplace.cli.buyer import client
 
-        proof_doc = client(settings, signed_in=False).usage_proof(claim.inference_id)
+        leaf = "0x" + claim.leaf(domain).hex()
+        proof_doc = client(settings, signed_in=False).usage_proof(claim.inference_id, leaf)
     proof = parse_proof(proof_doc.get("proof") or [])
-    anchors = Anchors(w3, domain.anchors, settings.artifacts_dir)
-    verdict = check_receipt(claim, domain, proof, anchors)
+    verdict = check_receipt(claim, domain, proof, anchors, market)
     if input_path is not None and verdict.ok:
         models = ModelCache(settings.cache_dir, make_store(settings), settings.cache_max_bytes)
         model_cid = anchors.listing_cid(claim.model_id)
-        rerun(
-            verdict, claim, load_inputs(input_path), models, runtime_settings(settings), model_cid
-        )
+        inputs, asked = load_inputs(input_path)
+        rerun(verdict, claim, inputs, models, runtime_settings(settings), model_cid, asked)
     return claim, verdict

@@ -241,12 +241,6 @@ def infer(
         "payment_tx": answer.payment_tx,
         "receipt": answer.receipt,
     }
-    if receipt_path is not None:
-        if answer.receipt is None:
-            raise errors.NotFound("this gateway issues no usage receipts")
-        from marketplace.usage.receipts import from_header, to_json
-
-        receipt_path.write_text(json.dumps(to_json(*from_header(answer.receipt)), indent=2))
 
     def show() -> None:
         for name, array in answer.outputs.items():
@@ -255,7 +249,20 @@ def infer(
             line(f"paid with x402: {answer.payment_tx}")
         else:
             line(f"calls left: {answer.calls_left}")
-        if receipt_path is not None:
-            line(f"usage receipt saved to {receipt_path}")
 
-    emit(result, as_json, show)
+    emit(result, as_json, show)  # the paid answer first: saving the receipt may fail
+    if receipt_path is not None:
+        _save_receipt(answer.receipt, receipt_path)
+
+
+def _save_receipt(header: str | None, path: Path) -> None:
+    """Write the call's receipt as typed data (the answer was shown already)."""
+    from marketplace.usage.receipts import from_header, to_json
+
+    if header is None:
+        raise errors.NotFound("this gateway issues no usage receipts: nothing saved")
+    try:
+        path.write_text(json.dumps(to_json(*from_header(header)), indent=2))
+    except OSError as exc:
+        raise errors.BadRequest(f"cannot write {path}: {exc.strerror}") from None
+    click.echo(f"usage receipt saved to {path}", err=True)

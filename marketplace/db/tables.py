@@ -325,6 +325,7 @@ class UsageReceiptRow(Base):
 
     __tablename__ = "usage_receipts"
     __table_args__ = (
+        UniqueConstraint("gateway", "sequence", name="uq_usage_receipt_sequence"),
         # the receipts no batch holds yet, in sequence order: what the next batch takes
         Index(
             "ix_usage_receipts_unbatched",
@@ -337,7 +338,7 @@ class UsageReceiptRow(Base):
 
     inference_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     gateway: Mapped[str] = mapped_column(String(42))  # lower case
-    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    sequence: Mapped[int] = mapped_column(BigInteger)
     model_id: Mapped[int] = mapped_column(BigInteger, index=True)
     model_digest: Mapped[str] = mapped_column(String(66))
     input_digest: Mapped[str] = mapped_column(String(66))
@@ -377,3 +378,5 @@ class ReceiptSequence(Base):
 
     gateway: Mapped[str] = mapped_column(String(42), primary_key=True)
     next: Mapped[int] = mapped_column(BigInteger)
+    builder: Mapped[str | None] = mapped_column(String(64))  # the worker building batches
+    build_until: Mapped[float | None]  # its turn ends (a dead worker's, too)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -115,7 +116,10 @@ class Anchorer:
         gateway = anchors.signer.address.lower()
         now = time.time() if now is None else now
         domain = self.domain()
-        while True:
+        holder = f"{socket.gethostname()[:40]}:{os.getpid()}"
+        ttl = 3 * self.tick + 5  # a dead builder hands over after this
+        building = batches.claim_building(self.engine, gateway, holder, time.time(), ttl)
+        while building:
             waiting, oldest = batches.unbatched(self.engine, gateway, self.max_calls)
             if not waiting or (
                 waiting < self.max_calls and oldest is not None and oldest > now - self.period
@@ -125,19 +129,22 @@ class Anchorer:
                 break
         done = 0
         for batch in batches.unsent(self.engine, gateway):
-            if not batches.claim(self.engine, batch.id, now, self.stale_after):
+            claimed = time.time()
+            if not batches.claim(self.engine, batch.id, claimed, self.stale_after):
                 continue
             root = bytes.fromhex(batch.root[2:])
             try:
-                done += self._anchor(anchors, gateway, batch.id, root, batch.receipts, now)
+                done += self._anchor(anchors, gateway, batch.id, root, batch.receipts)
+            except errors.TransactionTimeout:
+                # sent, not mined yet: keep the claim (no second transaction meanwhile);
+                # once it is stale, the next round finds the root on-chain or sends again
+                raise
             except Exception:
-                batches.release(self.engine, batch.id)
+                batches.release(self.engine, batch.id, claimed)
                 raise
         return done
 
-    def _anchor(
-        self, anchors: Anchors, gateway: str, batch: int, root: bytes, count: int, now: float
-    ) -> int:
+    def _anchor(self, anchors: Anchors, gateway: str, batch: int, root: bytes, count: int) -> int:
         held = anchors.anchor_of(gateway, root)
         if held.block_number == 0:  # not on-chain: send it (a crash after sending, before
             try:  # recording, leaves it on-chain and found here next time)
@@ -147,11 +154,11 @@ class Anchorer:
                     raise
                 held = anchors.anchor_of(gateway, root)  # a twin's send won
             else:
-                batches.anchored(self.engine, batch, tx_hash, block, now)
+                batches.anchored(self.engine, batch, tx_hash, block, time.time())
                 log.info("anchored batch %s: %s receipts, tx %s", batch, count, tx_hash)
                 return 1
         tx = anchors.anchored_tx(gateway, root, held.block_number)
-        batches.anchored(self.engine, batch, tx, held.block_number, now)
+        batches.anchored(self.engine, batch, tx, held.block_number, time.time())
         log.info("batch %s was on-chain already (block %s)", batch, held.block_number)
         return 1
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from typing import Any, NamedTuple
 
 import orjson
@@ -52,6 +53,9 @@ _DOMAIN_FIELDS = [
     {"name": "chainId", "type": "uint256"},
     {"name": "verifyingContract", "type": "address"},
 ]
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_DECIMAL = re.compile(r"[0-9]{1,78}")
+_INFERENCE_ID = re.compile(r"[0-9a-f]{1,64}")
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256
 
@@ -201,8 +205,8 @@ def from_json(doc: dict[str, Any]) -> tuple[Receipt, Domain]:
     if method not in METHODS:
         raise errors.InvalidReceipt(f"the receipt's method must be one of {', '.join(METHODS)}")
     inference_id = message.get("inferenceId")
-    if not isinstance(inference_id, str) or not 0 < len(inference_id) <= 64:
-        raise errors.InvalidReceipt("the receipt's inferenceId must be a string of 1-64 chars")
+    if not isinstance(inference_id, str) or not _INFERENCE_ID.fullmatch(inference_id):
+        raise errors.InvalidReceipt("the receipt's inferenceId must be 1-64 lower-case hex digits")
     receipt = Receipt(
         gateway=_address(message, "gateway"),
         inference_id=inference_id,
@@ -241,14 +245,14 @@ def _address_word(address: str) -> bytes:
 
 def _address(doc: dict[str, Any], name: str) -> str:
     value = doc.get(name)
-    if not isinstance(value, str) or not is_address(value):
-        raise errors.InvalidReceipt(f"the receipt's {name} is not an address")
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value) or not is_address(value):
+        raise errors.InvalidReceipt(f"the receipt's {name} is not a 0x address")
     return value.lower()
 
 
 def _uint(doc: dict[str, Any], name: str, bound: int) -> int:
     value = doc.get(name)
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
         raise errors.InvalidReceipt(f"the receipt's {name} is not an unsigned integer in range")

@@ -2,7 +2,8 @@
 against a root the receipt's gateway anchored (read from UsageAnchors, not from the
 gateway), the contract's own `verifyReceipt`, the model digest against the listing's
 CID; and, given the input, a re-run of the model fetched by its CID (every byte
-verified) with the gateway's onnxruntime settings, its output digest compared."""
+verified) with the session options the gateway uses (the thread count is the
+verifier's: `bench.rerun` measured it changes no output), its output digest compared."""
 
 from __future__ import annotations
 
@@ -52,18 +53,34 @@ class Verdict:
 
 
 def check_receipt(
-    receipt: Receipt, domain: Domain, proof: list[bytes], anchors: Anchors
+    receipt: Receipt,
+    domain: Domain,
+    proof: list[bytes],
+    anchors: Anchors,
+    market: str | None = None,
 ) -> Verdict:
-    """Check `receipt` and its `proof` against the chain `anchors` reads."""
+    """Check `receipt` and its `proof` against the chain, through `anchors`: the
+    UsageAnchors the verifier trusts (never the contract the receipt names: a hostile
+    gateway can name one of its own that answers yes), of `market` when known."""
     verdict = Verdict()
     verdict.evidence["receipt"] = to_json(receipt, domain)
     verdict.evidence["proof"] = ["0x" + p.hex() for p in proof]
     chain = anchors.chain_id()
+    problems = []
+    if domain.anchors.lower() != anchors.address.lower():
+        problems.append(
+            f"it names UsageAnchors {domain.anchors}, not the trusted {anchors.address}"
+        )
+    if chain != domain.chain_id:
+        problems.append(f"it names chain {domain.chain_id}; the node serves chain {chain}")
+    if not problems and not anchors.has_code():
+        problems.append(f"no contract at {anchors.address} on this chain")
+    if not problems and market is not None and anchors.market().lower() != market.lower():
+        problems.append(f"UsageAnchors {anchors.address} is not for marketplace {market}")
     if not verdict.add(
         "domain",
-        chain == domain.chain_id and anchors.has_code(),
-        f"chain {domain.chain_id}, UsageAnchors {domain.anchors}"
-        + ("" if chain == domain.chain_id else f": the node serves chain {chain}"),
+        not problems,
+        "; ".join(problems) or f"chain {chain}, UsageAnchors {anchors.address}",
     ):
         return verdict
     leaf = receipt.leaf(domain)
@@ -122,6 +139,7 @@ def rerun(
     models: ModelCache,
     runtime: RuntimeSettings,
     model_cid: str,
+    outputs_asked: list[str] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Fetch the listed model by its CID (verified), run it on `inputs` as the gateway
     does (the same decoding, dtype checks and onnxruntime settings) and compare both
@@ -145,7 +163,7 @@ def rerun(
         else f"the input's digest is {got_in}, not the receipt's: not the call's input",
     ):
         return None
-    outputs = sessions.run(model, arrays)
+    outputs = sessions.run(model, arrays, outputs_asked or None)  # what the call asked for
     got_out = "0x" + tensors_digest(outputs).hex()
     same = got_out == receipt.output_digest
     verdict.evidence["rerun"] = {
@@ -202,9 +220,10 @@ def parse_proof(items: Any) -> list[bytes]:
     return proof
 
 
-def load_inputs(path: Path) -> dict[str, np.ndarray]:
+def load_inputs(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """Inputs from a JSON object of input name -> array (as `modelmarket infer` takes),
-    or an OIP v2 request body ({"inputs": [...]})."""
+    or an OIP v2 request body ({"inputs": [...]}, with the `outputs` it asked for: the
+    receipt's output digest covers those only)."""
     import json
 
     try:
@@ -213,7 +232,7 @@ def load_inputs(path: Path) -> dict[str, np.ndarray]:
         raise errors.BadRequest(f"{path} is not a JSON file") from None
     if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
         decoded = codecs.decode_request(path.read_bytes(), None)
-        return dict(decoded.inputs)
+        return dict(decoded.inputs), decoded.outputs or None
     if not isinstance(doc, dict):
         raise errors.BadRequest(f"{path} must hold an object: input name -> array")
-    return {str(k): np.asarray(v) for k, v in doc.items()}
+    return {str(k): np.asarray(v) for k, v in doc.items()}, None

@@ -17,7 +17,13 @@ from marketplace.usage.batches import to_receipt
 from marketplace.usage.receipts import Domain, to_json
 from marketplace.web.openapi import BEARER, documented, marketplace_responses
 from marketplace.web.requests import current_gateway, json_response, require_key, validated
-from marketplace.web.schemas import BatchPage, BatchQuery, ReceiptProof, UsageReceiptInfo
+from marketplace.web.schemas import (
+    BatchPage,
+    BatchQuery,
+    ProofQuery,
+    ReceiptProof,
+    UsageReceiptInfo,
+)
 
 blueprint = Blueprint("audit", __name__, url_prefix="/api/v1")
 INFERENCE_ID = re.compile(r"[0-9a-f]{1,32}")
@@ -39,18 +45,25 @@ def batch_json(batch: ReceiptBatch) -> dict[str, Any]:
     }
 
 
-def _proof_of(inference_id: str, *, buyer: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the receipt as typed data, its proof document); 404 when there is none (or, with
-    `buyer`, when it is someone else's: not told apart)."""
+def _proof_of(
+    inference_id: str, *, buyer: str | None = None, leaf: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the receipt as typed data, its proof document); 404 when there is none, or when
+    the caller is not its buyer (`buyer`) or does not hold it (`leaf`): not told apart."""
     gateway = current_gateway()
     if not INFERENCE_ID.fullmatch(inference_id) or gateway.receipt_issuer() is None:
         raise errors.NotFound(f"no usage receipt {inference_id[:40]!r} on this gateway")
     domain: Domain = gateway.receipt_domain()
     with gateway.reads() as s:
         row = batches.receipt_row(s, inference_id)
-        if row is None or (buyer is not None and row.buyer != buyer):
+        receipt = to_receipt(row) if row is not None else None
+        if (
+            row is None
+            or receipt is None
+            or (buyer is not None and row.buyer != buyer)
+            or (leaf is not None and leaf.lower() != "0x" + receipt.leaf(domain).hex())
+        ):
             raise errors.NotFound(f"no usage receipt {inference_id!r} on this gateway")
-        receipt = to_receipt(row)
         batch = batches.batch_row(s, row.batch_id) if row.batch_id is not None else None
         proof = (
             batches.proof(s, batch, inference_id, domain)
@@ -82,11 +95,15 @@ def usage_receipt(inference_id: str) -> Response:
 
 
 @blueprint.get("/usage/<inference_id>/proof")
-@documented(resp=marketplace_responses({200: ReceiptProof}, 404), tags=["audit"])
+@documented(
+    query=ProofQuery, resp=marketplace_responses({200: ReceiptProof}, 400, 404), tags=["audit"]
+)
 def usage_proof(inference_id: str) -> Response:
-    """A receipt's inclusion proof and batch (hashes only: for whoever holds the receipt
-    an answer carried in X-Usage-Receipt)."""
-    _receipt, doc = _proof_of(inference_id, buyer=None)
+    """A receipt's inclusion proof and batch, for whoever holds the receipt an answer
+    carried in X-Usage-Receipt: `leaf` (its leaf, computed from it) proves that; ids are
+    guessable, leaves are not, so no one else learns whether a call was made."""
+    q = validated(ProofQuery, request.args.to_dict())
+    _receipt, doc = _proof_of(inference_id, leaf=q.leaf)
     return json_response(doc)
 
 

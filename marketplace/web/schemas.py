@@ -258,7 +258,13 @@ class UsageReceiptInfo(ReceiptProof):
     receipt: dict[str, Any] = Field(description="the receipt as EIP-712 typed data")
 
 
+class ProofQuery(BaseModel):
+    leaf: Hex32 = Field(description="the receipt's leaf (keccak256(keccak256(its EIP-712 digest)))")
+
+
 class BatchQuery(BaseModel):
     gateway: Address | None = Field(default=None, description="default: this gateway")
-    before: int | None = Field(default=None, ge=1, description="batches older than this id")
+    before: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="batches older than this id"
+    )
     limit: int = Field(default=50, ge=1, le=500)

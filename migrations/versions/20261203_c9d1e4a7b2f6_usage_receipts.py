@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("time", sa.BigInteger(), nullable=False),
         sa.Column("batch_id", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("inference_id"),
-        sa.UniqueConstraint("sequence"),
+        sa.UniqueConstraint("gateway", "sequence", name="uq_usage_receipt_sequence"),
     )
     op.create_index("ix_usage_receipts_model_id", "usage_receipts", ["model_id"])
     op.create_index("ix_usage_receipts_batch_id", "usage_receipts", ["batch_id"])
@@ -68,6 +68,8 @@ def upgrade() -> None:
         "receipt_sequences",
         sa.Column("gateway", sa.String(length=42), nullable=False),
         sa.Column("next", sa.BigInteger(), nullable=False),
+        sa.Column("builder", sa.String(length=64), nullable=True),
+        sa.Column("build_until", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("gateway"),
     )
 

@@ -96,8 +96,9 @@ def verify_cli(tmp: Path, world: World, *args: str, ipfs: str | None = None) -> 
     }
     if ipfs:
         env["MODELMARKET_IPFS_API"] = ipfs
+    trusted = ["--anchors", str(world.market.deployment.anchors)]  # as the market publishes it
     return subprocess.run(
-        [sys.executable, "-m", "marketplace.cli", "verify", *args],
+        [sys.executable, "-m", "marketplace.cli", "verify", *args, *trusted],
         env=env,
         capture_output=True,
         text=True,
@@ -501,3 +502,58 @@ def test_workers_building_batches_at_once_put_each_receipt_in_one(database: str)
             ).all()
             tree = MerkleTree([batches.to_receipt(r).digest(domain) for r in mine])
             assert batch.count == len(mine) and batch.root == "0x" + tree.root.hex()
+
+
+def test_a_receipt_naming_a_usageanchors_of_its_gateways_own_is_refused(
+    world: World, tmp_path: Path
+):
+    """A hostile gateway anchors a root in a UsageAnchors it deployed itself and names
+    that contract in the receipt: everything checks out there, but it is not the
+    contract the verifier trusts."""
+    from marketplace.chain.artifacts import load_artifact
+    from marketplace.chain.transactions import deploy
+    from marketplace.usage.verify import check_receipt
+
+    gw = gateway(world)
+    gw.anchorer.period = 3600.0
+    served = list(paid_calls(world, prepaid=2, x402=0))
+    own, _ = deploy(
+        world.market.w3, load_artifact(ARTIFACTS, "UsageAnchors"), gw.identity, ARTIFACTS,
+        world.market.contract.address,
+    )  # fmt: skip
+    forged_domain = receipts.Domain(world.market.deployment.chain_id, own.lower())
+    with gw.reads() as s:
+        receipt = batches.to_receipt(batches.receipt_row(s, served[0]))
+    tree = MerkleTree([receipt.digest(forged_domain)])
+    Anchors(world.market.w3, own, ARTIFACTS, signer=gw.identity).anchor(1, tree.root, 1)
+    theirs = Anchors(world.market.w3, own, ARTIFACTS)
+    assert check_receipt(receipt, forged_domain, [], theirs).ok  # its own contract says yes
+    trusted = reader(world, gw)
+    verdict = check_receipt(receipt, forged_domain, [], trusted)
+    assert not verdict.ok and verdict.checks[0].name == "domain"
+    assert "not the trusted" in verdict.checks[0].detail
+
+    path = tmp_path / "forged-domain.json"
+    path.write_text(json.dumps({**receipts.to_json(receipt, forged_domain), "proof": []}))
+    refused = verify_cli(tmp_path, world, str(path))
+    assert refused.returncode == 6 and "FAIL  domain" in refused.stdout, refused.stdout
+
+
+def test_a_proof_is_given_only_to_whoever_holds_the_receipt(world: World):
+    gw, ids = anchored_world(world, 2)
+    receipt, proof = receipt_and_proof(gw, ids[0])
+    leaf = "0x" + receipt.leaf(gw.receipt_domain()).hex()
+    client: Any = world.client
+    url = f"/api/v1/usage/{ids[0]}/proof"
+    assert client.get(url).status_code == 400  # no leaf
+    other = "0x" + receipt._replace(price=1).leaf(gw.receipt_domain()).hex()
+    for wrong in (other, "0x" + "00" * 32):
+        refused = client.get(url, query_string={"leaf": wrong})
+        assert refused.status_code == 404 and refused.get_json()["error"] == "not_found"
+    given = client.get(url, query_string={"leaf": leaf})
+    assert given.status_code == 200 and given.get_json()["anchored"] is True
+    assert given.get_json()["proof"] == ["0x" + p.hex() for p in proof]
+    # the whole receipt is its buyer's alone
+    stranger = sign_in(world, 4)
+    hidden = client.get(f"/api/v1/usage/{ids[0]}", headers={"Authorization": f"Bearer {stranger}"})
+    assert hidden.status_code == 404

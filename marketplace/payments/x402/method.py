@@ -150,8 +150,9 @@ class X402Exact:
         auth = payment.auth
         payer, nonce = settlements.key(auth)
         if payment.settled_tx is not None:  # the answer a settled payment was owed
-            with self.engine.begin() as conn:
-                settlements.delivered(conn, payer, nonce, payment.inference_id)
+            with self.engine.begin() as conn:  # unless a retry took the answer over meanwhile
+                if not settlements.delivered(conn, payer, nonce, payment.inference_id):
+                    raise already_answered(payment.settled_tx)
                 write_usage(conn, [usage])
             return self._paid(settler, payer, payment.settled_tx)
 
@@ -342,8 +343,6 @@ class X402Exact:
     def close(self) -> None:
         """Stop this worker's reconciler (the worker is stopping)."""
         self.reconciler.close()
-
-    # ----------------------------------------------------------------- helpers
 
     def _require_settler(self) -> Settler:
         settler = self._settler()
