@@ -72,6 +72,7 @@ bench: setup
 	.venv/bin/python -m bench.gateway
 	.venv/bin/python -m bench.load
 	.venv/bin/python -m bench.rerun
+	.venv/bin/python -m bench.profile
 
 # Peer model servers for bench.load (MLServer, BentoML), one venv each, outside the
 # runtime's dependencies: .bench-peers/<name> from bench/peers/<name>/requirements.txt.

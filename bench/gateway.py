@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,11 @@ from marketplace.chain.transactions import connect, send
 from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
-from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
+from marketplace.devstack.anvil import Anvil, dev_key, dev_signers, start_anvil
 from marketplace.devstack.serve import Server, start_granian, start_gunicorn
 from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
-from tests.support.launchers import PG_BIN, start_postgres
+from tests.support.launchers import PG_BIN, Postgres, start_postgres
 from tests.support.x402_client import sdk_payment
 
 ARTIFACTS = PROJECT_ROOT / "contracts" / "artifacts"
@@ -179,18 +180,47 @@ def start(kind: str, app: str, env: dict[str, str], log: Path, ready: str) -> Se
     return start_granian(factory, env, workers=2, threads=THREADS, log=log, ready_path=ready)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=6)
-    parser.add_argument("--runs", type=int, default=3, help="interleaved wrk runs per cell")
-    parser.add_argument("--servers", default="gunicorn,granian")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+@dataclass
+class Market:
+    """anvil with the contracts, the MODELS listed, and per database (SQLite, and
+    PostgreSQL when its binaries are here) the listings indexed and a buyer with calls
+    and an API key: what every gateway benchmark serves."""
+
+    node: Anvil
+    base: Settings
+    model_ids: dict[str, int]
+    bodies: dict[str, tuple[bytes, dict[str, str]]]
+    databases: dict[str, str]
+    keys_of: dict[str, str]  # database -> the buyer's API key there
+    pg: Postgres | None
+
+    @property
+    def pg_pid(self) -> int | None:
+        """The postmaster's pid (its children are the backends)."""
+        if self.pg is None:
+            return None
+        return int((self.pg.root / "data/postmaster.pid").read_text().split()[0])
+
+    def env(self, database: str, **extra: str) -> dict[str, str]:
+        """The paid gateway's environment on `database`."""
+        return {
+            "MODELMARKET_DATA_DIR": str(self.base.data_dir),
+            "MODELMARKET_RPC_URL": self.node.rpc_url,
+            "MODELMARKET_DATABASE_URL": self.databases[database],
+            "MODELMARKET_SETTLER_KEY": dev_key(4),
+            **extra,
+        }
+
+    def stop(self) -> None:
+        self.node.stop()
+        if self.pg:
+            self.pg.stop()
+
+
+def prepare(work: Path, postgres: bool = True) -> Market:
+    """Start and fill the Market (stop it when done)."""
     node = start_anvil(ANVIL)
     pg = None
-    running: list[Server] = []
-    samples: dict[tuple[str, str, str, int], list[Cell]] = {}
-    x402_rows: dict[str, tuple[list[float], list[float]]] = {}
     try:
         w3 = connect(node.rpc_url)
         owner, seller, buyer, payer, settler = dev_signers(5)
@@ -213,10 +243,9 @@ def main() -> int:
             model_ids[label], _ = market.list_model(seller, model_cid, card, 1000)
         bodies = {label: codecs.encode_request(inputs) for label, (_, inputs, _) in MODELS.items()}
         databases = {"sqlite": base.db_url}
-        if (PG_BIN / "initdb").exists():
+        if postgres and (PG_BIN / "initdb").exists():
             pg = start_postgres()
             databases["postgresql"] = pg.url
-        pg_pid = int((pg.root / "data/postmaster.pid").read_text().split()[0]) if pg else None
         keys_of: dict[str, str] = {}
         for name, url in databases.items():
             settings = base.model_copy(update={"database_url": url})
@@ -240,6 +269,29 @@ def main() -> int:
                         ),
                     )
                 _, keys_of[name] = keys.create_key(s, buyer.address, "bench")
+    except BaseException:
+        node.stop()
+        if pg:
+            pg.stop()
+        raise
+    return Market(node, base, model_ids, bodies, databases, keys_of, pg)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=3, help="interleaved wrk runs per cell")
+    parser.add_argument("--servers", default="gunicorn,granian")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    running: list[Server] = []
+    samples: dict[tuple[str, str, str, int], list[Cell]] = {}
+    x402_rows: dict[str, tuple[list[float], list[float]]] = {}
+    m = prepare(work)
+    try:
+        model_ids, bodies, databases, keys_of, pg_pid = (
+            m.model_ids, m.bodies, m.databases, m.keys_of, m.pg_pid
+        )  # fmt: skip
         for kind in args.servers.split(","):
             # every configuration up at once, runs interleaved: drift hits them alike
             configs: dict[str, tuple[Server, str, int | None]] = {}
@@ -251,15 +303,9 @@ def main() -> int:
                 )  # fmt: skip
                 running.append(unpaid)
                 configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None)
-            for name, url in databases.items():
+            for name in databases:
                 for receipts in ("on", "off"):
-                    env = {
-                        "MODELMARKET_DATA_DIR": str(base.data_dir),
-                        "MODELMARKET_RPC_URL": node.rpc_url,
-                        "MODELMARKET_DATABASE_URL": url,
-                        "MODELMARKET_SETTLER_KEY": dev_key(4),
-                        "MODELMARKET_RECEIPTS": "true" if receipts == "on" else "false",
-                    }
+                    env = m.env(name, MODELMARKET_RECEIPTS="true" if receipts == "on" else "false")
                     log = work / f"paid-{kind}-{name}-{receipts}.log"
                     paid = start(kind, "app:create_app()", env, log, "/v2/health/ready")
                     running.append(paid)
@@ -288,9 +334,7 @@ def main() -> int:
     finally:
         for server in running:
             server.stop()
-        node.stop()
-        if pg:
-            pg.stop()
+        m.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(samples, x402_rows, args)
     return 0

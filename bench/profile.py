@@ -1,0 +1,152 @@
+"""Where a paid call's CPU goes: py-spy samples both gunicorn workers of the paid gateway
+(SQLite, iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the
+same way; the samples of threads doing work are split into the parts of a call (each
+part: the samples whose stack holds its function, first match in PARTS order) and
+turned into microseconds with the CPU per request measured from /proc meanwhile.
+
+    .venv/bin/python -m bench.profile [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from bench.gateway import MODELS, prepare, start, tree_cpu, wrk
+
+# (part, a function whose frame in a stack puts the sample in it): request thread first
+PARTS = [
+    ("onnxruntime run", "Session.run (onnxruntime"),
+    ("decode request", "decode_request ("),
+    ("check inputs", "check_inputs ("),
+    ("encode response", "encode_response ("),
+    ("who pays (API key)", "PaymentPipeline.identify ("),
+    ("listing lookup", "offered_listing ("),
+    ("payment begin (lease spend)", "PaymentPipeline.begin ("),
+    ("receipt (digests, sequence)", "PaymentPipeline.receipt ("),
+    ("payment complete (usage row, receipt header)", "PaymentPipeline.complete ("),
+    ("metrics", "call_finished ("),
+    ("tensor digests (receipts)", "tensors_digest ("),
+    ("model and session cache lookups", "Cache.get ("),
+    ("rest of the paid route", "infer (marketplace/web/oip.py"),
+    ("unpaid route", "infer (bench/unpaid_app.py"),
+    ("usage writer thread (keeper)", "Keeper."),
+    ("anchorer thread (batches, anchoring)", "Anchorer."),
+    ("receipt sequence prefetch", "_fetch_spare ("),
+    ("Flask: before-request hooks", "Flask.preprocess_request ("),
+    ("Flask: after-request hooks, cookies", "Flask.process_response ("),
+    ("Flask: session open", "open_session ("),
+    ("Flask + werkzeug (the rest)", "Flask.wsgi_app ("),
+    ("gunicorn (accept, parse, send)", "gunicorn/"),
+]
+IDLE = ("Condition.wait (threading", "Event.wait (threading", "select (selectors", "sleep (")
+
+
+def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: int, work: Path):  # type: ignore[no-untyped-def]
+    """(samples per part, busy samples, requests, CPU us per request)."""
+    wrk(url, request[0], request[1], 16, 2, work)  # warm: sessions loaded, leases taken
+    box: dict[str, object] = {}
+    cpu0 = tree_cpu(server.process.pid)
+    load = threading.Thread(
+        target=lambda: box.update(r=wrk(url, request[0], request[1], 16, seconds + 2, work))
+    )
+    load.start()
+    spies = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(seconds),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "--nonblocking",
+                "--gil",  # the thread running Python: not those waiting for the GIL
+                "-o",
+                str(work / f"{pid}"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in server.worker_pids()
+    ]
+    for spy in spies:
+        spy.wait()
+    load.join()
+    total_requests = box["r"][4]  # type: ignore[index]
+    cpu = (tree_cpu(server.process.pid) - cpu0) * 1e6 / total_requests
+    parts: collections.Counter[str] = collections.Counter()
+    busy = 0
+    for pid in server.worker_pids():
+        for line in (work / f"{pid}").read_text().splitlines():
+            stack, count = line.rsplit(" ", 1)
+            frames = stack.split(";")
+            if any(frames[-1].startswith(i) for i in IDLE):
+                continue  # a thread waiting for work
+            busy += int(count)
+            part = next((p for p, f in PARTS if f in stack), "other")
+            parts[part] += int(count)
+    return parts, busy, total_requests, cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    market = prepare(work, postgres=False)
+    results = {}
+    try:
+        path = MODELS["iris"][0]
+        body, headers = market.bodies["iris"]
+        paid = start("gunicorn", "app:create_app()", market.env("sqlite"), work / "p.log",
+                     "/v2/health/ready")  # fmt: skip
+        try:
+            url = f"{paid.url}/v2/models/{market.model_ids['iris']}/infer"
+            auth = {**headers, "Authorization": f"Bearer {market.keys_of['sqlite']}"}
+            results["paid"] = profile(paid, url, (body, auth), args.seconds, work)
+        finally:
+            paid.stop()
+        unpaid = start("gunicorn", "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)},
+                       work / "u.log", "/")  # fmt: skip
+        try:
+            results["unpaid"] = profile(
+                unpaid, f"{unpaid.url}/infer", (body, headers), args.seconds, work
+            )
+        finally:
+            unpaid.stop()
+    finally:
+        market.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        "CPU per call by part, gunicorn 2 workers x 8 threads, iris, SQLite, receipts on,"
+        f" wrk 16 connections, py-spy at 200 Hz for {args.seconds} s in each worker"
+    )
+    print(f"{'part':<46}{'paid us':>9}{'unpaid us':>11}{'share':>7}")
+    rows = [p for p, _ in PARTS] + ["other"]
+    per = {k: (r[3] / r[1] if r[1] else 0.0) for k, r in results.items()}  # us per sample
+    for part in rows:
+        p = results["paid"][0][part] * per["paid"]
+        u = results["unpaid"][0][part] * per["unpaid"]
+        if p or u:
+            print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / results['paid'][3]:>7.0%}")
+    paid_cpu, unpaid_cpu = results["paid"][3], results["unpaid"][3]
+    added = paid_cpu - unpaid_cpu
+    print(f"{'total (server CPU per call, /proc)':<46}{paid_cpu:>9.0f}{unpaid_cpu:>11.0f}")
+    met = "met" if added <= 100 else "missed"
+    print(f"goal: paid call CPU added = {added:.0f} us (target <= 100) {met}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
