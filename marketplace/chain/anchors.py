@@ -98,11 +98,6 @@ class Anchors:
         with rpc_errors(), revert_errors(self.artifacts_dir):
             return bool(self.contract.functions.verifyReceipt(receipt, root, proof).call())
 
-    def receipt_digest(self, receipt: tuple[object, ...]) -> bytes:
-        """The contract's EIP-712 digest of a receipt."""
-        with rpc_errors(), revert_errors(self.artifacts_dir):
-            return bytes(self.contract.functions.receiptDigest(receipt).call())
-
     def market(self) -> str:
         """The marketplace these receipts are for."""
         with rpc_errors():

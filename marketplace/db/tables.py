@@ -363,7 +363,7 @@ class ReceiptBatch(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     first_sequence: Mapped[int | None] = mapped_column(BigInteger)
     last_sequence: Mapped[int | None] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), index=True)  # building, built, anchored
+    state: Mapped[str] = mapped_column(String(16), index=True)  # built, anchored
     created_at: Mapped[float]
     sending_at: Mapped[float | None]  # a worker claimed the send (stale after a while)
     tx_hash: Mapped[str | None] = mapped_column(String(66))

@@ -118,8 +118,7 @@ class PaymentPipeline:
         self, method: PaymentMethod, payment: Payment, listing: Listing, digests: Digests
     ) -> receipts.Receipt | None:
         """The receipt of a served call, or None when receipts are off."""
-        issuer = self.issuer() if digests is not None else None
-        if issuer is None or digests is None:
+        if digests is None or (issuer := self.issuer()) is None:
             return None
         price = payment.price
         return issuer.issue(

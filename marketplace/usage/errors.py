@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marketplace.errors import BadRequest, ModelMarketError
+from marketplace.errors import BadRequest
 
 
 class InvalidReceipt(BadRequest):
@@ -10,10 +10,3 @@ class InvalidReceipt(BadRequest):
     out of range (the message names it)."""
 
     code = "invalid_usage_receipt"
-
-
-class ReceiptsOff(ModelMarketError):
-    """This gateway issues no usage receipts (no identity to anchor them with)."""
-
-    code = "receipts_off"
-    http_status = 404

@@ -56,25 +56,22 @@ def _proof_of(
     domain: Domain = gateway.receipt_domain()
     with gateway.reads() as s:
         row = batches.receipt_row(s, inference_id)
-        receipt = to_receipt(row) if row is not None else None
-        if (
-            row is None
-            or receipt is None
-            or (buyer is not None and row.buyer != buyer)
-            or (leaf is not None and leaf.lower() != "0x" + receipt.leaf(domain).hex())
+        missing = errors.NotFound(f"no usage receipt {inference_id!r} on this gateway")
+        if row is None:
+            raise missing
+        receipt = to_receipt(row)
+        own_leaf = "0x" + receipt.leaf(domain).hex()
+        if (buyer is not None and row.buyer != buyer) or (
+            leaf is not None and leaf.lower() != own_leaf
         ):
-            raise errors.NotFound(f"no usage receipt {inference_id!r} on this gateway")
+            raise missing
         batch = batches.batch_row(s, row.batch_id) if row.batch_id is not None else None
-        proof = (
-            batches.proof(s, batch, inference_id, domain)
-            if batch is not None and batch.state != "building"
-            else []
-        )
+        proof = batches.proof(s, batch, inference_id, domain) if batch is not None else []
         doc = {
             "inference_id": inference_id,
             "anchored": batch is not None and batch.state == "anchored",
-            "batch": batch_json(batch) if batch is not None and batch.state != "building" else None,
-            "leaf": "0x" + receipt.leaf(domain).hex(),
+            "batch": batch_json(batch) if batch is not None else None,
+            "leaf": own_leaf,
             "proof": ["0x" + p.hex() for p in proof],
         }
     return to_json(receipt, domain), doc
