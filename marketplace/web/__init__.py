@@ -1,23 +1,19 @@
 """The web faces: the storefront (HTML), the marketplace API (/api/v1), the Open
 Inference Protocol (/v2) and the OpenAPI document, registered on one Flask app with the
 request bounds, the browser session, the headers every answer carries, and the one
-error handler."""
+error handler; the paid route (`paid_route`) answers in front of Flask, with the same."""
 
 from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from marketplace.payments.x402 import headers as x402
 from marketplace.web import api, audit, metrics, oip, storefront
+from marketplace.web import headers as answer_headers
 from marketplace.web import session as web_session
 from marketplace.web.errors import error_response
 from marketplace.web.gateway import Gateway
 from marketplace.web.openapi import spec
-
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-    " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
+from marketplace.web.paid_route import PaidRoute
 
 
 def register(app: Flask, gateway: Gateway) -> None:
@@ -34,25 +30,11 @@ def register(app: Flask, gateway: Gateway) -> None:
             if request.path.startswith("/v2/")
             else settings.max_api_body_bytes
         )
-        if settings.settler_key is not None:
-            # each worker's x402 reconciler (a pid check once running): a restarted
-            # gateway finishes what a crash or a timeout left, with or without traffic
-            gateway.x402.start()
-        if gateway.receipts_on:
-            # each worker's anchorer: a restarted gateway anchors what it served before
-            gateway.anchorer.start()
+        gateway.start_background()
 
     @app.after_request
-    def no_sniffing(response: Response) -> Response:
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        # Scripts and styles only from our own files: text from the chain or IPFS that
-        # escaped escaping still could not run. Pages cannot be framed.
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["X-Frame-Options"] = "DENY"
-        if request.path.startswith("/v2/"):
-            # a browser's script paying with x402 must be able to read these
-            response.headers["Access-Control-Expose-Headers"] = x402.EXPOSED
+    def every_answer(response: Response) -> Response:
+        response.headers.update(answer_headers.for_path(request.path))
         return response
 
     web_session.configure(app, gateway.secret, tls=settings.public.startswith("https://"))
@@ -63,3 +45,4 @@ def register(app: Flask, gateway: Gateway) -> None:
     app.register_blueprint(oip.blueprint)
     app.register_blueprint(metrics.blueprint)
     spec.register(app)
+    app.wsgi_app = PaidRoute(app.wsgi_app, gateway)  # type: ignore[method-assign]

@@ -1,11 +1,13 @@
 """The one place an error becomes an HTTP answer: domain, storage and inference errors
 through `errors.describe`, Werkzeug's own (404, 405, 413) by their name, in the
 marketplace's shape on /api/v1, the Open Inference Protocol's on /v2, and as a page
-for a storefront page. Unexpected errors are logged, never leaked."""
+for a storefront page. Unexpected errors are logged, never leaked. `error_answer` is
+Flask-free: the paid route answers with it outside Flask (`web.paid_route`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 from flask import Response, render_template, request
@@ -17,8 +19,11 @@ from marketplace.payments.x402 import headers as x402
 log = logging.getLogger("modelmarket")
 
 
-def error_response(exc: Exception) -> Response:
-    """The answer for `exc`, raised anywhere in a request."""
+def error_answer(
+    exc: Exception, path: str, url: Callable[[], str]
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    """(status, JSON body, headers) for `exc` raised by a request for `path`; `url`
+    gives the request's URL (a 402 on /v2 names it as the resource paid for)."""
     headers: dict[str, str] = {}
     body: dict[str, object]
     if isinstance(exc, HTTPException):
@@ -40,17 +45,23 @@ def error_response(exc: Exception) -> Response:
             cause = exc
         if isinstance(cause, errors.ModelMarketError):
             headers.update(cause.headers)
-        if isinstance(cause, errors.PaymentRequired) and request.path.startswith("/v2/"):
+        if isinstance(cause, errors.PaymentRequired) and path.startswith("/v2/"):
             headers[x402.PAYMENT_REQUIRED] = x402.payment_required_header(
-                request.url, cause.message, cause.accepts
+                url(), cause.message, cause.accepts
             )
     wait = errors.retry_after(status, str(body["error"]))
     if wait is not None:
         headers.setdefault("Retry-After", str(wait))
+    if path.startswith("/v2/"):
+        body = errors.oip_body(body)
+    return status, body, headers
+
+
+def error_response(exc: Exception) -> Response:
+    """The answer for `exc`, raised anywhere in a Flask request."""
+    status, body, headers = error_answer(exc, request.path, lambda: request.url)
     if request.blueprint == "store" and request.method == "GET":
         # a page asked for by a browser gets a page, with the same code and message
         page = render_template("error.html", status=status, error=body)
         return Response(page, status=status, mimetype="text/html", headers=headers)
-    if request.path.startswith("/v2/"):
-        body = errors.oip_body(body)
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)

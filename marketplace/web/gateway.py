@@ -101,6 +101,15 @@ class Gateway:
             }
         )
 
+    def start_background(self) -> None:
+        """This worker's background threads, started by its requests (a pid check once
+        running): the x402 reconciler, so a restarted gateway finishes what a crash or a
+        timeout left, and the anchorer, which anchors what was served before."""
+        if self.settings.settler_key is not None:
+            self.x402.start()
+        if self.receipts_on:
+            self.anchorer.start()
+
     def listing(self, model_id: int, max_age: float = 5.0) -> Listing | None:
         """A listing, from an in-process cache at most `max_age` seconds old. What a paid
         call needs of it (the model CID) never changes; price and active state may lag a
