@@ -1,10 +1,13 @@
-"""Where a paid call's CPU goes: py-spy samples both gunicorn workers of the paid gateway
-(SQLite, iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the
-same way; the samples of threads doing work are split into the parts of a call (each
-part: the samples whose stack holds its function, first match in PARTS order) and
-turned into microseconds with the CPU per request measured from /proc meanwhile.
+"""Where a paid call's CPU goes: py-spy samples both workers of the paid gateway (SQLite,
+iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the same way,
+under gunicorn or granian. Each sample is of the thread holding the GIL (the one running
+Python); samples are split into the parts of a call (each part: the samples whose stack
+holds its function, first match in PARTS order), and a part's microseconds per call are
+its samples' time over the calls served meanwhile. What runs without the GIL
+(onnxruntime, SQLite's and granian's native code) is the rest of the CPU per call read
+from /proc.
 
-    .venv/bin/python -m bench.profile [--seconds 10]
+    .venv/bin/python -m bench.profile [--seconds 10] [--server gunicorn|granian]
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ PARTS = [
     ("check inputs", "check_inputs ("),
     ("encode response", "encode_response ("),
     ("who pays (API key)", "PaymentPipeline.identify ("),
-    ("listing lookup", "offered_listing ("),
+    ("listing lookup", "Gateway.listing ("),
     ("payment begin (lease spend)", "PaymentPipeline.begin ("),
     ("receipt (digests, sequence)", "PaymentPipeline.receipt ("),
     ("payment complete (usage row, receipt header)", "PaymentPipeline.complete ("),
     ("metrics", "call_finished ("),
     ("tensor digests (receipts)", "tensors_digest ("),
     ("model and session cache lookups", "Cache.get ("),
-    ("rest of the paid route", "infer (marketplace/web/oip.py"),
+    ("rest of the paid route", "paid_inference ("),
+    ("rest of the paid route", "infer (marketplace/web/oip.py"),  # before web.paid_route
+    ("paid route as WSGI (body read, answer)", "PaidRoute."),
     ("unpaid route", "infer (bench/unpaid_app.py"),
     ("usage writer thread (keeper)", "Keeper."),
     ("anchorer thread (batches, anchoring)", "Anchorer."),
@@ -45,11 +50,12 @@ PARTS = [
     ("Flask + werkzeug (the rest)", "Flask.wsgi_app ("),
     ("gunicorn (accept, parse, send)", "gunicorn/"),
 ]
+RATE = 200  # samples a second
 IDLE = ("Condition.wait (threading", "Event.wait (threading", "select (selectors", "sleep (")
 
 
 def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: int, work: Path):  # type: ignore[no-untyped-def]
-    """(samples per part, busy samples, requests, CPU us per request)."""
+    """(us per call per part, CPU us per call from /proc)."""
     wrk(url, request[0], request[1], 16, 2, work)  # warm: sessions loaded, leases taken
     box: dict[str, object] = {}
     cpu0 = tree_cpu(server.process.pid)
@@ -67,7 +73,7 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
                 "-d",
                 str(seconds),
                 "-r",
-                "200",
+                str(RATE),
                 "-f",
                 "raw",
                 "--nonblocking",
@@ -83,25 +89,25 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
     for spy in spies:
         spy.wait()
     load.join()
-    total_requests = box["r"][4]  # type: ignore[index]
+    rps, total_requests = box["r"][0], box["r"][4]  # type: ignore[index]
     cpu = (tree_cpu(server.process.pid) - cpu0) * 1e6 / total_requests
     parts: collections.Counter[str] = collections.Counter()
-    busy = 0
     for pid in server.worker_pids():
         for line in (work / f"{pid}").read_text().splitlines():
             stack, count = line.rsplit(" ", 1)
             frames = stack.split(";")
             if any(frames[-1].startswith(i) for i in IDLE):
                 continue  # a thread waiting for work
-            busy += int(count)
             part = next((p for p, f in PARTS if f in stack), "other")
             parts[part] += int(count)
-    return parts, busy, total_requests, cpu
+    us_per_sample = 1e6 / RATE / (rps * seconds)  # the calls served while sampling
+    return {part: n * us_per_sample for part, n in parts.items()}, cpu
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     market = prepare(work, postgres=False)
@@ -109,7 +115,7 @@ def main() -> int:
     try:
         path = MODELS["iris"][0]
         body, headers = market.bodies["iris"]
-        paid = start("gunicorn", "app:create_app()", market.env("sqlite"), work / "p.log",
+        paid = start(args.server, "app:create_app()", market.env("sqlite"), work / "p.log",
                      "/v2/health/ready")  # fmt: skip
         try:
             url = f"{paid.url}/v2/models/{market.model_ids['iris']}/infer"
@@ -117,7 +123,7 @@ def main() -> int:
             results["paid"] = profile(paid, url, (body, auth), args.seconds, work)
         finally:
             paid.stop()
-        unpaid = start("gunicorn", "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)},
+        unpaid = start(args.server, "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)},
                        work / "u.log", "/")  # fmt: skip
         try:
             results["unpaid"] = profile(
@@ -129,18 +135,18 @@ def main() -> int:
         market.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(
-        "CPU per call by part, gunicorn 2 workers x 8 threads, iris, SQLite, receipts on,"
-        f" wrk 16 connections, py-spy at 200 Hz for {args.seconds} s in each worker"
+        f"CPU per call by part, {args.server} 2 workers x 8 threads, iris, SQLite, receipts"
+        f" on, wrk 16 connections, py-spy at {RATE} Hz for {args.seconds} s in each worker"
     )
     print(f"{'part':<46}{'paid us':>9}{'unpaid us':>11}{'share':>7}")
-    rows = [p for p, _ in PARTS] + ["other"]
-    per = {k: (r[3] / r[1] if r[1] else 0.0) for k, r in results.items()}  # us per sample
-    for part in rows:
-        p = results["paid"][0][part] * per["paid"]
-        u = results["unpaid"][0][part] * per["unpaid"]
+    (paid, paid_cpu), (unpaid, unpaid_cpu) = results["paid"], results["unpaid"]
+    native = "outside the GIL (onnxruntime, native code)"
+    paid[native] = paid_cpu - sum(paid.values())
+    unpaid[native] = unpaid_cpu - sum(unpaid.values())
+    for part in [*dict.fromkeys(p for p, _ in PARTS), "other", native]:
+        p, u = paid.get(part, 0.0), unpaid.get(part, 0.0)
         if p or u:
-            print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / results['paid'][3]:>7.0%}")
-    paid_cpu, unpaid_cpu = results["paid"][3], results["unpaid"][3]
+            print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / paid_cpu:>7.0%}")
     added = paid_cpu - unpaid_cpu
     print(f"{'total (server CPU per call, /proc)':<46}{paid_cpu:>9.0f}{unpaid_cpu:>11.0f}")
     met = "met" if added <= 100 else "missed"
