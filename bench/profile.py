@@ -1,11 +1,12 @@
 """Where a paid call's CPU goes: py-spy samples both workers of the paid gateway (SQLite,
 iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the same way,
-under gunicorn or granian. Each sample is of the thread holding the GIL (the one running
-Python); samples are split into the parts of a call (each part: the samples whose stack
-holds its function, first match in PARTS order), and a part's microseconds per call are
-its samples' time over the calls served meanwhile. What runs without the GIL
-(onnxruntime, SQLite's and granian's native code) is the rest of the CPU per call read
-from /proc.
+under gunicorn (what ships) or granian. py-spy samples the thread holding the GIL (the
+one running Python: sampling every thread the OS calls running counted threads waiting
+for the GIL where they waited); samples are split into the parts of a call (each part:
+the samples whose stack holds its function, first match in PARTS order) and scaled to
+the CPU per call read from /proc meanwhile. What runs without the GIL (onnxruntime's
+run, granian's Rust threads) is spread over the parts: read the parts as shares of the
+total, and the totals as measured.
 
     .venv/bin/python -m bench.profile [--seconds 10] [--server gunicorn|granian]
 """
@@ -77,7 +78,7 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
                 "-f",
                 "raw",
                 "--nonblocking",
-                "--gil",  # the thread running Python: not those waiting for the GIL
+                "--gil",
                 "-o",
                 str(work / f"{pid}"),
             ],
@@ -89,7 +90,7 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
     for spy in spies:
         spy.wait()
     load.join()
-    rps, total_requests = box["r"][0], box["r"][4]  # type: ignore[index]
+    total_requests = box["r"][4]  # type: ignore[index]
     cpu = (tree_cpu(server.process.pid) - cpu0) * 1e6 / total_requests
     parts: collections.Counter[str] = collections.Counter()
     for pid in server.worker_pids():
@@ -100,8 +101,8 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
                 continue  # a thread waiting for work
             part = next((p for p, f in PARTS if f in stack), "other")
             parts[part] += int(count)
-    us_per_sample = 1e6 / RATE / (rps * seconds)  # the calls served while sampling
-    return {part: n * us_per_sample for part, n in parts.items()}, cpu
+    busy = sum(parts.values())
+    return {part: n * cpu / busy for part, n in parts.items()}, cpu
 
 
 def main() -> int:
@@ -140,10 +141,7 @@ def main() -> int:
     )
     print(f"{'part':<46}{'paid us':>9}{'unpaid us':>11}{'share':>7}")
     (paid, paid_cpu), (unpaid, unpaid_cpu) = results["paid"], results["unpaid"]
-    native = "outside the GIL (onnxruntime, native code)"
-    paid[native] = paid_cpu - sum(paid.values())
-    unpaid[native] = unpaid_cpu - sum(unpaid.values())
-    for part in [*dict.fromkeys(p for p, _ in PARTS), "other", native]:
+    for part in [*dict.fromkeys(p for p, _ in PARTS), "other"]:
         p, u = paid.get(part, 0.0), unpaid.get(part, 0.0)
         if p or u:
             print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / paid_cpu:>7.0%}")
