@@ -25,7 +25,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
-from werkzeug.wsgi import get_current_url, get_input_stream
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.wsgi import get_current_url
 
 from inference import codecs
 from inference.digests import tensors_digest
@@ -154,7 +155,26 @@ class PaidRoute:
 
 
 def _read_body(environ: WSGIEnvironment, gateway: Gateway) -> bytes:
-    # bounded before anything is read: 413 past the limit, whether the length is
-    # declared or the body streams in chunks (as Flask's max_content_length does)
+    """The body, bounded before anything is read: 413 past the limit, whether its length
+    is declared or it streams in chunks (werkzeug's `get_input_stream` does the same
+    through a Python stream wrapper that cost ~4 us a call)."""
     limit = gateway.settings.max_infer_body_bytes
-    return get_input_stream(environ, max_content_length=limit).read()
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise errors.BadRequest("Content-Length must be an integer") from None
+        if length > limit:
+            raise RequestEntityTooLarge()
+        body: bytes = stream.read(length) if length > 0 else b""
+        if len(body) < length:
+            raise ClientDisconnected()  # the client stopped sending before its length
+        return body
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length, and a server that does not end the stream: not read
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
