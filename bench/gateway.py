@@ -1,7 +1,7 @@
 """The paid gateway under load, in one run: paid `/v2/models/{id}/infer` vs an unpaid
 minimal Flask endpoint running the same session, under gunicorn (what ships) and granian
-(WSGI), 2 workers x 8 threads each, with SQLite and PostgreSQL, receipts on and off, at
-1 and 16 connections (wrk). Every configuration is up at once and the runs interleave
+(WSGI), 2 workers (`--workers`) x 8 threads each, with SQLite and PostgreSQL, receipts
+on and off, at 1 and 16 connections (wrk). Every configuration is up at once and the runs interleave
 (run 1 of every cell, then run 2, ...), so drift on these noisy machines hits them
 alike; each cell shows its best run, the spread over runs, and the CPU the server's
 processes (and PostgreSQL's) used per request, read from /proc. Then, one connection,
@@ -10,6 +10,7 @@ which mines at once) beside a prepaid call, each signed in advance; and what a u
 receipt costs on the request thread.
 
     .venv/bin/python -m bench.gateway [--seconds 6] [--runs 3] [--servers gunicorn,granian]
+        [--workers 2]
 """
 
 from __future__ import annotations
@@ -170,14 +171,16 @@ def measure(
     )  # fmt: skip
 
 
-def start(kind: str, app: str, env: dict[str, str], log: Path, ready: str) -> Server:
-    """2 workers x THREADS threads under gunicorn (what ships) or granian (WSGI)."""
+def start(
+    kind: str, app: str, env: dict[str, str], log: Path, ready: str, workers: int = 2
+) -> Server:
+    """`workers` x THREADS threads under gunicorn (what ships) or granian (WSGI)."""
     if kind == "gunicorn":
         return start_gunicorn(
-            app, env, workers=2, threads=THREADS, reuse_port=True, log=log, ready_path=ready
+            app, env, workers=workers, threads=THREADS, reuse_port=True, log=log, ready_path=ready
         )
     factory = app.removesuffix("()")  # granian --factory takes "module:function"
-    return start_granian(factory, env, workers=2, threads=THREADS, log=log, ready_path=ready)
+    return start_granian(factory, env, workers=workers, threads=THREADS, log=log, ready_path=ready)
 
 
 @dataclass
@@ -282,6 +285,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--runs", type=int, default=3, help="interleaved wrk runs per cell")
     parser.add_argument("--servers", default="gunicorn,granian")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     running: list[Server] = []
@@ -300,6 +304,7 @@ def main() -> int:
                 unpaid = start(
                     kind, "bench.unpaid_app:create_app()",
                     {"BENCH_MODEL": str(MODELS[label][0])}, work / f"unpaid-{kind}.log", "/",
+                    args.workers,
                 )  # fmt: skip
                 running.append(unpaid)
                 configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None)
@@ -307,7 +312,9 @@ def main() -> int:
                 for receipts in ("on", "off"):
                     env = m.env(name, MODELMARKET_RECEIPTS="true" if receipts == "on" else "false")
                     log = work / f"paid-{kind}-{name}-{receipts}.log"
-                    paid = start(kind, "app:create_app()", env, log, "/v2/health/ready")
+                    paid = start(
+                        kind, "app:create_app()", env, log, "/v2/health/ready", args.workers
+                    )
                     running.append(paid)
                     db_pid = pg_pid if name == "postgresql" else None
                     for label in MODELS:
@@ -347,10 +354,10 @@ def report(
 ) -> None:
     """The table (best run, the spread over runs, CPU per request), then the goals."""
     print(
-        f"paid /v2 infer vs an unpaid Flask endpoint, 2 workers x {THREADS} threads, wrk,"
-        f" {args.runs} interleaved runs of {args.seconds} s per cell (best shown; spread ="
-        " (max - min) / max of req/s; CPU: the server's processes, and PostgreSQL's, per"
-        " request, median over runs)"
+        f"paid /v2 infer vs an unpaid Flask endpoint, {args.workers} workers x {THREADS}"
+        f" threads, wrk, {args.runs} interleaved runs of {args.seconds} s per cell (best"
+        " shown; spread = (max - min) / max of req/s; CPU: the server's processes, and"
+        " PostgreSQL's, per request, median over runs)"
     )
     print(
         f"{'server':<9}{'model':<9}{'configuration':<22}{'conns':>6}{'req/s':>8}{'spread':>8}"
