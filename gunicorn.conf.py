@@ -81,6 +81,4 @@ def worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     gateway = getattr(app, "extensions", {}).get("modelmarket")
     if gateway is not None:
-        gateway.prepaid.close()
-        gateway.x402.close()
-        gateway.anchorer.stop()
+        gateway.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
+import multiprocessing.util
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -86,6 +89,7 @@ class Gateway:
             max_calls=settings.anchor_max_calls,
             stale_after=settings.tx_timeout + 30,
         )
+        self._worker = -1  # the process whose exit settles this gateway (start_background)
         self._settler: Settler | None = None
         self._market: Marketplace | None = None
         self._served: tuple[float, Served] | None = None
@@ -105,10 +109,25 @@ class Gateway:
         """This worker's background threads, started by its requests (a pid check once
         running): the x402 reconciler, so a restarted gateway finishes what a crash or a
         timeout left, and the anchorer, which anchors what was served before."""
+        if self._worker != os.getpid():
+            self._worker = os.getpid()
+            if multiprocessing.parent_process() is not None:
+                # A multiprocessing worker (granian's) leaves through os._exit once its
+                # server stops: no atexit hook runs, multiprocessing's finalizers do.
+                # (gunicorn's workers are its own forks: its worker_exit hook closes.)
+                multiprocessing.util.Finalize(self, self.close, exitpriority=10)
         if self.settings.settler_key is not None:
             self.x402.start()
         if self.receipts_on:
             self.anchorer.start()
+
+    def close(self) -> None:
+        """Settle what this worker holds (it is stopping): its served calls written, its
+        leases given back (the prepaid keeper), its x402 reconciler and anchorer stopped.
+        Safe to run twice (the keeper's atexit hook does the same at exit)."""
+        self.prepaid.close()
+        self.x402.close()
+        self.anchorer.stop()
 
     def listing(self, model_id: int, max_age: float = 5.0) -> Listing | None:
         """A listing, from an in-process cache at most `max_age` seconds old. What a paid
