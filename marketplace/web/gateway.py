@@ -90,6 +90,7 @@ class Gateway:
             stale_after=settings.tx_timeout + 30,
         )
         self._worker = -1  # the process whose exit settles this gateway (start_background)
+        self._worker_lock = threading.Lock()
         self._settler: Settler | None = None
         self._market: Marketplace | None = None
         self._served: tuple[float, Served] | None = None
@@ -110,12 +111,15 @@ class Gateway:
         running): the x402 reconciler, so a restarted gateway finishes what a crash or a
         timeout left, and the anchorer, which anchors what was served before."""
         if self._worker != os.getpid():
-            self._worker = os.getpid()
-            if multiprocessing.parent_process() is not None:
-                # A multiprocessing worker (granian's) leaves through os._exit once its
-                # server stops: no atexit hook runs, multiprocessing's finalizers do.
-                # (gunicorn's workers are its own forks: its worker_exit hook closes.)
-                multiprocessing.util.Finalize(self, self.close, exitpriority=10)
+            with self._worker_lock:
+                if self._worker != os.getpid():
+                    self._worker = os.getpid()
+                    if multiprocessing.parent_process() is not None:
+                        # A multiprocessing worker (granian's) leaves through os._exit
+                        # once its server stops: no atexit hook runs, multiprocessing's
+                        # finalizers do. (gunicorn's workers are its own forks: its
+                        # worker_exit hook closes.)
+                        multiprocessing.util.Finalize(self, self.close, exitpriority=10)
         if self.settings.settler_key is not None:
             self.x402.start()
         if self.receipts_on:

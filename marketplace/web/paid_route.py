@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
 INFER = re.compile(r"/v2/models/([0-9]{1,19})/infer")
 MAX_MODEL_ID = 2**63 - 1  # the database's 64 signed bits; larger is no listing (Flask 404s)
 STATUS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_INTERNAL = orjson.dumps(
+    errors.oip_body({"error": "internal_error", "message": "an unexpected error; it was logged"})
+)
+
+log = logging.getLogger("modelmarket")
 
 
 def paid_inference(
@@ -137,17 +143,21 @@ class PaidRoute:
         self, environ: WSGIEnvironment, start_response: StartResponse, model_id: int
     ) -> Iterable[bytes]:
         gateway = self.gateway
-        gateway.start_background()
         status = 200
         try:
+            gateway.start_background()
             body, headers = paid_inference(
                 gateway, model_id, EnvironHeaders(environ), lambda: _read_body(environ, gateway)
             )
         except Exception as exc:
-            path = environ.get("PATH_INFO", "")
-            status, error, headers = error_answer(exc, path, lambda: get_current_url(environ))
+            try:
+                path = environ.get("PATH_INFO", "")
+                status, error, headers = error_answer(exc, path, lambda: get_current_url(environ))
+                body = orjson.dumps(error)
+            except Exception:  # the mapping itself failed: still a JSON 500, logged
+                log.exception("mapping an error failed")
+                status, headers, body = 500, {}, _INTERNAL
             headers["Content-Type"] = "application/json"
-            body = orjson.dumps(error)
         headers.update(answer_headers.INFERENCE_ANSWER)
         headers["Content-Length"] = str(len(body))
         start_response(STATUS[status], list(headers.items()))
@@ -156,25 +166,40 @@ class PaidRoute:
 
 def _read_body(environ: WSGIEnvironment, gateway: Gateway) -> bytes:
     """The body, bounded before anything is read: 413 past the limit, whether its length
-    is declared or it streams in chunks (werkzeug's `get_input_stream` does the same
-    through a Python stream wrapper that cost ~4 us a call)."""
+    is declared or it streams in chunks; 400 when the client stops sending (a reset, a
+    cut chunk) before the end. As werkzeug's `get_input_stream` does, without the Python
+    stream wrapper that cost ~4 us a call."""
     limit = gateway.settings.max_infer_body_bytes
     stream = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH")
-    if declared:
-        try:
+    try:
+        if declared:
+            if not (declared.isascii() and declared.isdigit()):
+                raise errors.BadRequest("Content-Length must be a non-negative integer")
             length = int(declared)
-        except ValueError:
-            raise errors.BadRequest("Content-Length must be an integer") from None
-        if length > limit:
-            raise RequestEntityTooLarge()
-        body: bytes = stream.read(length) if length > 0 else b""
-        if len(body) < length:
-            raise ClientDisconnected()  # the client stopped sending before its length
-        return body
-    if not environ.get("wsgi.input_terminated"):
-        return b""  # no length, and a server that does not end the stream: not read
-    body = stream.read(limit + 1)
+            if length > limit:
+                raise RequestEntityTooLarge()
+            return _read_exactly(stream, length)
+        if "wsgi.input_terminated" not in environ:
+            return b""  # no length, and a server that does not end the stream: not read
+        body = _read_exactly(stream, limit + 1, eof_ok=True)
+    except OSError:  # reset, timed out, a chunk cut short: the server could read no more
+        raise ClientDisconnected() from None
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body
+
+
+def _read_exactly(stream: Any, size: int, *, eof_ok: bool = False) -> bytes:
+    # a WSGI stream may return less than asked before its end (PEP 3333): read on
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            if eof_ok:
+                break
+            raise ClientDisconnected()  # the client stopped before its declared length
+        parts.append(part)
+        left -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

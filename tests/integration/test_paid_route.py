@@ -7,6 +7,7 @@ as the route does, and what the route does not take still reaches Flask."""
 from __future__ import annotations
 
 import socket
+import struct
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_under_gunicorn_the_paid_route_keeps_its_headers_and_bounds_and_refusals
     world: World, tmp_path
 ):
     database = f"sqlite:///{tmp_path / 'gateway.db'}"
-    server, key, buyer, _log = serve(
+    server, key, buyer, log = serve(
         world, database, tmp_path, 10, MODELMARKET_MAX_INFER_BODY_BYTES=str(LIMIT)
     )
     try:
@@ -74,6 +75,7 @@ def test_under_gunicorn_the_paid_route_keeps_its_headers_and_bounds_and_refusals
             url, data=iter([b"x" * 3000, b"x" * 3000]), headers=auth, timeout=30
         )
         assert chunked.status_code == 413, chunked.text
+        assert chunked.json()["code"] == "request_entity_too_large"
         small = requests.post(
             url, data=iter([body[:10], body[10:]]), headers={**headers, **auth}, timeout=30
         )
@@ -94,8 +96,22 @@ def test_under_gunicorn_the_paid_route_keeps_its_headers_and_bounds_and_refusals
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
+        # a client that resets the connection mid-body (and one that cuts a chunk): a
+        # failed read is the client's doing, never an "unexpected error" of ours
+        for framing in (f"Content-Length: {len(body) + 100}", "Transfer-Encoding: chunked"):
+            with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+                head = (
+                    f"POST /v2/models/{world.model_id}/infer HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {key}\r\n{framing}\r\n\r\n"
+                )
+                partial = body[:20] if "Length" in framing else b"400\r\n" + body[:20]
+                sock.sendall(head.encode() + partial)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert requests.get(f"{server.url}/v2/health/live", timeout=10).ok
+
     finally:
         server.stop()  # graceful: the workers write their calls and give leases back
+    assert "unexpected error" not in log.read_text()
     # none of the refusals cost a call: 2 served of 10
     sessions = session_factory(make_engine(database))
     with sessions() as s:
@@ -122,6 +138,7 @@ def test_the_documented_flask_view_answers_as_the_paid_route_does(world: World):
     refused = [c.post(path, data=body, headers={**headers, **auth}) for c in (route, view)]
     assert [r.status_code for r in refused] == [402, 402]
     assert refused[0].json == refused[1].json
+    assert refused[0].headers["PAYMENT-REQUIRED"] == refused[1].headers["PAYMENT-REQUIRED"]
     # what the route does not take still reaches Flask: another method, an id past 64
     # bits, a trailing slash
     assert route.get(path).status_code == 405
