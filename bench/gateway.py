@@ -140,7 +140,9 @@ Cell = tuple[float, float, float, int, float, float]  # rps, p50, p99, non-2xx, 
 
 
 def tree_cpu(pid: int | None) -> float:
-    """CPU seconds used so far by process `pid` and every descendant (from /proc)."""
+    """CPU seconds used so far by process `pid` and every descendant (from /proc),
+    with those that ended: a parent's cutime/cstime holds its reaped children's (a
+    PostgreSQL backend that exits mid-cell no longer takes its CPU out of the sum)."""
     if pid is None:
         return 0.0
     total, stack = 0, [pid]
@@ -148,7 +150,7 @@ def tree_cpu(pid: int | None) -> float:
         proc = Path(f"/proc/{stack.pop()}")
         try:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
             for task in (proc / "task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
