@@ -1,9 +1,9 @@
 """The paid gateway under load, in one run: paid `/v2/models/{id}/infer` vs an unpaid
 minimal Flask endpoint running the same session, under gunicorn (what ships) and granian
 (WSGI), 2 workers (`--workers`) x 8 threads each, with SQLite and PostgreSQL, receipts
-on and off, at 1 and 16 connections (wrk). Every configuration is up at once and the runs interleave
-(run 1 of every cell, then run 2, ...), so drift on these noisy machines hits them
-alike; each cell shows its best run, the spread over runs, and the CPU the server's
+on and off, at 1 and 16 connections (wrk). Every configuration is up at once and the
+runs interleave (run 1 of every cell, then run 2, ...), so drift on these noisy machines
+hits them alike; each cell shows its best run, the spread over runs, and the CPU the server's
 processes (and PostgreSQL's) used per request, read from /proc. Then, one connection,
 call after call: an x402 `exact` call (verify + reserve + inference + settle on anvil,
 which mines at once) beside a prepaid call, each signed in advance; and what a usage

@@ -55,7 +55,6 @@ def decode(cid: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)  # pure, and on every paid call
-@functools.lru_cache(maxsize=4096)  # pure, and on every paid call (the model cache's key)
 def normalize(cid: str) -> str:
     """`cid` as CIDv1 base32 text (the form this project stores and compares)."""
     raw = decode(cid)

