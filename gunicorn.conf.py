@@ -69,8 +69,10 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Say when a worker has built the app and takes connections (a replica that shares
-    its port with others is ready when its own workers are, not when the port answers)."""
+    """The worker has built the app: its heap settled (`serving.settle_worker_heap`),
+    then say it takes connections (a replica that shares its port with others is ready
+    when its own workers are, not when the port answers)."""
+    serving.settle_worker_heap()
     worker.log.info("worker %s serving", worker.pid)
 
 

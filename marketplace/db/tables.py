@@ -339,7 +339,7 @@ class UsageReceiptRow(Base):
     inference_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     gateway: Mapped[str] = mapped_column(String(42))  # lower case
     sequence: Mapped[int] = mapped_column(BigInteger)
-    model_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    model_id: Mapped[int] = mapped_column(BigInteger)
     model_digest: Mapped[str] = mapped_column(String(66))
     input_digest: Mapped[str] = mapped_column(String(66))
     output_digest: Mapped[str] = mapped_column(String(66))
@@ -347,7 +347,9 @@ class UsageReceiptRow(Base):
     price: Mapped[int] = mapped_column(Uint256)
     method: Mapped[str] = mapped_column(String(16))
     time: Mapped[int] = mapped_column(BigInteger)
-    batch_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # not indexed: a batch's receipts are found by its sequence range (every index is
+    # paid for on each call's insert and each batch's update)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ReceiptBatch(Base):

@@ -216,11 +216,13 @@ def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Doma
         if kept is not None:
             _trees[key] = kept  # the most recently used last: the oldest goes first
     if kept is None:
-        rows = session.scalars(
-            select(UsageReceiptRow)
-            .where(UsageReceiptRow.batch_id == batch.id)
-            .order_by(UsageReceiptRow.sequence)
-        ).all()
+        query = select(UsageReceiptRow).where(UsageReceiptRow.batch_id == batch.id)
+        if batch.first_sequence is not None and batch.last_sequence is not None:
+            query = query.where(  # what is indexed: batch_id is not
+                UsageReceiptRow.gateway == batch.gateway,
+                UsageReceiptRow.sequence.between(batch.first_sequence, batch.last_sequence),
+            )
+        rows = session.scalars(query.order_by(UsageReceiptRow.sequence)).all()
         ids = [r.inference_id for r in rows]
         kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
         with _trees_lock:

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 
 from inference.sessions import SessionCache
-from marketplace import errors, metrics
+from marketplace import errors, metrics, serving
 from marketplace.accounts.keys import KeyCache
 from marketplace.accounts.siwe import SiweTerms, load_secret
 from marketplace.bootstrap import load_deployment, make_market, make_store, runtime_settings
@@ -120,6 +120,7 @@ class Gateway:
                         # finalizers do. (gunicorn's workers are its own forks: its
                         # worker_exit hook closes.)
                         multiprocessing.util.Finalize(self, self.close, exitpriority=10)
+                        serving.settle_worker_heap()  # gunicorn's post_worker_init does
         if self.settings.settler_key is not None:
             self.x402.start()
         if self.receipts_on:
