@@ -176,11 +176,13 @@ def measure(
 def start(
     kind: str, app: str, env: dict[str, str], log: Path, ready: str, workers: int = 2
 ) -> Server:
-    """`workers` x THREADS threads under gunicorn (what ships) or granian (WSGI)."""
+    """`workers` x THREADS threads under gunicorn with the gunicorn.conf.py we ship (its
+    worker hooks: the settled heap, the settling exit) or granian (WSGI)."""
     if kind == "gunicorn":
         return start_gunicorn(
-            app, env, workers=workers, threads=THREADS, reuse_port=True, log=log, ready_path=ready
-        )
+            app, env, workers=workers, threads=THREADS, reuse_port=True, log=log,
+            ready_path=ready, config=PROJECT_ROOT / "gunicorn.conf.py",
+        )  # fmt: skip
     factory = app.removesuffix("()")  # granian --factory takes "module:function"
     return start_granian(factory, env, workers=workers, threads=THREADS, log=log, ready_path=ready)
 

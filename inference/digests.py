@@ -23,31 +23,35 @@ _LENGTH = struct.Struct("<Q")
 
 def tensors_digest(tensors: Mapping[str, np.ndarray]) -> bytes:
     """The 32-byte sha256 of `tensors` in the canonical form above (on every paid call:
-    the parts are joined and hashed once)."""
-    parts: list[bytes] = []
+    each tensor's fixed part, from its name, dtype and shape, is made once and kept)."""
+    digest = hashlib.sha256()
     for name in sorted(tensors):
         array = tensors[name]
         if not isinstance(array, np.ndarray):
             array = np.asarray(array)
-        shape = _LENGTH.pack(array.ndim) + b"".join([_LENGTH.pack(d) for d in array.shape])
         dtype = array.dtype
         if dtype.kind in "OSU":
             items = [x if isinstance(x, bytes) else str(x).encode() for x in array.ravel()]
             data = b"".join([_LENGTH.pack(len(x)) + x for x in items])
-            kind = b"BYTES"
+            digest.update(_head(name, b"BYTES", array.shape))
         else:
-            kind = _kind(dtype)
             if dtype.byteorder == ">" or not array.flags.c_contiguous:
                 array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
             data = array.tobytes()
-        key = name.encode()
-        parts += [
-            _LENGTH.pack(len(key)), key,
-            _LENGTH.pack(len(kind)), kind,
-            _LENGTH.pack(len(shape)), shape,
-            _LENGTH.pack(len(data)), data,
-        ]  # fmt: skip
-    return hashlib.sha256(b"".join(parts)).digest()
+            digest.update(_head(name, _kind(dtype), array.shape))
+        digest.update(_LENGTH.pack(len(data)))
+        digest.update(data)
+    return digest.digest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _head(name: str, kind: bytes, shape: tuple[int, ...]) -> bytes:
+    """A tensor's parts before its data: name, kind and shape, each length-prefixed."""
+    key = name.encode()
+    dims = _LENGTH.pack(len(shape)) + b"".join([_LENGTH.pack(d) for d in shape])
+    return b"".join(
+        [_LENGTH.pack(len(key)), key, _LENGTH.pack(len(kind)), kind, _LENGTH.pack(len(dims)), dims]
+    )
 
 
 @functools.lru_cache(maxsize=64)
