@@ -33,6 +33,13 @@ _WAITING = text(
     f"SELECT {_COLUMNS} FROM usage_receipts"  # noqa: S608 (constants only)
     " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size"
 )
+# SQLite: the rows as one JSON text, in one step (a step per row lets go of the GIL and
+# waits to take it back each time: 10,000 waits behind the request threads under load)
+_WAITING_SQLITE = text(
+    f"SELECT json_group_array(json_array({_COLUMNS})) FROM"  # noqa: S608 (constants only)
+    f" (SELECT {_COLUMNS} FROM usage_receipts"
+    " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size)"
+)
 # `batch_id IS NULL` is re-checked row by row: a receipt is never in two batches
 _ASSIGN_SQLITE = text(
     "UPDATE usage_receipts SET batch_id = :batch WHERE batch_id IS NULL"
@@ -101,7 +108,11 @@ def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: fl
     written at the driver level: SQLAlchemy's per-row processing cost more than the
     hashing (measured ~35 of ~60 us a receipt)."""
     with engine.connect() as conn:
-        rows = conn.execute(_WAITING, {"gateway": gateway, "size": size}).all()
+        params = {"gateway": gateway, "size": size}
+        if conn.dialect.name == "sqlite":
+            rows = orjson.loads(conn.execute(_WAITING_SQLITE, params).scalar_one())
+        else:
+            rows = conn.execute(_WAITING, params).all()
     if not rows:
         return None
     receipts = [Receipt._make((*r[:_PRICE], int(r[_PRICE]), *r[_PRICE + 1 :])) for r in rows]
