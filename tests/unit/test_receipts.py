@@ -159,3 +159,21 @@ def test_the_tensor_digest_is_canonical():
     assert len({base, *(tensors_digest(o) for o in others)}) == 1 + len(others)
     words = tensors_digest({"s": np.array(["ab", "c"], dtype=object)})
     assert words != tensors_digest({"s": np.array(["a", "bc"], dtype=object)})
+
+
+def test_the_tensor_digest_is_the_one_receipts_already_commit_to():
+    """Fixed vectors: a receipt issued before any change to the encoder must still
+    verify (the digests were computed by the first implementation)."""
+    iris = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
+    mixed = {
+        "label": np.array([0, 2], np.int64),
+        "p": np.arange(6, dtype=">f4").reshape(2, 3).T,  # big-endian, not C-contiguous
+        "s": np.array(["ab", b"c"], dtype=object),
+        "e": np.zeros((0, 3), np.float16),
+    }
+    assert tensors_digest(iris).hex() == (
+        "34f300b11663a54097af36c81926dff085f6f08581f21169910d61550a6e8ecf"
+    )
+    assert tensors_digest(mixed).hex() == (
+        "8e4a99d378316c0791026894fd8ffe2566ffd6563b209b873e1b4fc9cd2811a0"
+    )
