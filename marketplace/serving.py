@@ -3,9 +3,10 @@
 where its workers share their Prometheus counters.
 
 granian (a Rust HTTP server, WSGI mode) answered 1.4-2.6x gunicorn's requests/s on this
-app in bench.load, but is not shipped: a granian worker told to stop exits without
-writing the calls it served or giving its leased calls back (no exit hook runs), which
-the PostgreSQL-restart and SIGKILL fault tests caught. See the README's Production.
+app in bench.load, but is not shipped: it has no worker timeout, no hooks for the
+metrics folder, and stops the whole server when a worker dies soon after its respawn;
+its workers settle on a graceful stop (`Gateway.close` with multiprocessing's
+finalizers). See the README's Production.
 """
 
 from __future__ import annotations
