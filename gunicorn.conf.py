@@ -62,7 +62,8 @@ def on_exit(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker that is gone no longer counts in live gauges."""
+    """A worker that is gone no longer counts in live gauges (prometheus-client's
+    multiprocess mode; none of ours is one today, so this removes nothing yet)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, str(_metrics))  # type: ignore[no-untyped-call]

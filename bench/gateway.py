@@ -66,10 +66,13 @@ X402_CALLS = 40  # sequential x402 calls (each its own signed authorization)
 
 
 def gunicorn(app: str, env: dict[str, str], log: Path) -> Server:
-    """2 workers x THREADS threads (gthread), each with its own SO_REUSEPORT socket (the
-    kernel spreads connections over the workers; with one shared socket the first
-    worker to wake often took all of wrk's connections)."""
-    return start_gunicorn(app, env, workers=2, threads=THREADS, reuse_port=True, log=log)
+    """2 workers x THREADS threads (gthread) with the gunicorn.conf.py we ship, each with
+    its own SO_REUSEPORT socket (the kernel spreads connections over the workers; with
+    one shared socket the first worker to wake often took all of wrk's connections)."""
+    return start_gunicorn(
+        app, env, workers=2, threads=THREADS, reuse_port=True, log=log,
+        config=PROJECT_ROOT / "gunicorn.conf.py",
+    )  # fmt: skip
 
 
 def wrk(

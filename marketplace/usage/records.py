@@ -50,7 +50,8 @@ def _from_json_sqlite(table: str, columns: Sequence[str], key: str) -> str:
     # steps once per row, letting go of the GIL and taking it back each time: under
     # load every take waits behind the request threads (up to 5 ms each), with the
     # write lock held all the while.
-    values = ", ".join(f"value ->> {i}" for i in range(len(columns)))
+    # json_extract, not ->> (SQLite 3.38+): the sqlite3 a Python is built with may be older
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values}"  # noqa: S608 (constants)
         f" FROM json_each(?) WHERE true ON CONFLICT ({key}) DO NOTHING"  # WHERE: the upsert

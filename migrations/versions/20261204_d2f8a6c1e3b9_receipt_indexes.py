@@ -2,8 +2,9 @@
 
 Every paid call inserts a receipt, and every batch build updates 10,000 of them, so each
 index is paid for on the hot path (bench.receipts: these two cost PostgreSQL ~30% of a
-receipt's database CPU). Nothing filtered on model_id; a batch's receipts are found by
-its sequence range on uq_usage_receipt_sequence.
+receipt's database CPU). No query filters on model_id (the per-model anchored counts
+group the whole table); a batch's receipts are found by its sequence range on
+uq_usage_receipt_sequence.
 
 Revision ID: d2f8a6c1e3b9
 Revises: c9d1e4a7b2f6

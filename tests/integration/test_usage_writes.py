@@ -1,5 +1,6 @@
 """The usage writer on both databases: one statement per table per write, whatever its
-size, and the rows stored as the ORM reads them.
+size, and the rows stored as the ORM reads them; the batch builder takes them back (on
+SQLite as one JSON text) into a batch whose proofs lead to its root.
 
 Why one statement: a statement per row (executemany) lets go of the GIL and takes it
 back once per row. Under load every take waits behind the worker's request threads (up
@@ -9,14 +10,17 @@ statement (bench notes in the README)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
 
 from marketplace.db.engine import make_engine, session_factory
-from marketplace.db.tables import Usage, UsageReceiptRow
-from marketplace.usage.receipts import Receipt
+from marketplace.db.tables import ReceiptBatch, Usage, UsageReceiptRow
+from marketplace.usage import batches
+from marketplace.usage.merkle import process_proof
+from marketplace.usage.receipts import Domain, Receipt
 from marketplace.usage.records import UsageRecord, write_usage
 
 GATEWAY = "0x" + "ab" * 20
@@ -65,7 +69,9 @@ def test_a_write_is_one_statement_per_table_and_stores_what_the_orm_reads(databa
             "failed", "model_failed", True, True,
         )  # fmt: skip
         assert (usage.model_id, usage.lease_id, usage.latency_ms) == (7, "lease1", 4.5)
-        assert usage.created_at.replace(tzinfo=UTC) == rows[3].created_at
+        stored = usage.created_at  # SQLite gives it back naive (UTC)
+        stored = stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored
+        assert stored == rows[3].created_at
         for i in (0, 499, 599):
             row = s.get(UsageReceiptRow, f"{i:032x}")
             assert row is not None
@@ -73,4 +79,21 @@ def test_a_write_is_one_statement_per_table_and_stores_what_the_orm_reads(databa
             assert expected is not None
             assert tuple(getattr(row, f) for f in Receipt._fields) == tuple(expected)
             assert row.batch_id is None
+
+    # the builder takes the 100 lowest sequences (failed calls have none), and each of
+    # them proves into the anchored root
+    domain = Domain(31337, "0x" + "cd" * 20)
+    batch_id = batches.build_batch(engine, GATEWAY, 100, domain, time.time())
+    assert batch_id is not None
+    taken = [i for i in range(600) if i % 50 != 3 or i >= 500][:100]
+    with session_factory(engine)() as s:
+        batch = s.get(ReceiptBatch, batch_id)
+        assert batch is not None and batch.root is not None
+        assert (batch.count, batch.first_sequence, batch.last_sequence) == (100, 0, taken[-1])
+        for i in (taken[0], taken[57], taken[-1]):
+            receipt = served(i).receipt
+            assert receipt is not None
+            proof = batches.proof(s, batch, receipt.inference_id, domain)
+            assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
+        assert s.get(UsageReceiptRow, f"{taken[-1] + 1:032x}").batch_id is None  # type: ignore[union-attr]
     engine.dispose()
