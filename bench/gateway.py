@@ -69,10 +69,7 @@ def gunicorn(app: str, env: dict[str, str], log: Path) -> Server:
     """2 workers x THREADS threads (gthread) with the gunicorn.conf.py we ship, each with
     its own SO_REUSEPORT socket (the kernel spreads connections over the workers; with
     one shared socket the first worker to wake often took all of wrk's connections)."""
-    return start_gunicorn(
-        app, env, workers=2, threads=THREADS, reuse_port=True, log=log,
-        config=PROJECT_ROOT / "gunicorn.conf.py",
-    )  # fmt: skip
+    return start("gunicorn", app, env, log, "/")
 
 
 def wrk(
@@ -209,7 +206,7 @@ class Market:
         """The postmaster's pid (its children are the backends)."""
         if self.pg is None:
             return None
-        return int((self.pg.root / "data/postmaster.pid").read_text().split()[0])
+        return self.pg.pid
 
     def env(self, database: str, **extra: str) -> dict[str, str]:
         """The paid gateway's environment on `database`."""

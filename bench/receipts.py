@@ -91,8 +91,7 @@ def main() -> int:
     if (PG_BIN / "initdb").exists():
         pg = start_postgres()
         try:
-            pid = int((pg.root / "data/postmaster.pid").read_text().split()[0])
-            results["postgresql"] = run(pg.url, pid, args.calls, args.rounds)
+            results["postgresql"] = run(pg.url, pg.pid, args.calls, args.rounds)
         finally:
             pg.stop()
     print(f"{'database':<11} {'step':<21} {'us/call':>8} {'spread':>7} {'vs row':>7}")

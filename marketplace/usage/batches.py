@@ -31,16 +31,15 @@ from marketplace.usage.receipts import Domain, Receipt
 _COLUMNS = ", ".join(Receipt._fields)
 _PRICE = Receipt._fields.index("price")
 _SEQUENCE = Receipt._fields.index("sequence")
-_WAITING = text(
+_WAITING_SQL = (
     f"SELECT {_COLUMNS} FROM usage_receipts"  # noqa: S608 (constants only)
     " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size"
 )
+_WAITING = text(_WAITING_SQL)
 # SQLite: the rows as one JSON text, in one step (a step per row lets go of the GIL and
 # waits to take it back each time: 10,000 waits behind the request threads under load)
 _WAITING_SQLITE = text(
-    f"SELECT json_group_array(json_array({_COLUMNS})) FROM"  # noqa: S608 (constants only)
-    f" (SELECT {_COLUMNS} FROM usage_receipts"
-    " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size)"
+    f"SELECT json_group_array(json_array({_COLUMNS})) FROM ({_WAITING_SQL})"  # noqa: S608
 )
 # `batch_id IS NULL` is re-checked row by row: a receipt is never in two batches
 _ASSIGN_SQLITE = text(

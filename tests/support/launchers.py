@@ -119,6 +119,11 @@ class Postgres:
     url: str  # admin URL (postgresql+psycopg://postgres@127.0.0.1:PORT/postgres)
     root: Path
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid (its children are the backends)."""
+        return int((self.root / "data/postmaster.pid").read_text().split()[0])
+
     def restart(self) -> None:
         """Restart the cluster ("fast": open sessions are cut, as in a failover or an
         upgrade), on the same port and files."""
