@@ -5,6 +5,8 @@ CLI command pays for it before it does anything."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from inference.limits import Limits
 from inference.runtime import RuntimeSettings
 from marketplace.chain.artifacts import Deployment
@@ -18,6 +20,9 @@ from marketplace.indexer.follow import Indexer
 from marketplace.indexer.model_checks import ModelChecks
 from storage.backends import open_store
 from storage.store import ContentStore
+
+if TYPE_CHECKING:
+    from marketplace.usage.anchoring import BatchBuilder
 
 
 def runtime_settings(settings: Settings) -> RuntimeSettings:
@@ -88,4 +93,21 @@ def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
             card_timeout=settings.storage_timeout,
             models=model_checks(settings),
         ),
+    )
+
+
+def make_batch_builder(settings: Settings) -> BatchBuilder | None:
+    """The receipt batch builder the leading indexer runs after each pass (None when the
+    deployment names no UsageAnchors: no receipts to build)."""
+    from marketplace.usage.anchoring import BatchBuilder
+    from marketplace.usage.receipts import Domain
+
+    deployment = load_deployment(settings)
+    if deployment.anchors is None:
+        return None
+    return BatchBuilder(
+        make_engine(settings.db_url, timeout=settings.db_timeout),
+        Domain(deployment.chain_id, deployment.anchors.lower()),
+        period=settings.anchor_period,
+        max_calls=settings.anchor_max_calls,
     )

@@ -45,7 +45,7 @@ def run() -> None:
         signal.signal(sig, lambda *_: stop.set())
     # The embedded default is the one thing that starts devstack; production runs the
     # gateway and the indexer as their own processes against a real chain.
-    from marketplace.bootstrap import make_indexer
+    from marketplace.bootstrap import make_batch_builder, make_indexer
     from marketplace.devstack.deploy import running
     from marketplace.devstack.serve import start_gateway
 
@@ -62,7 +62,11 @@ def run() -> None:
         out.print(f"  start block  {deployment.start_block}")
         migrate(settings.db_url)
         idx = make_indexer(settings, rpc_url)
-        worker = threading.Thread(target=_follow, args=(idx, stop), name="indexer", daemon=True)
+        builder = make_batch_builder(settings)
+        jobs = [builder.run_once] if builder is not None else []
+        worker = threading.Thread(
+            target=_follow, args=(idx, stop, jobs), name="indexer", daemon=True
+        )
         worker.start()
         out.print(f"  database     {settings.db_url}")
         confirmations = f"{settings.confirmations} confirmations"
@@ -110,8 +114,11 @@ def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) 
     out.print("    modelmarket infer 1 --input in.json --x402   (your wallet pays)", markup=False)
 
 
-def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
-    """The embedded default's indexer loop: progress and errors on the terminal."""
+def _follow(
+    idx: Indexer, stop: threading.Event, jobs: list[Callable[[], object]], interval: float = 1.0
+) -> None:
+    """The embedded default's indexer loop: progress and errors on the terminal; `jobs`
+    (the receipt batch builder) after each pass."""
     from marketplace.indexer.follow import RunResult, follow
 
     def shown(result: RunResult) -> None:
@@ -126,6 +133,7 @@ def _follow(idx: Indexer, stop: threading.Event, interval: float = 1.0) -> None:
         interval=interval,
         on_result=shown,
         on_error=lambda text: out.print(f"• indexer: {text}", markup=False),
+        jobs=jobs,
     )
 
 
@@ -171,7 +179,7 @@ def indexer(once: bool, interval: float) -> None:
     from rich.progress import Progress as Bar
 
     from marketplace import logs
-    from marketplace.bootstrap import make_indexer
+    from marketplace.bootstrap import make_batch_builder, make_indexer
     from marketplace.db.engine import make_engine
     from marketplace.db.migrate import migrate
     from marketplace.indexer.follow import Progress, RunResult, follow
@@ -212,6 +220,7 @@ def indexer(once: bool, interval: float) -> None:
         else:
             # on PostgreSQL, one indexer works and the others stand by to take over
             leadership = Leadership(make_engine(settings.db_url, timeout=settings.db_timeout))
+            builder = make_batch_builder(settings)  # receipt batches: built by the leader
             follow(
                 idx,
                 stop,
@@ -221,6 +230,7 @@ def indexer(once: bool, interval: float) -> None:
                 on_error=lambda text: out.print(f"indexer: {text}", markup=False),
                 leadership=leadership,
                 on_role=lambda role: out.print(f"indexer {leadership.holder}: {role}"),
+                jobs=[builder.run_once] if builder is not None else [],
             )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,15 +210,27 @@ def follow(
     progress: Callable[[Progress], None] | None = None,
     leadership: Leadership | None = None,
     on_role: Callable[[str], None] | None = None,
+    jobs: Sequence[Callable[[], object]] = (),
 ) -> None:
     """Follow the chain until `stop` is set. Never dies: any error is logged, recorded
     where health checks read it (`health`), and retried after a backoff that doubles up
     to `max_backoff` and resets after a good pass. With `leadership`, only while this
     process leads; a standby polls for the lead every `interval` (`on_role` hears
-    "leader" and "standby" as they change)."""
+    "leader" and "standby" as they change). `jobs` run after each good pass, by the
+    leader alone (the receipt batch builder); one that fails is logged and run again
+    at the next pass, and fails no pass."""
     try:
         _follow(
-            idx, stop, interval, max_backoff, on_result, on_error, progress, leadership, on_role
+            idx,
+            stop,
+            interval,
+            max_backoff,
+            on_result,
+            on_error,
+            progress,
+            leadership,
+            on_role,
+            jobs,
         )
     finally:
         if leadership is not None:
@@ -235,9 +247,11 @@ def _follow(
     progress: Callable[[Progress], None] | None,
     leadership: Leadership | None,
     on_role: Callable[[str], None] | None,
+    jobs: Sequence[Callable[[], object]],
 ) -> None:
     delay = interval
     role = ""
+    failing: set[int] = set()  # the jobs whose last run failed (logged once a streak)
     while not stop.is_set():
         try:
             leads = leadership is None or leadership.ensure()
@@ -275,6 +289,15 @@ def _follow(
         idx.record_pass(None, leadership.holder if leadership is not None else None)
         if on_result is not None:
             on_result(result)
+        for number, job in enumerate(jobs):
+            try:
+                job()
+            except Exception:
+                if number not in failing:
+                    log.warning("an indexer job failed (will retry)", exc_info=True)
+                failing.add(number)
+            else:
+                failing.discard(number)
         stop.wait(interval)
 
 

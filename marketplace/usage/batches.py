@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, func, insert, select, text, update
+from sqlalchemy import Engine, Row, func, insert, not_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -70,21 +70,38 @@ def to_receipt(row: Any) -> Receipt:
     return Receipt(*(getattr(row, name) for name in Receipt._fields))
 
 
-def claim_building(engine: Engine, gateway: str, holder: str, now: float, ttl: float) -> bool:
-    """Whether this worker builds `gateway`'s batches for the next `ttl` seconds: one
-    worker at a time hashes them (two would compute the same tree, one in vain)."""
+# a builder's name starts with this when it is the leading indexer (a gateway worker's is
+# host:pid, and a host name holds no colon)
+INDEXER_BUILDER = "indexer:"
+
+
+def claim_building(
+    engine: Engine, gateway: str, holder: str, now: float, ttl: float, *, preempt: bool = False
+) -> bool:
+    """Whether `holder` builds `gateway`'s batches for the next `ttl` seconds: one
+    process at a time hashes them (two would compute the same tree, one in vain). With
+    `preempt` (the indexer), a gateway worker's turn is taken at once: builds belong off
+    the serving workers whenever an indexer runs."""
+    free = (
+        (ReceiptSequence.builder == holder)
+        | ReceiptSequence.build_until.is_(None)
+        | (ReceiptSequence.build_until < now)
+    )
+    if preempt:
+        free = free | not_(ReceiptSequence.builder.startswith(INDEXER_BUILDER, autoescape=True))
     with engine.begin() as conn:
         got = conn.execute(
             update(ReceiptSequence)
-            .where(
-                ReceiptSequence.gateway == gateway,
-                (ReceiptSequence.builder == holder)
-                | ReceiptSequence.build_until.is_(None)
-                | (ReceiptSequence.build_until < now),
-            )
+            .where(ReceiptSequence.gateway == gateway, free)
             .values(builder=holder, build_until=now + ttl)
         )
     return got.rowcount == 1
+
+
+def gateways(engine: Engine) -> list[str]:
+    """Every gateway that has issued receipts (it took sequence numbers)."""
+    with engine.connect() as conn:
+        return list(conn.scalars(select(ReceiptSequence.gateway).order_by(ReceiptSequence.gateway)))
 
 
 def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None]:
