@@ -4,7 +4,9 @@ minimal Flask endpoint running the same session, under gunicorn (what ships) and
 on and off, at 1 and 16 connections (wrk). Every configuration is up at once and the
 runs interleave (run 1 of every cell, then run 2, ...), so drift on these noisy machines
 hits them alike; each cell shows its best run, the spread over runs, and the CPU the server's
-processes (and PostgreSQL's) used per request, read from /proc. Then, one connection,
+processes (and PostgreSQL's) used per request, read from /proc. A `modelmarket indexer`
+runs on each database throughout, as in production: it builds the receipt batches the
+paid servers' workers anchor, and its CPU counts as the paid server's. Then, one connection,
 call after call: an x402 `exact` call (verify + reserve + inference + settle on anvil,
 which mines at once) beside a prepaid call, each signed in advance; and what a usage
 receipt costs on the request thread.
@@ -20,7 +22,9 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -160,17 +164,15 @@ def tree_cpu(pid: int | None) -> float:
 
 def measure(
     server: Server, url: str, request: tuple[bytes, dict[str, str]], conns: int, seconds: int,
-    work: Path, db_pid: int | None,
+    work: Path, db_pid: int | None, indexer_pid: int | None = None,
 ) -> Cell:  # fmt: skip
-    """One wrk run, with the CPU the server (all its processes) and the database used
-    per request meanwhile."""
-    cpu, db = tree_cpu(server.process.pid), tree_cpu(db_pid)
+    """One wrk run, with the CPU the server (all its processes, and the indexer that
+    builds its receipt batches) and the database used per request meanwhile."""
+    server_cpu = lambda: tree_cpu(server.process.pid) + tree_cpu(indexer_pid)  # noqa: E731
+    cpu, db = server_cpu(), tree_cpu(db_pid)
     rps, p50, p99, bad, total = wrk(url, request[0], request[1], conns, seconds, work)
     per = 1e6 / max(total, 1)
-    return (
-        rps, p50, p99, bad,
-        (tree_cpu(server.process.pid) - cpu) * per, (tree_cpu(db_pid) - db) * per,
-    )  # fmt: skip
+    return rps, p50, p99, bad, (server_cpu() - cpu) * per, (tree_cpu(db_pid) - db) * per
 
 
 def start(
@@ -222,6 +224,21 @@ class Market:
         self.node.stop()
         if self.pg:
             self.pg.stop()
+
+
+def start_indexer(m: Market, database: str, log: Path) -> subprocess.Popen[bytes]:
+    """`modelmarket indexer` on `database`, as production runs it beside the gateways: it
+    leads, and builds the receipt batches the gateways' workers then anchor."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
+    env |= m.env(database, MODELMARKET_CONFIRMATIONS="0")
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "marketplace.cli", "indexer"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
 
 
 def prepare(work: Path, postgres: bool = True) -> Market:
@@ -296,13 +313,16 @@ def main() -> int:
     samples: dict[tuple[str, str, str, int], list[Cell]] = {}
     x402_rows: dict[str, tuple[list[float], list[float]]] = {}
     m = prepare(work)
+    indexers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         model_ids, bodies, databases, keys_of, pg_pid = (
             m.model_ids, m.bodies, m.databases, m.keys_of, m.pg_pid
         )  # fmt: skip
+        for name in databases:
+            indexers[name] = start_indexer(m, name, work / f"indexer-{name}.log")
         for kind in args.servers.split(","):
             # every configuration up at once, runs interleaved: drift hits them alike
-            configs: dict[str, tuple[Server, str, int | None]] = {}
+            configs: dict[str, tuple[Server, str, int | None, int | None]] = {}
             paid_by: dict[str, str] = {}  # configuration -> the buyer's key in its database
             for label in MODELS:
                 unpaid = start(
@@ -311,7 +331,7 @@ def main() -> int:
                     args.workers,
                 )  # fmt: skip
                 running.append(unpaid)
-                configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None)
+                configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None, None)
             for name in databases:
                 for receipts in ("on", "off"):
                     env = m.env(name, MODELMARKET_RECEIPTS="true" if receipts == "on" else "false")
@@ -324,20 +344,25 @@ def main() -> int:
                     for label in MODELS:
                         if label == "iris" or (name == "sqlite" and receipts == "on"):
                             path = f"{paid.url}/v2/models/{model_ids[label]}/infer"
-                            configs[f"{name} receipts {receipts} {label}"] = (paid, path, db_pid)
+                            configs[f"{name} receipts {receipts} {label}"] = (
+                                paid, path, db_pid, indexers[name].pid
+                            )  # fmt: skip
                             paid_by[f"{name} receipts {receipts} {label}"] = keys_of[name]
             for _ in range(args.runs):
-                for config, (server, url, db_pid) in configs.items():
+                for config, (server, url, db_pid, indexer_pid) in configs.items():
                     label = config.rsplit(" ", 1)[1]
                     body, headers = bodies[label]
                     if config in paid_by:
                         headers = {**headers, "Authorization": f"Bearer {paid_by[config]}"}
                     for c in MODELS[label][2]:
-                        cell = measure(server, url, (body, headers), c, args.seconds, work, db_pid)
+                        cell = measure(
+                            server, url, (body, headers), c, args.seconds, work, db_pid,
+                            indexer_pid,
+                        )  # fmt: skip
                         samples.setdefault((kind, label, config, c), []).append(cell)
             if kind == "gunicorn":
                 for name in databases:
-                    server, url, _ = configs[f"{name} receipts on iris"]
+                    server, url, *_ = configs[f"{name} receipts on iris"]
                     x402_rows[name] = x402_latency(url, bodies["iris"], keys_of[name])
             for server in running:
                 server.stop()
@@ -345,6 +370,9 @@ def main() -> int:
     finally:
         for server in running:
             server.stop()
+        for indexer in indexers.values():
+            os.killpg(indexer.pid, signal.SIGTERM)
+            indexer.wait(10)
         m.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(samples, x402_rows, args)
