@@ -6,7 +6,7 @@ runs interleave (run 1 of every cell, then run 2, ...), so drift on these noisy 
 hits them alike; each cell shows its best run, the spread over runs, and the CPU the server's
 processes (and PostgreSQL's) used per request, read from /proc. A `modelmarket indexer`
 runs on each database throughout, as in production: it builds the receipt batches the
-paid servers' workers anchor, and its CPU counts as the paid server's. Then, one connection,
+paid servers' workers anchor (its CPU is shown per receipt, apart). Then, one connection,
 call after call: an x402 `exact` call (verify + reserve + inference + settle on anvil,
 which mines at once) beside a prepaid call, each signed in advance; and what a usage
 receipt costs on the request thread.
@@ -164,15 +164,17 @@ def tree_cpu(pid: int | None) -> float:
 
 def measure(
     server: Server, url: str, request: tuple[bytes, dict[str, str]], conns: int, seconds: int,
-    work: Path, db_pid: int | None, indexer_pid: int | None = None,
+    work: Path, db_pid: int | None,
 ) -> Cell:  # fmt: skip
-    """One wrk run, with the CPU the server (all its processes, and the indexer that
-    builds its receipt batches) and the database used per request meanwhile."""
-    server_cpu = lambda: tree_cpu(server.process.pid) + tree_cpu(indexer_pid)  # noqa: E731
-    cpu, db = server_cpu(), tree_cpu(db_pid)
+    """One wrk run, with the CPU the server (all its processes) and the database used
+    per request meanwhile."""
+    cpu, db = tree_cpu(server.process.pid), tree_cpu(db_pid)
     rps, p50, p99, bad, total = wrk(url, request[0], request[1], conns, seconds, work)
     per = 1e6 / max(total, 1)
-    return rps, p50, p99, bad, (server_cpu() - cpu) * per, (tree_cpu(db_pid) - db) * per
+    return (
+        rps, p50, p99, bad,
+        (tree_cpu(server.process.pid) - cpu) * per, (tree_cpu(db_pid) - db) * per,
+    )  # fmt: skip
 
 
 def start(
@@ -228,7 +230,9 @@ class Market:
 
 def start_indexer(m: Market, database: str, log: Path) -> subprocess.Popen[bytes]:
     """`modelmarket indexer` on `database`, as production runs it beside the gateways: it
-    leads, and builds the receipt batches the gateways' workers then anchor."""
+    leads, and builds the receipt batches the gateways' workers then anchor. Its CPU is
+    reported per receipt, apart from the cells: a build of one cell's receipts may run
+    during another cell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELMARKET_")}
     env |= m.env(database, MODELMARKET_CONFIRMATIONS="0")
     with open(log, "ab") as out:
@@ -320,9 +324,10 @@ def main() -> int:
         )  # fmt: skip
         for name in databases:
             indexers[name] = start_indexer(m, name, work / f"indexer-{name}.log")
+        started = {name: tree_cpu(p.pid) for name, p in indexers.items()}
         for kind in args.servers.split(","):
             # every configuration up at once, runs interleaved: drift hits them alike
-            configs: dict[str, tuple[Server, str, int | None, int | None]] = {}
+            configs: dict[str, tuple[Server, str, int | None]] = {}
             paid_by: dict[str, str] = {}  # configuration -> the buyer's key in its database
             for label in MODELS:
                 unpaid = start(
@@ -331,7 +336,7 @@ def main() -> int:
                     args.workers,
                 )  # fmt: skip
                 running.append(unpaid)
-                configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None, None)
+                configs[f"unpaid {label}"] = (unpaid, f"{unpaid.url}/infer", None)
             for name in databases:
                 for receipts in ("on", "off"):
                     env = m.env(name, MODELMARKET_RECEIPTS="true" if receipts == "on" else "false")
@@ -344,39 +349,62 @@ def main() -> int:
                     for label in MODELS:
                         if label == "iris" or (name == "sqlite" and receipts == "on"):
                             path = f"{paid.url}/v2/models/{model_ids[label]}/infer"
-                            configs[f"{name} receipts {receipts} {label}"] = (
-                                paid, path, db_pid, indexers[name].pid
-                            )  # fmt: skip
+                            configs[f"{name} receipts {receipts} {label}"] = (paid, path, db_pid)
                             paid_by[f"{name} receipts {receipts} {label}"] = keys_of[name]
             for _ in range(args.runs):
-                for config, (server, url, db_pid, indexer_pid) in configs.items():
+                for config, (server, url, db_pid) in configs.items():
                     label = config.rsplit(" ", 1)[1]
                     body, headers = bodies[label]
                     if config in paid_by:
                         headers = {**headers, "Authorization": f"Bearer {paid_by[config]}"}
                     for c in MODELS[label][2]:
-                        cell = measure(
-                            server, url, (body, headers), c, args.seconds, work, db_pid,
-                            indexer_pid,
-                        )  # fmt: skip
+                        for name, indexer in indexers.items():
+                            if indexer.poll() is not None:  # else the workers would build
+                                raise RuntimeError(f"the {name} indexer stopped; see {work}")
+                        cell = measure(server, url, (body, headers), c, args.seconds, work, db_pid)
                         samples.setdefault((kind, label, config, c), []).append(cell)
             if kind == "gunicorn":
                 for name in databases:
-                    server, url, *_ = configs[f"{name} receipts on iris"]
+                    server, url, _ = configs[f"{name} receipts on iris"]
                     x402_rows[name] = x402_latency(url, bodies["iris"], keys_of[name])
             for server in running:
                 server.stop()
             running.clear()
+        builds = {
+            name: (tree_cpu(indexers[name].pid) - started[name], receipts_issued(url))
+            for name, url in databases.items()
+        }
     finally:
         for server in running:
             server.stop()
         for indexer in indexers.values():
             os.killpg(indexer.pid, signal.SIGTERM)
-            indexer.wait(10)
+            try:
+                indexer.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(indexer.pid, signal.SIGKILL)
+                indexer.wait()
         m.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(samples, x402_rows, args)
+    print()
+    print("the indexer beside the servers (batch builds; its CPU is in no cell above)")
+    for name, (cpu, issued) in builds.items():
+        print(f"{name:<11}{issued:>9,} receipts {cpu / max(issued, 1) * 1e6:>7.1f} us a receipt")
     return 0
+
+
+def receipts_issued(url: str) -> int:
+    """Receipts written on the database at `url`, batched or waiting."""
+    from sqlalchemy import func, select
+
+    from marketplace.db.tables import UsageReceiptRow
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(UsageReceiptRow)).scalar_one()
+    engine.dispose()
+    return int(count)
 
 
 def report(

@@ -21,7 +21,7 @@ from marketplace.indexer.model_checks import ModelChecks
 from storage.backends import open_store
 from storage.store import ContentStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when first built: the CLI's other commands need none of it
     from marketplace.usage.anchoring import BatchBuilder
 
 
@@ -96,18 +96,12 @@ def make_indexer(settings: Settings, rpc_url: str | None = None) -> Indexer:
     )
 
 
-def make_batch_builder(settings: Settings) -> BatchBuilder | None:
-    """The receipt batch builder the leading indexer runs after each pass (None when the
-    deployment names no UsageAnchors: no receipts to build)."""
+def make_batch_builder(settings: Settings) -> BatchBuilder:
+    """The receipt batch builder the leading indexer runs after each pass."""
     from marketplace.usage.anchoring import BatchBuilder
-    from marketplace.usage.receipts import Domain
 
-    deployment = load_deployment(settings)
-    if deployment.anchors is None:
-        return None
     return BatchBuilder(
         make_engine(settings.db_url, timeout=settings.db_timeout),
-        Domain(deployment.chain_id, deployment.anchors.lower()),
         period=settings.anchor_period,
         max_calls=settings.anchor_max_calls,
     )

@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     anchor_period: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds a receipt waits at most before its batch is closed (by the"
+        description="Seconds a receipt waits before its batch is closed (by the"
         " leading indexer; by a gateway worker when no indexer runs) and its root anchored"
         " (one transaction per batch). Give indexers and gateways the same.",
     )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from marketplace.chain.artifacts import Deployment
     from marketplace.indexer.follow import Indexer
+    from marketplace.usage.anchoring import BatchBuilder
 
 
 @main.command()
@@ -62,10 +63,9 @@ def run() -> None:
         out.print(f"  start block  {deployment.start_block}")
         migrate(settings.db_url)
         idx = make_indexer(settings, rpc_url)
-        builder = make_batch_builder(settings)
-        jobs = [builder.run_once] if builder is not None else []
+        builder = make_batch_builder(settings)  # receipt batches: built by this indexer
         worker = threading.Thread(
-            target=_follow, args=(idx, stop, jobs), name="indexer", daemon=True
+            target=_follow, args=(idx, stop, [builder.run_once]), name="indexer", daemon=True
         )
         worker.start()
         out.print(f"  database     {settings.db_url}")
@@ -92,8 +92,18 @@ def run() -> None:
         finally:
             gateway.stop()  # its workers give their leased calls back on the way out
         worker.join(10)
+        _stand_down(builder)
         out.print("stopping…")
     out.print("stopped.")
+
+
+def _stand_down(builder: BatchBuilder) -> None:
+    """Give up the builder's batch-building turns (stopping, or no longer leading), so
+    the gateways' workers or the next leader build at once, not after the turn lapses."""
+    try:
+        builder.close()
+    except Exception as exc:  # the database is gone: the turn lapses by itself
+        out.print(f"• could not give up the batch-building turn ({type(exc).__name__})")
 
 
 def _open_demo_market(settings: Settings, rpc_url: str, deployment: Deployment) -> None:
@@ -221,6 +231,12 @@ def indexer(once: bool, interval: float) -> None:
             # on PostgreSQL, one indexer works and the others stand by to take over
             leadership = Leadership(make_engine(settings.db_url, timeout=settings.db_timeout))
             builder = make_batch_builder(settings)  # receipt batches: built by the leader
+
+            def role_changed(role: str) -> None:
+                out.print(f"indexer {leadership.holder}: {role}")
+                if role == "standby":
+                    _stand_down(builder)
+
             follow(
                 idx,
                 stop,
@@ -229,9 +245,10 @@ def indexer(once: bool, interval: float) -> None:
                 on_result=lambda r: done(r) if r.events or r.reorged_from is not None else None,
                 on_error=lambda text: out.print(f"indexer: {text}", markup=False),
                 leadership=leadership,
-                on_role=lambda role: out.print(f"indexer {leadership.holder}: {role}"),
-                jobs=[builder.run_once] if builder is not None else [],
+                on_role=role_changed,
+                jobs=[builder.run_once],
             )
+            _stand_down(builder)
 
 
 @main.command()

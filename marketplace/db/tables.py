@@ -380,5 +380,8 @@ class ReceiptSequence(Base):
 
     gateway: Mapped[str] = mapped_column(String(42), primary_key=True)
     next: Mapped[int] = mapped_column(BigInteger)
-    builder: Mapped[str | None] = mapped_column(String(64))  # the worker building batches
-    build_until: Mapped[float | None]  # its turn ends (a dead worker's, too)
+    builder: Mapped[str | None] = mapped_column(String(64))  # the process building batches
+    build_until: Mapped[float | None]  # its turn ends (a dead builder's, too)
+    # the EIP-712 domain the gateway issues its receipts under (its UsageAnchors)
+    chain_id: Mapped[int | None] = mapped_column(BigInteger)
+    anchors: Mapped[str | None] = mapped_column(String(42))

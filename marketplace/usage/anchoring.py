@@ -56,7 +56,7 @@ class ReceiptIssuer:
                     self._numbers, self._spare = self._spare, None
                 else:  # the first block, or the background fetch fell behind
                     self._numbers = batches.reserve_sequences(
-                        self.engine, self.gateway, SEQUENCE_BLOCK
+                        self.engine, self.gateway, SEQUENCE_BLOCK, self.domain
                     )
                 self._next = 0
             number = self._numbers[self._next]
@@ -74,7 +74,9 @@ class ReceiptIssuer:
 
     def _fetch_spare(self) -> None:
         try:
-            spare = batches.reserve_sequences(self.engine, self.gateway, SEQUENCE_BLOCK)
+            spare = batches.reserve_sequences(
+                self.engine, self.gateway, SEQUENCE_BLOCK, self.domain
+            )
             with self._lock:
                 self._spare = spare
         except Exception:  # the request thread takes one itself when this one runs out
@@ -127,56 +129,67 @@ def build_due(
     preempt: bool = False,
 ) -> int:
     """Build `gateway`'s batches that are due at `now` (a full one, or one whose oldest
-    receipt has waited `period`) if `holder` has the building turn (taken, or renewed,
-    for `ttl` seconds; `preempt`: see `batches.claim_building`). How many it built."""
-    if not batches.claim_building(engine, gateway, holder, time.time(), ttl, preempt=preempt):
-        return 0
+    receipt has waited `period`) while `holder` has the building turn (taken, or renewed,
+    for `ttl` seconds, before each batch: a worker whose turn the indexer took stops
+    after the batch in hand; `preempt`: see `batches.claim_building`). How many it
+    built. A build that fails gives the turn up, so another process may try."""
     built = 0
-    while True:
-        waiting, oldest = batches.unbatched(engine, gateway, max_calls)
-        if not waiting or (waiting < max_calls and oldest is not None and oldest > now - period):
-            return built
-        batch = batches.build_batch(engine, gateway, max_calls, domain, now)
-        if batch is None:
-            return built
-        log.info("built receipt batch %s for gateway %s", batch, gateway)
-        built += 1
+    try:
+        while batches.claim_building(engine, gateway, holder, time.time(), ttl, preempt=preempt):
+            waiting, oldest = batches.unbatched(engine, gateway, max_calls)
+            if not waiting or (
+                waiting < max_calls and oldest is not None and oldest > now - period
+            ):
+                break
+            batch = batches.build_batch(engine, gateway, max_calls, domain, now)
+            if batch is None:
+                break
+            log.info("built receipt batch %s for gateway %s", batch, gateway)
+            built += 1
+    except Exception:
+        batches.release_building(engine, holder)
+        raise
+    return built
 
 
 class BatchBuilder:
     """Builds every gateway's due batches from the leading indexer (`modelmarket
     indexer`, or the one `modelmarket run` holds), so the serving workers spend none of
     their GIL on Merkle trees (~17 us a receipt) and only send the roots built for them,
-    from their key. Its turn preempts a worker's; if the indexer stops, the turn lapses
-    after `ttl` and the gateway's workers build their own again."""
+    from their key. Each gateway's receipts are hashed under the domain the gateway
+    recorded (`batches.reserve_sequences`). Its turn preempts a worker's at its next
+    run; if the indexer stops (`close`), or its turn lapses after `ttl` (it died, or a
+    pass ran longer), the gateway's workers build their own again."""
 
-    def __init__(
-        self, engine: Engine, domain: Domain, *, period: float, max_calls: int, ttl: float = 30.0
-    ) -> None:
+    def __init__(self, engine: Engine, *, period: float, max_calls: int, ttl: float = 30.0) -> None:
         self.engine = engine
-        self.domain = domain
         self.period = period
         self.max_calls = max_calls
         self.ttl = ttl
+        self.holder = f"{batches.INDEXER_BUILDER}{socket.gethostname()[:40]}:{os.getpid()}"
 
     def run_once(self, now: float | None = None) -> int:
         """Build what is due for every gateway; how many batches it built."""
         now = time.time() if now is None else now
-        holder = f"{batches.INDEXER_BUILDER}{socket.gethostname()[:40]}:{os.getpid()}"
         return sum(
             build_due(
                 self.engine,
                 gateway,
-                self.domain,
-                holder=holder,
+                domain,
+                holder=self.holder,
                 ttl=self.ttl,
                 period=self.period,
                 max_calls=self.max_calls,
                 now=now,
                 preempt=True,
             )
-            for gateway in batches.gateways(self.engine)
+            for gateway, domain in batches.issuers(self.engine)
         )
+
+    def close(self) -> None:
+        """Give up this builder's turns (the indexer stops or stands down): the workers, or
+        the next leader, build at once instead of after `ttl`."""
+        batches.release_building(self.engine, self.holder)
 
 
 class Anchorer:
@@ -220,7 +233,7 @@ class Anchorer:
             self.engine,
             gateway,
             domain,
-            holder=f"{socket.gethostname()[:40]}:{os.getpid()}",
+            holder=f"{batches.WORKER_BUILDER}{socket.gethostname()[:40]}:{os.getpid()}",
             ttl=3 * self.tick + 5,  # a dead builder hands over after this
             period=self.period,
             max_calls=self.max_calls,

@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, func, insert, not_, select, text, update
+from sqlalchemy import Engine, Row, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -52,14 +52,19 @@ _ASSIGN_PG = text(
 )
 
 
-def reserve_sequences(engine: Engine, gateway: str, size: int) -> range:
+def reserve_sequences(engine: Engine, gateway: str, size: int, domain: Domain) -> range:
     """The next `size` sequence numbers of `gateway`, for this worker alone. Numbers a
-    stopped worker had not used are never used: sequences are unique, not dense."""
+    stopped worker had not used are never used: sequences are unique, not dense. The
+    domain its receipts are issued under is recorded with them: the batch builder (in
+    another process, maybe with another deployment record) hashes them under it."""
+    where = {"chain_id": domain.chain_id, "anchors": domain.anchors}
     with engine.begin() as conn:  # one statement: two first workers cannot both insert
-        upsert = dialect_insert(conn, ReceiptSequence).values(gateway=gateway, next=1 + size)
+        upsert = dialect_insert(conn, ReceiptSequence).values(
+            gateway=gateway, next=1 + size, **where
+        )
         taken = conn.execute(
             upsert.on_conflict_do_update(
-                index_elements=["gateway"], set_={"next": ReceiptSequence.next + size}
+                index_elements=["gateway"], set_={"next": ReceiptSequence.next + size, **where}
             ).returning(ReceiptSequence.next)
         ).scalar_one()
     return range(int(taken) - size, int(taken))
@@ -70,9 +75,9 @@ def to_receipt(row: Any) -> Receipt:
     return Receipt(*(getattr(row, name) for name in Receipt._fields))
 
 
-# a builder's name starts with this when it is the leading indexer (a gateway worker's is
-# host:pid, and a host name holds no colon)
-INDEXER_BUILDER = "indexer:"
+# whose turn it is to build, by the holder's first word: the leading indexer's or a
+# gateway worker's ("indexer:host:pid", "worker:host:pid")
+INDEXER_BUILDER, WORKER_BUILDER = "indexer:", "worker:"
 
 
 def claim_building(
@@ -88,7 +93,7 @@ def claim_building(
         | (ReceiptSequence.build_until < now)
     )
     if preempt:
-        free = free | not_(ReceiptSequence.builder.startswith(INDEXER_BUILDER, autoescape=True))
+        free = free | ReceiptSequence.builder.startswith(WORKER_BUILDER, autoescape=True)
     with engine.begin() as conn:
         got = conn.execute(
             update(ReceiptSequence)
@@ -98,10 +103,24 @@ def claim_building(
     return got.rowcount == 1
 
 
-def gateways(engine: Engine) -> list[str]:
-    """Every gateway that has issued receipts (it took sequence numbers)."""
+def release_building(engine: Engine, holder: str) -> None:
+    """Give up every building turn `holder` has (it stops, or its build failed): the
+    next in line need not wait for the turn to lapse."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(ReceiptSequence)
+            .where(ReceiptSequence.builder == holder)
+            .values(builder=None, build_until=None)
+        )
+
+
+def issuers(engine: Engine) -> list[tuple[str, Domain]]:
+    """Every gateway that has issued receipts (it took sequence numbers), with the domain
+    it issues them under."""
+    query = select(ReceiptSequence.gateway, ReceiptSequence.chain_id, ReceiptSequence.anchors)
     with engine.connect() as conn:
-        return list(conn.scalars(select(ReceiptSequence.gateway).order_by(ReceiptSequence.gateway)))
+        rows = conn.execute(query.order_by(ReceiptSequence.gateway)).all()
+    return [(g, Domain(int(c), a)) for g, c, a in rows if c is not None and a is not None]
 
 
 def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None]:

@@ -14,50 +14,76 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from inference import codecs
 from marketplace.bootstrap import make_batch_builder
+from marketplace.chain.transactions import Signer
 from marketplace.db.engine import make_engine
 from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
 from marketplace.devstack.anvil import dev_key
-from tests.integration.test_audit import counts, gateway, paid_calls, rows_for
+from marketplace.usage import batches, receipts
+from tests.integration.test_audit import (
+    counts,
+    gateway,
+    paid_calls,
+    reader,
+    receipt_and_proof,
+    rows_for,
+)
 from tests.support.replicas import replica_env, serve
 from tests.support.world import SETTLER, World
 
 pytestmark = pytest.mark.slow
 
 
+def holder(world: World) -> str | None:
+    """Who has the building turn of the world's gateway."""
+    with make_engine(world.settings.db_url).connect() as conn:
+        return conn.execute(select(ReceiptSequence.builder)).scalar_one()
+
+
+@pytest.mark.parametrize("which", ["world", "pg_world"])
 def test_the_indexer_builds_batches_and_a_worker_only_anchors_them(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    which: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ):
-    """The indexer's building turn preempts a worker's, the worker anchors what the
-    indexer built and builds nothing meanwhile; once the indexer's turn lapses (it
-    stopped), the worker builds again."""
+    """The indexer's building turn preempts a worker's, not another indexer's; the
+    worker anchors what the indexer built, under the gateway's own domain, and builds
+    nothing meanwhile; once the indexer stands down, the worker builds again."""
+    from marketplace.usage.verify import check_receipt
+
+    world: World = request.getfixturevalue(which)
     gw = gateway(world)
     monkeypatch.setattr(gw.anchorer, "start", lambda: None)  # rounds only when called
     gw.anchorer.stop()
     gw.anchorer.period = 3600.0
-    paid_calls(world, prepaid=6, x402=0)
-    assert gw.anchorer.run_once() == 0  # the worker takes the turn; nothing due yet
-    builder = make_batch_builder(world.settings.model_copy(update={"anchor_period": 3600.0}))
-    assert builder is not None
+    served = paid_calls(world, prepaid=6, x402=0)
+    assert gw.anchorer.run_once() == 0  # nothing due yet; the worker has the turn
+    assert (holder(world) or "").startswith("worker:")
+    settings = world.settings.model_copy(update={"anchor_period": 3600.0})
+    builder = make_batch_builder(settings)
+    builder.ttl = 3600.0  # lapses only when the test says
     later = time.time() + 3600  # the period has closed
     assert builder.run_once(later) == 1  # the worker's turn taken at once
+    assert holder(world) == builder.holder
     assert counts(world) == (6, 1, 0)  # built, not on-chain yet
 
     paid_calls(world, prepaid=4, x402=0)
+    other = make_batch_builder(settings)  # a second indexer (after a failover, say)
+    other.holder = "indexer:other-host:1"
+    assert other.run_once(later + 3600) == 0  # the first one's turn is not taken
     assert gw.anchorer.run_once(later + 3600) == 1  # sends the indexer's batch
     assert counts(world) == (10, 1, 6)  # and built none: the 4 new receipts still wait
+    chain = reader(world, gw)
+    for inference_id in served:
+        receipt, proof = receipt_and_proof(gw, inference_id)
+        assert check_receipt(receipt, gw.receipt_domain(), proof, chain).ok
 
-    engine = make_engine(world.settings.db_url)
-    with engine.begin() as conn:  # the indexer stopped and its turn ran out (ttl 30 s)
-        conn.execute(update(ReceiptSequence).values(build_until=time.time() - 1))
+    builder.close()  # the indexer stops: the turn is free at once
+    assert holder(world) is None
     assert gw.anchorer.run_once(later + 3600) == 1
     assert counts(world) == (10, 2, 10)
-    with engine.connect() as conn:
-        holder = conn.execute(select(ReceiptSequence.builder)).scalar_one()
-    assert holder == f"{os.uname().nodename[:40]}:{os.getpid()}"  # the worker's turn again
+    assert (holder(world) or "").startswith("worker:")
 
 
 def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
@@ -82,6 +108,16 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
             start_new_session=True,
         )
     engine = make_engine(sqlite_url)
+    # the gateway's sequence row first, so the indexer's turn is in place before any
+    # receipt waits (else a worker may build the first batch before the indexer's pass)
+    deployment = world.market.deployment
+    assert deployment.anchors is not None
+    domain = receipts.Domain(deployment.chain_id, deployment.anchors.lower())
+    batches.reserve_sequences(engine, Signer(dev_key(SETTLER)).address.lower(), 1, domain)
+
+    def turn() -> str:
+        with engine.connect() as conn:
+            return conn.execute(select(ReceiptSequence.builder)).scalar_one() or ""
 
     def anchored() -> int:
         with engine.connect() as conn:
@@ -96,7 +132,7 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
 
     try:
         deadline = time.monotonic() + 60
-        while "leader" not in indexer_log.read_text():
+        while not turn().startswith("indexer:"):
             assert indexer.poll() is None and time.monotonic() < deadline, indexer_log.read_text()
             time.sleep(0.05)
         for i in range(30):
