@@ -7,6 +7,7 @@ the built roots from the gateway's address, finishing whatever a crash left firs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -147,7 +148,10 @@ def build_due(
             log.info("built receipt batch %s for gateway %s", batch, gateway)
             built += 1
     except Exception:
-        batches.release_building(engine, holder)
+        # the turn given up, unless the database itself failed (then it lapses after ttl):
+        # the build's own error is the one to raise
+        with contextlib.suppress(Exception):
+            batches.release_building(engine, holder)
         raise
     return built
 

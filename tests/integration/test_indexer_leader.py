@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,3 +105,50 @@ def test_the_standby_takes_over_a_killed_leader_and_nothing_is_credited_twice(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(10)
+
+
+def test_the_leaders_jobs_run_after_its_passes_and_a_standby_runs_none(node, pg_url):
+    """follow()'s jobs (the receipt batch builder) run after each good pass of the leader
+    alone; a job that raises is run again at the next pass and fails no pass."""
+    from marketplace.indexer.follow import follow
+    from marketplace.indexer.leader import Leadership
+    from tests.integration.test_indexer import make_indexer
+
+    market, _ = node
+    migrate(pg_url)
+    idx = make_indexer(market, pg_url)
+    first = Leadership(make_engine(pg_url))
+    assert first.ensure()  # another indexer leads
+    runs: list[int] = []
+    passes: list[object] = []
+    roles: list[str] = []
+
+    def job() -> None:
+        runs.append(len(passes))
+        if len(runs) == 1:
+            raise RuntimeError("the first run fails")
+
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=follow,
+        args=(idx, stop),
+        kwargs={
+            "interval": 0.05,
+            "on_result": passes.append,
+            "leadership": Leadership(make_engine(pg_url)),
+            "on_role": roles.append,
+            "jobs": [job],
+        },
+    )
+    follower.start()
+    try:
+        _wait(lambda: roles == ["standby"])
+        time.sleep(0.5)  # ten polls as a standby
+        assert runs == [] and passes == []
+        first.release()
+        _wait(lambda: len(runs) >= 3, timeout=30)
+    finally:
+        stop.set()
+        follower.join(10)
+    assert roles == ["standby", "leader"]
+    assert runs[:3] == [1, 2, 3]  # after each pass, the failed run's next pass included
