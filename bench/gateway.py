@@ -247,6 +247,16 @@ def start_indexer(m: Market, database: str, log: Path) -> subprocess.Popen[bytes
         )
 
 
+def stop_indexer(indexer: subprocess.Popen[bytes]) -> None:
+    """Stop what start_indexer started: SIGTERM, SIGKILL after 10 s."""
+    os.killpg(indexer.pid, signal.SIGTERM)
+    try:
+        indexer.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(indexer.pid, signal.SIGKILL)
+        indexer.wait()
+
+
 def prepare(work: Path, postgres: bool = True) -> Market:
     """Start and fill the Market (stop it when done)."""
     node = start_anvil(ANVIL)
@@ -388,12 +398,7 @@ def main() -> int:
         for server in running:
             server.stop()
         for indexer in indexers.values():
-            os.killpg(indexer.pid, signal.SIGTERM)
-            try:
-                indexer.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(indexer.pid, signal.SIGKILL)
-                indexer.wait()
+            stop_indexer(indexer)
         m.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(samples, x402_rows, args)

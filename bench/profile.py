@@ -22,7 +22,16 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.gateway import MODELS, prepare, start, tree_cpu, wrk
+from bench.gateway import (
+    MODELS,
+    prepare,
+    receipts_issued,
+    start,
+    start_indexer,
+    stop_indexer,
+    tree_cpu,
+    wrk,
+)
 
 # (part, a function whose frame in a stack puts the sample in it): request thread first
 PARTS = [
@@ -116,14 +125,23 @@ def main() -> int:
     try:
         path = MODELS["iris"][0]
         body, headers = market.bodies["iris"]
-        paid = start(args.server, "app:create_app()", market.env("sqlite"), work / "p.log",
-                     "/v2/health/ready")  # fmt: skip
+        # as in production, the leading indexer builds the receipt batches (else a
+        # worker would): its CPU is not the workers', so it is reported beside them
+        indexer = start_indexer(market, "sqlite", work / "indexer.log")
         try:
-            url = f"{paid.url}/v2/models/{market.model_ids['iris']}/infer"
-            auth = {**headers, "Authorization": f"Bearer {market.keys_of['sqlite']}"}
-            results["paid"] = profile(paid, url, (body, auth), args.seconds, work)
+            paid = start(args.server, "app:create_app()", market.env("sqlite"), work / "p.log",
+                         "/v2/health/ready")  # fmt: skip
+            indexer_cpu = tree_cpu(indexer.pid)
+            try:
+                url = f"{paid.url}/v2/models/{market.model_ids['iris']}/infer"
+                auth = {**headers, "Authorization": f"Bearer {market.keys_of['sqlite']}"}
+                results["paid"] = profile(paid, url, (body, auth), args.seconds, work)
+            finally:
+                paid.stop()
+            indexer_cpu = tree_cpu(indexer.pid) - indexer_cpu
+            issued = receipts_issued(market.databases["sqlite"])
         finally:
-            paid.stop()
+            stop_indexer(indexer)
         unpaid = start(args.server, "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)},
                        work / "u.log", "/")  # fmt: skip
         try:
@@ -147,6 +165,11 @@ def main() -> int:
             print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / paid_cpu:>7.0%}")
     added = paid_cpu - unpaid_cpu
     print(f"{'total (server CPU per call, /proc)':<46}{paid_cpu:>9.0f}{unpaid_cpu:>11.0f}")
+    print(
+        f"the indexer beside the paid server (builds its receipt batches; in no row above):"
+        f" {indexer_cpu * 1e6 / max(issued, 1):.1f} us a receipt over {issued:,} receipts,"
+        " idle polling included"
+    )
     met = "met" if added <= 100 else "missed"
     print(f"goal: paid call CPU added = {added:.0f} us (target <= 100) {met}")
     return 0
