@@ -136,6 +136,57 @@ def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None
     return int(count), (None if oldest is None else int(oldest))
 
 
+# a receipt waits for its batch's period to close, then for a build pass and an anchoring
+# round (seconds each): past two periods and this slack, something is stuck
+BEHIND_PERIODS, BEHIND_SLACK = 2, 5.0
+
+
+def backlog(
+    session: Session, gateway: str, now: float, *, period: float, limit: int
+) -> dict[str, Any]:
+    """How far `gateway`'s receipts are from the chain: those no batch holds yet (counted
+    up to `limit`), batches built and not anchored, the age of the oldest receipt not
+    anchored (seconds), who has the turn to build, and `behind` once that age passes
+    BEHIND_PERIODS anchor periods and BEHIND_SLACK seconds (builds or anchoring stall).
+    Index reads only: health checks poll it."""
+    waiting = (
+        select(UsageReceiptRow.sequence)
+        .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
+        .limit(limit)
+        .subquery()
+    )
+    count, first = session.execute(select(func.count(), func.min(waiting.c.sequence))).one()
+    built, first_built = session.execute(
+        select(func.count(), func.min(ReceiptBatch.first_sequence)).where(
+            ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built"
+        )
+    ).one()
+    # the next receipt to go (the lowest sequence) stands for the oldest: workers take
+    # sequence numbers in blocks, so it is close to the oldest, not exactly it
+    lowest = min((s for s in (first, first_built) if s is not None), default=None)
+    oldest = (
+        None
+        if lowest is None
+        else session.scalar(
+            select(UsageReceiptRow.time).where(
+                UsageReceiptRow.gateway == gateway, UsageReceiptRow.sequence == lowest
+            )
+        )
+    )
+    builder = session.scalar(
+        select(ReceiptSequence.builder).where(ReceiptSequence.gateway == gateway)
+    )
+    age = None if oldest is None else max(0.0, now - oldest)
+    late = age is not None and age > BEHIND_PERIODS * period + BEHIND_SLACK
+    return {
+        "status": "behind" if late else "ok",
+        "unbatched": int(count),
+        "unanchored_batches": int(built),
+        "oldest_unanchored_seconds": None if age is None else round(age, 1),
+        "builder": builder,
+    }
+
+
 def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: float) -> int | None:
     """Take up to `size` unbatched receipts (oldest sequence first) into a new batch with
     its Merkle root: the batch id, or None if none were left (or another worker took

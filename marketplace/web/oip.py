@@ -3,6 +3,8 @@ health, model metadata and readiness here, the paid call in `web.paid_route`."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, request
 from sqlalchemy.exc import OperationalError
 
@@ -11,6 +13,7 @@ from inference.inspect import ModelInfo
 from marketplace import errors
 from marketplace.indexer.follow import health as indexer_health
 from marketplace.payments.x402 import settlements
+from marketplace.usage import batches
 from marketplace.web.oip_schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -41,7 +44,8 @@ def ready() -> Response:
     and which of its dependencies are down: the chain (x402 settlements, receipts) and
     the content store (models not cached yet) each stop only part of the work. Also the
     in-process pieces (this worker's lease keeper, its x402 reconciler) and the indexer
-    that feeds it (it runs elsewhere; its failures do not stop paid calls)."""
+    that feeds it (it runs elsewhere; its failures do not stop paid calls), and how far
+    the gateway's usage receipts are from the chain (when it issues them)."""
     gateway = current_gateway()
     deps = gateway.dependencies.status()
     body: dict[str, object] = {
@@ -57,10 +61,22 @@ def ready() -> Response:
             status=down.http_status,
             headers={"Retry-After": str(wait)},
         )
+    issuer = gateway.receipt_issuer()
     try:
         with gateway.reads() as session:
             body["indexer"] = indexer_health(session, gateway.deployment)
             x402 = settlements.counts(session.connection())
+            if issuer is not None:
+                anchorer = gateway.anchorer
+                receipts = batches.backlog(
+                    session,
+                    issuer.gateway,
+                    time.time(),
+                    period=anchorer.period,
+                    limit=anchorer.max_calls,
+                )
+                receipts["anchorer"] = "running" if anchorer.alive() else "stopped"
+                body["receipts"] = receipts
     except OperationalError:
         raise errors.DatabaseUnavailable("the database does not answer") from None
     running = gateway.x402.reconciler.alive()

@@ -97,6 +97,22 @@ class PrepaidHealth(BaseModel):
     )
 
 
+class ReceiptsHealth(BaseModel):
+    status: str = Field(
+        description="ok, or behind: the oldest receipt not anchored is older than two anchor"
+        " periods and 5 s (batch builds or anchoring stall)"
+    )
+    unbatched: int = Field(description="receipts no batch holds yet (counted up to a batch's size)")
+    unanchored_batches: int = Field(description="batches built and not anchored yet")
+    oldest_unanchored_seconds: float | None = Field(
+        default=None, description="age of the oldest receipt not anchored"
+    )
+    builder: str | None = Field(
+        default=None, description="who has the turn to build batches (indexer:... or worker:...)"
+    )
+    anchorer: str = Field(description="this worker's anchoring thread: running or stopped")
+
+
 class Ready(BaseModel):
     ready: bool
     dependencies: dict[str, DependencyHealth] = Field(
@@ -105,6 +121,9 @@ class Ready(BaseModel):
     prepaid: PrepaidHealth
     indexer: IndexerHealth | None = None
     x402: X402Health | None = None
+    receipts: ReceiptsHealth | None = Field(
+        default=None, description="absent when the gateway issues no receipts"
+    )
 
 
 class ModelReady(BaseModel):
