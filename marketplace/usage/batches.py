@@ -136,54 +136,44 @@ def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None
     return int(count), (None if oldest is None else int(oldest))
 
 
-# a receipt waits for its batch's period to close, then for a build pass and an anchoring
-# round (seconds each): past two periods and this slack, something is stuck
-BEHIND_PERIODS, BEHIND_SLACK = 2, 5.0
-
-
 def backlog(
-    session: Session, gateway: str, now: float, *, period: float, limit: int
+    session: Session, gateway: str, now: float, *, limit: int, period: float, slack: float
 ) -> dict[str, Any]:
-    """How far `gateway`'s receipts are from the chain: those no batch holds yet (counted
-    up to `limit`), batches built and not anchored, the age of the oldest receipt not
-    anchored (seconds), who has the turn to build, and `behind` once that age passes
-    BEHIND_PERIODS anchor periods and BEHIND_SLACK seconds (builds or anchoring stall).
-    Index reads only: health checks poll it."""
+    """How far `gateway`'s receipts are from the chain, for health checks: the receipts
+    no batch holds yet (counted up to `limit`) and the age of the oldest among the next
+    `limit` to go; the batches built and not anchored and the oldest's age; who has the
+    turn to build (None once it lapsed). `behind` when a receipt has waited over two
+    periods and `slack` seconds for its batch, or a batch over `slack` for its anchor."""
     waiting = (
-        select(UsageReceiptRow.sequence)
+        select(UsageReceiptRow.time)
         .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
+        .order_by(UsageReceiptRow.sequence)  # the partial index's order: what goes next
         .limit(limit)
         .subquery()
     )
-    count, first = session.execute(select(func.count(), func.min(waiting.c.sequence))).one()
-    built, first_built = session.execute(
-        select(func.count(), func.min(ReceiptBatch.first_sequence)).where(
+    count, oldest = session.execute(select(func.count(), func.min(waiting.c.time))).one()
+    built, built_at = session.execute(
+        select(func.count(), func.min(ReceiptBatch.created_at)).where(
             ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built"
         )
     ).one()
-    # the next receipt to go (the lowest sequence) stands for the oldest: workers take
-    # sequence numbers in blocks, so it is close to the oldest, not exactly it
-    lowest = min((s for s in (first, first_built) if s is not None), default=None)
-    oldest = (
-        None
-        if lowest is None
-        else session.scalar(
-            select(UsageReceiptRow.time).where(
-                UsageReceiptRow.gateway == gateway, UsageReceiptRow.sequence == lowest
-            )
+    turn = session.execute(
+        select(ReceiptSequence.builder, ReceiptSequence.build_until).where(
+            ReceiptSequence.gateway == gateway
         )
+    ).one_or_none()
+    waited = None if oldest is None else max(0.0, now - oldest)
+    unsent = None if built_at is None else max(0.0, now - built_at)
+    late = (waited is not None and waited > 2 * period + slack) or (
+        unsent is not None and unsent > slack
     )
-    builder = session.scalar(
-        select(ReceiptSequence.builder).where(ReceiptSequence.gateway == gateway)
-    )
-    age = None if oldest is None else max(0.0, now - oldest)
-    late = age is not None and age > BEHIND_PERIODS * period + BEHIND_SLACK
     return {
         "status": "behind" if late else "ok",
         "unbatched": int(count),
+        "oldest_unbatched_seconds": None if waited is None else round(waited, 1),
         "unanchored_batches": int(built),
-        "oldest_unanchored_seconds": None if age is None else round(age, 1),
-        "builder": builder,
+        "oldest_unanchored_batch_seconds": None if unsent is None else round(unsent, 1),
+        "builder": turn[0] if turn is not None and (turn[1] or 0) >= now else None,
     }
 
 

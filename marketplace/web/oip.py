@@ -72,8 +72,9 @@ def ready() -> Response:
                     session,
                     issuer.gateway,
                     time.time(),
+                    limit=min(anchorer.max_calls, 10_000),  # a probe reads no more
                     period=anchorer.period,
-                    limit=anchorer.max_calls,
+                    slack=anchorer.stale_after,  # how long one anchoring send may take
                 )
                 receipts["anchorer"] = "running" if anchorer.alive() else "stopped"
                 body["receipts"] = receipts

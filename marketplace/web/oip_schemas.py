@@ -99,13 +99,17 @@ class PrepaidHealth(BaseModel):
 
 class ReceiptsHealth(BaseModel):
     status: str = Field(
-        description="ok, or behind: the oldest receipt not anchored is older than two anchor"
-        " periods and 5 s (batch builds or anchoring stall)"
+        description="ok, or behind: a receipt has waited over two anchor periods and the"
+        " anchoring slack (MODELMARKET_TX_TIMEOUT + 30 s) for its batch, or a batch over that"
+        " slack for its anchor"
     )
-    unbatched: int = Field(description="receipts no batch holds yet (counted up to a batch's size)")
+    unbatched: int = Field(description="receipts no batch holds yet, counted up to a batch's size")
+    oldest_unbatched_seconds: float | None = Field(
+        default=None, description="age of the oldest receipt among the next batch's"
+    )
     unanchored_batches: int = Field(description="batches built and not anchored yet")
-    oldest_unanchored_seconds: float | None = Field(
-        default=None, description="age of the oldest receipt not anchored"
+    oldest_unanchored_batch_seconds: float | None = Field(
+        default=None, description="how long the oldest of those has waited for its anchor"
     )
     builder: str | None = Field(
         default=None, description="who has the turn to build batches (indexer:... or worker:...)"
