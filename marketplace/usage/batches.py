@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, func, insert, select, text, update
+from sqlalchemy import Engine, Row, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -123,16 +123,23 @@ def issuers(engine: Engine) -> list[tuple[str, Domain]]:
     return [(g, Domain(int(c), a)) for g, c, a in rows if c is not None and a is not None]
 
 
+def _next_batch(gateway: str, limit: int) -> Select[tuple[int, Any]]:
+    """(how many, the oldest's time) of the next `limit` receipts to go into a batch."""
+    waiting = (
+        select(UsageReceiptRow.time)
+        .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
+        .order_by(UsageReceiptRow.sequence)  # the partial index's order: what goes next
+        .limit(limit)
+        .subquery()
+    )
+    return select(func.count(), func.min(waiting.c.time))
+
+
 def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None]:
-    """How many receipts no batch holds yet (counted up to `limit`), and the oldest's time."""
+    """How many receipts no batch holds yet (counted up to `limit`), and the oldest's time
+    among the next `limit` to go."""
     with engine.connect() as conn:
-        waiting = (
-            select(UsageReceiptRow.time)
-            .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
-            .limit(limit)
-            .subquery()
-        )
-        count, oldest = conn.execute(select(func.count(), func.min(waiting.c.time))).one()
+        count, oldest = conn.execute(_next_batch(gateway, limit)).one()
     return int(count), (None if oldest is None else int(oldest))
 
 
@@ -144,14 +151,7 @@ def backlog(
     `limit` to go; the batches built and not anchored and the oldest's age; who has the
     turn to build (None once it lapsed). `behind` when a receipt has waited over two
     periods and `slack` seconds for its batch, or a batch over `slack` for its anchor."""
-    waiting = (
-        select(UsageReceiptRow.time)
-        .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
-        .order_by(UsageReceiptRow.sequence)  # the partial index's order: what goes next
-        .limit(limit)
-        .subquery()
-    )
-    count, oldest = session.execute(select(func.count(), func.min(waiting.c.time))).one()
+    count, oldest = session.execute(_next_batch(gateway, limit)).one()
     built, built_at = session.execute(
         select(func.count(), func.min(ReceiptBatch.created_at)).where(
             ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built"
