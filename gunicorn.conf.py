@@ -1,4 +1,5 @@
-"""gunicorn's configuration for the gateway, what `make run` and the image serve with:
+"""gunicorn's configuration for the gateway, what `modelmarket serve` runs with
+MODELMARKET_HTTP_SERVER=gunicorn (granian is the default):
 
     gunicorn -c gunicorn.conf.py 'app:create_app()'
 
@@ -41,9 +42,9 @@ workers = _settings.http_workers
 worker_class = "gthread"
 threads = 8
 reuse_port = True
-# A worker silent this long is killed and replaced: well above the longest inference
-# (MODELMARKET_INFERENCE_TIME_LIMIT) plus an x402 settlement's wait.
-timeout = int(_settings.inference_time_limit + _settings.x402_settle_timeout + 30)
+# A worker silent this long is killed and replaced (MODELMARKET_WORKER_TIMEOUT; default
+# well above the longest inference plus an x402 settlement's wait).
+timeout = max(1, round(_settings.silent_worker_timeout))
 graceful_timeout = serving.GRACEFUL
 keepalive = 5
 # gunicorn 27's control socket is one path per user: a second replica on the host would

@@ -113,6 +113,18 @@ class Settings(BaseSettings):
     http_workers: int = Field(
         default=2, ge=1, description="Worker processes the gateway is served with (8 threads each)."
     )
+    http_server: Literal["granian", "gunicorn"] = Field(
+        default="granian",
+        description="The HTTP server `modelmarket serve` runs: granian (Rust, WSGI; 1.5-2.5x"
+        " gunicorn's requests/s here) or gunicorn (gthread, gunicorn.conf.py).",
+    )
+    worker_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a server worker may stay silent (its interpreter stuck, or"
+        " still building the app) before it is killed and replaced. Default: the inference"
+        " time limit + the x402 settle timeout + 30.",
+    )
     artifacts_dir: Path = Field(
         default=PROJECT_ROOT / "contracts/artifacts",
         description="Compiled contract artifacts (ABI, bytecode).",
@@ -267,6 +279,12 @@ class Settings(BaseSettings):
     def public(self) -> str:
         """The public URL in use, without a trailing slash."""
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
+    @property
+    def silent_worker_timeout(self) -> float:
+        """Seconds a silent server worker lives: well above the longest inference plus an
+        x402 settlement's wait, unless set."""
+        return self.worker_timeout or self.inference_time_limit + self.x402_settle_timeout + 30
 
     @property
     def secret_path(self) -> Path:

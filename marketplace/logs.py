@@ -89,6 +89,18 @@ def configure(settings: Settings) -> None:
 
 def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
     """gunicorn's `logconfig_dict`: its own loggers through the same formatter."""
+    return _server_logconfig(settings, "gunicorn.error", "gunicorn.access")
+
+
+def granian_logconfig(settings: Settings) -> dict[str, Any]:
+    """granian's `log_dictconfig` (its main process and each worker): its own loggers,
+    and our server's ("modelmarket.server"), through the same formatter."""
+    config = _server_logconfig(settings, "_granian", "granian.access")
+    config["loggers"]["modelmarket.server"] = config["loggers"]["_granian"]
+    return config
+
+
+def _server_logconfig(settings: Settings, errors: str, access: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -101,14 +113,14 @@ def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:
             }
         },
         "loggers": {
-            "gunicorn.error": {
+            errors: {
                 "level": settings.log_level.upper(),
                 "handlers": ["stderr"],
                 "propagate": False,
             },
-            # no access log (as gunicorn's default): a line per paid call costs CPU on
+            # no access log (neither server's default): a line per paid call costs CPU on
             # its path; a load balancer's log has the same facts
-            "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+            access: {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": ["stderr"]},
     }

@@ -1,12 +1,10 @@
-"""How a gateway replica is served: gunicorn with gunicorn.conf.py. The command, for
+"""How a gateway replica is served: granian (marketplace/granian_server.py, the default)
+or gunicorn (gunicorn.conf.py), as MODELMARKET_HTTP_SERVER says. The command, for
 `modelmarket serve` (which becomes it) and `modelmarket run` (which starts it), and
-where its workers share their Prometheus counters.
+where a server's workers share their Prometheus counters.
 
-granian (a Rust HTTP server, WSGI mode) answered 1.4-2.6x gunicorn's requests/s on this
-app in bench.load, but is not shipped: it has no worker timeout, no hooks for the
-metrics folder, and stops the whole server when a worker dies soon after its respawn;
-its workers settle on a graceful stop (`Gateway.close` with multiprocessing's
-finalizers). See the README's Production.
+granian answered 1.5-2.5x gunicorn's requests/s on this app (bench.gateway), and with it
+a paid call costs what an unpaid one does; see the README's Production.
 """
 
 from __future__ import annotations
@@ -39,8 +37,16 @@ def gunicorn_command(app: str, *, host: str, port: int, workers: int, threads: i
     ]
 
 
+def granian_command() -> list[str]:
+    """granian as we ship it (marketplace/granian_server.py): all of it from Settings."""
+    return [sys.executable, "-m", "marketplace.granian_server"]
+
+
 def command(settings: Settings, *, port: int | None = None) -> list[str]:
-    """The gateway's command: address and workers from Settings."""
+    """The gateway's command: server, address and workers from Settings (`port`
+    overrides MODELMARKET_HTTP_PORT: the caller puts it in the server's environment)."""
+    if settings.http_server == "granian":
+        return granian_command()
     return gunicorn_command(
         "app:create_app()",
         host=settings.http_host,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @domain_errors
 def run() -> None:
     """Start the embedded default: anvil, contracts deployed, demo accounts funded, the
-    indexer following the chain and the gateway (both API families) under gunicorn.
+    indexer following the chain and the gateway (both API families) under granian.
 
     State lives in the data dir (MODELMARKET_DATA_DIR) and is kept across restarts.
     Ctrl-C stops everything it started.
@@ -156,11 +156,12 @@ def _follow(
 )
 @domain_errors
 def serve(migrate: bool) -> None:
-    """The gateway alone (both API families and the storefront) under gunicorn with
-    gunicorn.conf.py: what `modelmarket run` starts, and what each of N production
-    replicas runs. Address and workers from MODELMARKET_HTTP_HOST, _HTTP_PORT and
-    _HTTP_WORKERS; the chain from MODELMARKET_RPC_URL and the deployment record.
-    gunicorn replaces this process, so signals (SIGTERM: a graceful stop) reach it."""
+    """The gateway alone (both API families and the storefront) under granian
+    (MODELMARKET_HTTP_SERVER=gunicorn: gunicorn with gunicorn.conf.py): what `modelmarket
+    run` starts, and what each of N production replicas runs. Address and workers from
+    MODELMARKET_HTTP_HOST, _HTTP_PORT and _HTTP_WORKERS; the chain from
+    MODELMARKET_RPC_URL and the deployment record. The server replaces this process, so
+    signals (SIGTERM: a graceful stop) reach it."""
     import os
 
     from marketplace import serving

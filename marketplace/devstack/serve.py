@@ -1,5 +1,5 @@
-"""The gateway (or a benchmark's app) under gunicorn (or granian, for bench.load),
-started and stopped as a child process in its own process group."""
+"""The gateway (or a benchmark's app) under granian or gunicorn, started and stopped as
+a child process in its own process group."""
 
 from __future__ import annotations
 
@@ -62,12 +62,12 @@ Gunicorn = Server  # the benchmarks' older name
 def start_gateway(
     settings: Settings, env: dict[str, str], *, log: Path | None = None, port: int = 0
 ) -> Server:
-    """The gateway as `modelmarket serve` runs it (gunicorn, gunicorn.conf.py), once its
+    """The gateway as `modelmarket serve` runs it (MODELMARKET_HTTP_SERVER), once its
     health answers."""
     port = port or settings.http_port or free_port()
     return start_server(
         serving.command(settings, port=port),
-        env,
+        {**env, "MODELMARKET_HTTP_PORT": str(port)},
         settings.http_host,
         port,
         log=log,
@@ -122,9 +122,9 @@ def start_granian(
     ready_path: str = "/",
     ready_timeout: float = 60.0,
 ) -> Server:
-    """granian (a Rust HTTP server, a dev dependency) serving the WSGI factory `app`
-    ("module:function"), `workers` processes of `threads` blocking threads: what
-    bench.load measures against gunicorn (not shipped: see marketplace/serving.py)."""
+    """Plain granian (its own command line, none of granian_server's additions) serving
+    the WSGI factory `app` ("module:function"), `workers` processes of `threads`
+    blocking threads: the benchmarks' unpaid endpoint."""
     port = port or free_port()
     command = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi"]
     command += ["--factory", "--no-ws", "--workers", str(workers)]
@@ -138,6 +138,37 @@ def start_granian(
         ready_path=ready_path,
         ready_timeout=ready_timeout,
         ready_line=READY_LINE["granian"],
+    )
+
+
+def start_shipped_granian(
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log: Path | None = None,
+    ready_path: str = "/v2/health/ready",
+    ready_timeout: float = 60.0,
+) -> Server:
+    """The gateway under granian as we ship it (marketplace/granian_server.py: its
+    watchdog, respawns, metrics folder and logs), `workers` processes on `host`:`port`
+    (0: a free loopback port; replicas may share one)."""
+    port = port or free_port()
+    env = {
+        **env,
+        "MODELMARKET_HTTP_HOST": host,
+        "MODELMARKET_HTTP_PORT": str(port),
+        "MODELMARKET_HTTP_WORKERS": str(workers),
+    }
+    return start_server(
+        serving.granian_command(),
+        env,
+        host,
+        port,
+        log=log,
+        ready_path=ready_path,
+        ready_timeout=ready_timeout,
     )
 
 

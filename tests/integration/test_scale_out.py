@@ -56,8 +56,8 @@ def test_two_replicas_2000_calls_at_once_on_100_credits_with_x402_mixed_in(
     buyer, payer, seller = (world.signers[i].address for i in (2, 3, 1))
     key = credit_calls(pg_url, buyer, world.model_id, CREDITS)
     env = replica_env(world, pg_url, MODELMARKET_SETTLER_KEY=dev_key(SETTLER))
-    first = start_replica(env, tmp_path / "replica-1.log", workers=2, threads=8)
-    second = start_replica(env, tmp_path / "replica-2.log", workers=2, threads=8)
+    first = start_replica(env, tmp_path / "replica-1.log", workers=2)
+    second = start_replica(env, tmp_path / "replica-2.log", workers=2)
     urls = [f"{r.url}/v2/models/{world.model_id}/infer" for r in (first, second)]
     url = urls[0]
     body, headers = codecs.encode_request(

@@ -1,6 +1,6 @@
 """The gateway as production runs it, for the load and fault tests: the world's listing
 in a database of the test's choosing, credits and an API key for a buyer, and one or
-more gunicorn replicas with the shipped gunicorn.conf.py."""
+more replicas under the server we ship (granian) or gunicorn."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from marketplace.bootstrap import make_indexer
 from marketplace.config import PROJECT_ROOT
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
-from marketplace.devstack.serve import Server, start_gunicorn
+from marketplace.devstack.serve import Server, start_gunicorn, start_shipped_granian
 from marketplace.payments.prepaid import ledger
+from marketplace.serving import THREADS
 from tests.support.world import PRICE, World
 
 
@@ -54,32 +55,42 @@ def replica_env(world: World, database: str, **env: str) -> dict[str, str]:
 
 
 def start_replica(
-    env: dict[str, str], log: Path, *, port: int = 0, workers: int = 2, threads: int = 4
+    env: dict[str, str],
+    log: Path,
+    *,
+    port: int = 0,
+    workers: int = 2,
+    server: str = "granian",
 ) -> Server:
-    """One gateway replica: gunicorn with the gunicorn.conf.py we ship (its hooks, and
-    SO_REUSEPORT, so replicas started on one port share it as a load balancer would)."""
-    replica = start_gunicorn(
-        "app:create_app()",
-        env,
-        workers=workers,
-        threads=threads,
-        reuse_port=True,
-        port=port,
-        log=log,
-        ready_path="/v2/health/ready",
-        config=PROJECT_ROOT / "gunicorn.conf.py",
-    )
+    """One gateway replica under the server we ship (granian, granian_server.py's
+    watchdog and respawns) or gunicorn with the gunicorn.conf.py we ship (its hooks).
+    Both give each worker its own SO_REUSEPORT socket, so replicas started on one port
+    share it as a load balancer would."""
+    if server == "granian":
+        replica = start_shipped_granian(env, workers=workers, port=port, log=log)
+    else:
+        replica = start_gunicorn(
+            "app:create_app()",
+            env,
+            workers=workers,
+            threads=THREADS,
+            reuse_port=True,
+            port=port,
+            log=log,
+            ready_path="/v2/health/ready",
+            config=PROJECT_ROOT / "gunicorn.conf.py",
+        )
     replica.wait_serving(workers)  # the port may have been answered by another replica
     return replica
 
 
-def serve(world, database, tmp_path, calls: int, **env: str):  # type: ignore[no-untyped-def]
+def serve(world, database, tmp_path, calls: int, *, server: str = "granian", **env: str):  # type: ignore[no-untyped-def]
     """The world's listing in `database`, `calls` credits for signer 2 and a key, and
-    the gateway under `server` (2 workers x 4 threads): (server, key, buyer, log)."""
+    the gateway under `server` (2 workers): (server, key, buyer, log)."""
     migrate(database)
     make_indexer(world.settings.model_copy(update={"database_url": database})).run_once()
     buyer = world.signers[2].address
     key = credit_calls(database, buyer, world.model_id, calls)
-    log = tmp_path / "gunicorn.log"
-    replica = start_replica(replica_env(world, database, **env), log)
+    log = tmp_path / f"{server}.log"
+    replica = start_replica(replica_env(world, database, **env), log, server=server)
     return replica, key, buyer, log
