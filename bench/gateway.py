@@ -1,17 +1,19 @@
 """The paid gateway under load, in one run: paid `/v2/models/{id}/infer` vs an unpaid
-minimal Flask endpoint running the same session, under gunicorn (what ships) and granian
-(WSGI), 2 workers (`--workers`) x 8 threads each, with SQLite and PostgreSQL, receipts
-on and off, at 1 and 16 connections (wrk). Every configuration is up at once and the
-runs interleave (run 1 of every cell, then run 2, ...), so drift on these noisy machines
-hits them alike; each cell shows its best run, the spread over runs, and the CPU the server's
-processes (and PostgreSQL's) used per request, read from /proc. A `modelmarket indexer`
-runs on each database throughout, as in production: it builds the receipt batches the
-paid servers' workers anchor (its CPU is shown per receipt, apart). Then, one connection,
-call after call: an x402 `exact` call (verify + reserve + inference + settle on anvil,
-which mines at once) beside a prepaid call, each signed in advance; and what a usage
-receipt costs on the request thread.
+minimal Flask endpoint running the same session, under granian (what ships:
+marketplace/granian_server.py; the unpaid endpoint under granian's own command line with
+the same flags) and gunicorn (gunicorn.conf.py), 2 workers (`--workers`) x 8 threads
+each, with SQLite and PostgreSQL, receipts on and off, at 1 and 16 connections (wrk).
+Every configuration is up at once and the runs interleave (run 1 of every cell, then run
+2, ...), so drift on these noisy machines hits them alike; each cell shows its best run,
+the spread over runs, and the CPU the server's processes (and PostgreSQL's) used per
+request, read from /proc. A `modelmarket indexer` runs on each database throughout, as
+in production: it builds the receipt batches the paid servers' workers anchor (its CPU
+is shown per receipt, apart). Then, one connection, call after call: an x402 `exact`
+call (verify + reserve + inference + settle on anvil, which mines at once) beside a
+prepaid call, each signed in advance; and what a usage receipt costs on the request
+thread.
 
-    .venv/bin/python -m bench.gateway [--seconds 6] [--runs 3] [--servers gunicorn,granian]
+    .venv/bin/python -m bench.gateway [--seconds 6] [--runs 3] [--servers granian,gunicorn]
         [--workers 2]
 """
 
@@ -44,7 +46,7 @@ from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import Anvil, dev_key, dev_signers, start_anvil
-from marketplace.devstack.serve import Server, start_granian, start_gunicorn
+from marketplace.devstack.serve import Server, start_granian, start_gunicorn, start_shipped_granian
 from marketplace.payments.prepaid import ledger
 from storage.local import LocalStore
 from tests.support.launchers import PG_BIN, Postgres, start_postgres
@@ -66,6 +68,7 @@ MODELS = {
 
 
 THREADS = 8
+SHIPPED = "granian"  # the server `modelmarket serve` runs by default: the goals are on it
 INDEXER_SETTLE = 10.0  # seconds for the indexers' start (imports, first pass)
 INDEXER_IDLE = 20.0  # seconds their idle CPU is read over
 X402_CALLS = 40  # sequential x402 calls (each its own signed authorization)
@@ -183,12 +186,18 @@ def start(
     kind: str, app: str, env: dict[str, str], log: Path, ready: str, workers: int = 2
 ) -> Server:
     """`workers` x THREADS threads under gunicorn with the gunicorn.conf.py we ship (its
-    worker hooks: the settled heap, the settling exit) or granian (WSGI)."""
+    worker hooks: the settled heap, the settling exit) or granian: the gateway as we ship
+    it (marketplace/granian_server.py), the unpaid endpoint under granian's own command
+    line with the same flags (WSGI, HTTP/1, the same workers and threads)."""
     if kind == "gunicorn":
         return start_gunicorn(
             app, env, workers=workers, threads=THREADS, reuse_port=True, log=log,
             ready_path=ready, config=PROJECT_ROOT / "gunicorn.conf.py",
         )  # fmt: skip
+    if app == "app:create_app()":
+        server = start_shipped_granian(env, workers=workers, log=log, ready_path=ready)
+        server.wait_serving(workers)
+        return server
     factory = app.removesuffix("()")  # granian --factory takes "module:function"
     return start_granian(factory, env, workers=workers, threads=THREADS, log=log, ready_path=ready)
 
@@ -321,7 +330,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--runs", type=int, default=3, help="interleaved wrk runs per cell")
-    parser.add_argument("--servers", default="gunicorn,granian")
+    parser.add_argument("--servers", default="granian,gunicorn")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -382,7 +391,7 @@ def main() -> int:
                                 raise RuntimeError(f"the {name} indexer stopped; see {work}")
                         cell = measure(server, url, (body, headers), c, args.seconds, work, db_pid)
                         samples.setdefault((kind, label, config, c), []).append(cell)
-            if kind == "gunicorn":
+            if kind == SHIPPED:
                 for name in databases:
                     server, url, _ = configs[f"{name} receipts on iris"]
                     x402_rows[name] = x402_latency(url, bodies["iris"], keys_of[name])
@@ -475,7 +484,7 @@ def report(
     print()
     receipt_costs()
     print()
-    shipped = "gunicorn"  # the goals are on the server we ship, receipts on (the default)
+    shipped = SHIPPED  # the goals are on the server we ship, receipts on (the default)
     for name in ("sqlite", "postgresql"):
         if (shipped, "iris", f"{name} receipts on iris", 1) not in best:
             continue

@@ -127,7 +127,7 @@ def start_granian(
     blocking threads: the benchmarks' unpaid endpoint."""
     port = port or free_port()
     command = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi"]
-    command += ["--factory", "--no-ws", "--workers", str(workers)]
+    command += ["--factory", "--no-ws", "--http", "1", "--workers", str(workers)]
     command += ["--blocking-threads", str(threads), "--host", host, "--port", str(port), app]
     return start_server(
         command,
