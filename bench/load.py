@@ -42,7 +42,7 @@ from marketplace.config import PROJECT_ROOT, Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
-from marketplace.devstack.serve import Gunicorn, start_granian, start_gunicorn
+from marketplace.devstack.serve import Server, start_granian, start_gunicorn, start_shipped_granian
 from storage.local import LocalStore
 from tests.support.launchers import PG_BIN, start_postgres
 from tests.support.replicas import credit_calls
@@ -53,7 +53,7 @@ INPUTS = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)}
 CREDITS = 10_000_000  # calls bought: far more than a full run makes, so no cell sees a 402
 GOAL_UNPAID = 0.85
 GOAL_PEER = 1.5
-HTTP = "gunicorn"  # the HTTP server the goals are measured under: the one we ship
+HTTP = "granian"  # the HTTP server the goals are measured under: the one we ship
 # Each on a new connection: the kernel hashes every one to some worker's SO_REUSEPORT
 # socket, so 32 reach all 4 workers of 2 replicas but with odds of ~1 in 2,500.
 WARM_CALLS = 32
@@ -73,7 +73,7 @@ class Row:
     connections: int | None
     result: Result | None
     note: str = ""
-    http: str = "gunicorn"  # the HTTP server (the shipped default, or granian)
+    http: str = HTTP  # the HTTP server (the shipped default, or gunicorn)
 
 
 def measure(
@@ -139,26 +139,19 @@ def open_database(
     return env, key
 
 
-def start_replicas(count: int, env: dict[str, str], log: Path) -> list[Gunicorn]:
-    """`count` gunicorn masters with the shipped gunicorn.conf.py (gthread, THREADS
-    threads, reuse_port), 2 workers each, all bound to one port: each worker opens its
-    own SO_REUSEPORT socket and the kernel spreads new connections over all of them."""
+def start_replicas(count: int, env: dict[str, str], log: Path) -> list[Server]:
+    """`count` granian servers as we ship them (marketplace/granian_server.py, THREADS
+    blocking threads), 2 workers each, all bound to one port: each worker opens its own
+    SO_REUSEPORT socket and the kernel spreads new connections over all of them."""
     port = free_port()
-    servers: list[Gunicorn] = []
+    servers: list[Server] = []
     try:
         for i in range(count):
-            # from the second on, the ready check is answered by the first master: this
-            # one is ready when its own workers say so (gunicorn.conf.py's hook)
+            # from the second on, the ready check is answered by the first server: this
+            # one is ready when its own workers say so (their "serving" line)
             servers.append(
-                start_gunicorn(
-                    "app:create_app()",
-                    env,
-                    workers=2,
-                    threads=THREADS,
-                    reuse_port=True,
-                    port=port,
-                    config=PROJECT_ROOT / "gunicorn.conf.py",
-                    log=log.with_suffix(f".{i + 1}.log"),
+                start_shipped_granian(
+                    env, workers=2, port=port, log=log.with_suffix(f".{i + 1}.log")
                 )
             )
             servers[-1].wait_serving(2)  # the port may have been answered by another
@@ -169,7 +162,7 @@ def start_replicas(count: int, env: dict[str, str], log: Path) -> list[Gunicorn]
     return servers
 
 
-def check_replicas(servers: list[Gunicorn], log: Path) -> None:
+def check_replicas(servers: list[Server], log: Path) -> None:
     """Every master still up with its 2 workers: one whose worker could not bind (or
     boot) has exited, while warm() and wrk were answered by the others."""
     for i, server in enumerate(servers, 1):
@@ -194,7 +187,7 @@ def run_paid(
     for count in REPLICAS:
         for attempt in (1, 2):
             log = work / f"paid-{name}-{count}-{attempt}"
-            servers: list[Gunicorn] = []
+            servers: list[Server] = []
             try:
                 servers = start_replicas(count, env, log)
                 url = f"{servers[0].url}/v2/models/{model_id}/infer"
@@ -214,27 +207,23 @@ def run_paid(
             finally:
                 for server in servers:
                     server.stop()
-    # the same app under granian (WSGI), 1 replica: what the HTTP server costs
-    log = work / f"paid-{name}-granian.log"
+    # the same app under gunicorn (gunicorn.conf.py), 1 replica: what the HTTP server costs
+    log = work / f"paid-{name}-gunicorn.log"
     try:
-        server = start_granian(
-            "app:create_app",
-            env,
-            workers=2,
-            threads=THREADS,
-            log=log,
-            ready_path="/v2/health/ready",
-        )
+        server = start_gunicorn(
+            "app:create_app()", env, workers=2, threads=THREADS, reuse_port=True, log=log,
+            ready_path="/v2/health/ready", config=PROJECT_ROOT / "gunicorn.conf.py",
+        )  # fmt: skip
     except RuntimeError as e:
-        return [*rows, Row("paid", name, 1, None, None, str(e)[:120], http="granian")]
+        return [*rows, Row("paid", name, 1, None, None, str(e)[:120], http="gunicorn")]
     try:
         url = f"{server.url}/v2/models/{model_id}/infer"
         warm(url, body, headers)
         for c in CONNECTIONS:
             result = measure(url, body, headers, c, args, work)
-            rows.append(Row("paid", name, 1, c, result, http="granian"))
+            rows.append(Row("paid", name, 1, c, result, http="gunicorn"))
     except FAILURES as e:
-        rows.append(Row("paid", name, 1, None, None, str(e)[:120], http="granian"))
+        rows.append(Row("paid", name, 1, None, None, str(e)[:120], http="gunicorn"))
     finally:
         server.stop()
     return rows
@@ -279,7 +268,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]
             warm(unpaid.url + "/infer", body, headers)
             for c in CONNECTIONS:
                 result = measure(unpaid.url + "/infer", body, headers, c, args, work)
-                rows.append(Row("unpaid", "-", 1, c, result))
+                rows.append(Row("unpaid", "-", 1, c, result, http="gunicorn"))
         finally:
             unpaid.stop()
         unpaid = start_granian(
@@ -293,7 +282,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]
             warm(unpaid.url + "/infer", body, headers)
             for c in CONNECTIONS:
                 result = measure(unpaid.url + "/infer", body, headers, c, args, work)
-                rows.append(Row("unpaid", "-", 1, c, result, http="granian"))
+                rows.append(Row("unpaid", "-", 1, c, result))
         finally:
             unpaid.stop()
         databases = {"sqlite": base.db_url}
@@ -326,12 +315,13 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f" per replica; MLServer parallel_workers=2, BentoML workers=2; goals under {HTTP}"
     )
     print(
-        "2 replicas: two gunicorn masters (gunicorn.conf.py) bound to one port; each worker "
+        "2 replicas: two granian servers (granian_server.py) bound to one port; each worker "
         "has its own SO_REUSEPORT socket and the kernel balances connections over all four"
     )
     print(
         "vs unpaid: req/s over the unpaid endpoint's (1 replica, no database) under the same"
-        " HTTP server, same conns; granian: WSGI, 2 workers x the same blocking threads"
+        " HTTP server, same conns; granian: WSGI, HTTP/1, 2 workers x the same blocking"
+        " threads; gunicorn: gthread, gunicorn.conf.py"
     )
     print(
         f"{'server':<10}{'http':<10}{'database':<12}{'replicas':>9}{'conns':>7}{'req/s':>10}"
@@ -414,8 +404,8 @@ def print_servers(rows: list[Row]) -> None:
         if r.result and r.replicas == 1 and r.server in ("paid", "unpaid")
     }
     for (http, server, database, conns), rps in sorted(by.items(), key=str):
-        base = by.get((HTTP, server, database, conns))
-        if http != HTTP and base:
+        base = by.get(("gunicorn", server, database, conns))
+        if http == "granian" and base:
             print(
                 f"granian/gunicorn {server} {database} {conns} conns = {rps / base:.2f}"
                 f" ({rps:,.0f} vs {base:,.0f} req/s)"

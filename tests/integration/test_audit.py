@@ -335,7 +335,7 @@ def test_a_rerun_that_differs_is_refused_with_the_evidence(
 def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     world: World, sqlite_url: str, tmp_path: Path
 ):
-    """gunicorn (2 workers) serves 40 calls and is SIGKILLed before its period closes.
+    """The shipped server (2 workers) serves 40 calls and is SIGKILLed before its period closes.
     Two crash points inside anchoring are then caused for real on the same database and
     chain: a batch built and never sent, and a batch sent whose mining was never
     recorded. The restarted gateway anchors every served call exactly once, and sends

@@ -89,7 +89,7 @@ def test_the_indexer_builds_batches_and_a_worker_only_anchors_them(
 def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
     world: World, sqlite_url: str, tmp_path: Path
 ):
-    """`modelmarket indexer` and the gateway under gunicorn (2 workers), both with a 1 s
+    """`modelmarket indexer` and the gateway under granian (2 workers), both with a 1 s
     period: every served call is anchored, each batch built by the indexer (its log says
     so; the gateway's says only that it anchored them)."""
     identity = {"MODELMARKET_SETTLER_KEY": dev_key(SETTLER), "MODELMARKET_ANCHOR_PERIOD": "1"}

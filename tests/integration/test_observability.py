@@ -1,5 +1,5 @@
-"""What an operator watches: /metrics in Prometheus text, summed over gunicorn's
-workers, and logs as JSON lines with no secret in any of them."""
+"""What an operator watches: /metrics in Prometheus text, summed over the
+shipped server's workers, and logs as JSON lines with no secret in any of them."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_metrics_add_up_over_the_workers_and_logs_are_clean_json(
         assert got[(events, (("event", "hit"),))] + got[(events, (("event", "miss"),))] == 30
         assert 1 <= got[("modelmarket_session_load_seconds_count", ())] <= 2
     lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines, "gunicorn wrote no log"
+    assert lines, "the server wrote no log"
     for line in lines:
         record = json.loads(line)  # every line is one JSON object
         assert {"time", "level", "name", "message"} <= set(record)

@@ -1,5 +1,5 @@
 """The paid call is answered as plain WSGI in front of Flask (`web.paid_route`): what a
-caller sees must not change. Under the gunicorn we ship: the headers every answer
+caller sees must not change. Under the granian we ship: the headers every answer
 carries, on answers and on errors; the body bound, declared or chunked; a body cut short;
 none of those costs a call. In-process: the Flask view that documents the route answers
 as the route does, and what the route does not take still reaches Flask."""
@@ -36,7 +36,7 @@ def _carries_every_answer_header(headers: requests.structures.CaseInsensitiveDic
         assert headers.get(name) == value, name
 
 
-def test_under_gunicorn_the_paid_route_keeps_its_headers_and_bounds_and_refusals_cost_nothing(
+def test_under_the_shipped_server_the_paid_route_keeps_its_headers_and_bounds_and_refusals_cost_nothing(
     world: World, tmp_path
 ):
     database = f"sqlite:///{tmp_path / 'gateway.db'}"

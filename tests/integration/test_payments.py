@@ -2,7 +2,7 @@
 behind their own payment pipelines, on one database, each with its own engine and
 background thread), on SQLite and PostgreSQL: no call is lost or served twice when one
 worker holds what the other needs. The worker crash case (SIGKILL) is in
-test_gateway_concurrency.py, under gunicorn."""
+test_gateway_concurrency.py, under granian and gunicorn."""
 
 from __future__ import annotations
 

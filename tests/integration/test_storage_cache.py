@@ -163,7 +163,7 @@ def test_dead_store_is_a_clear_error(tmp_path):
 
 
 def test_a_new_worker_cleans_dead_downloads_but_not_a_live_workers(local, tmp_path):
-    """gunicorn workers share the cache folder: a worker starting must not delete the
+    """A server's workers share the cache folder: a worker starting must not delete the
     download another worker is writing, only what a dead process left behind."""
     cache = ModelCache(tmp_path / "cache", local, 10 * MiB)
     child = subprocess.Popen(["true"])  # its pid: a process that is gone
