@@ -1,13 +1,13 @@
 """The gateway's Prometheus metrics (prometheus-client), Flask-free.
 
 Counters and the latency histogram are written where things happen (the payment
-pipeline, the model and session caches). Under either server they are shared across
-the workers through prometheus-client's multiprocess mode: granian_server.py (or
-gunicorn.conf.py) gives each server a directory (MODELMARKET_METRICS_DIR, also PROMETHEUS_MULTIPROC_DIR) before any
-worker imports this module, and a scrape of any worker sums them all. What lives in the
-database or outside (x402 settlements pending and failed, the indexer's lag and leader,
-dependencies up) is read at scrape time, so every worker reports the same.
-"""
+pipeline, the model and session caches). Under either server they are shared across the
+workers through prometheus-client's multiprocess mode: granian_server.py (or
+gunicorn.conf.py) gives each server a directory (MODELMARKET_METRICS_DIR, also
+PROMETHEUS_MULTIPROC_DIR) before any worker imports this module, and a scrape of any
+worker sums them all. What lives in the database or outside (x402 settlements pending
+and failed, the indexer's lag and leader, dependencies up) is read at scrape time, so
+every worker reports the same."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def _carries_every_answer_header(headers: requests.structures.CaseInsensitiveDic
         assert headers.get(name) == value, name
 
 
-def test_under_the_shipped_server_the_paid_route_keeps_its_headers_and_bounds_and_refusals_cost_nothing(
+def test_the_paid_route_keeps_its_headers_and_bounds_and_refusals_cost_nothing(
     world: World, tmp_path
 ):
     database = f"sqlite:///{tmp_path / 'gateway.db'}"
