@@ -63,16 +63,17 @@ class GatewayServer(MPServer):
     # --- in each worker ---------------------------------------------------------------
 
     def worker_app(self, target: str) -> Callable[..., Any]:
-        """The app, built in a worker (granian's target loader): the heartbeat starts
-        first, so a build that hangs is timed out too."""
-        beat = self.beats / f"heartbeat-{os.getpid()}"
-        beat.touch()
-        threading.Thread(target=_beat, args=(beat,), name="heartbeat", daemon=True).start()
+        """The app, built in a worker (granian's target loader), then its heartbeat
+        started: until the first beat the watchdog counts from the worker's start, so a
+        build that hangs is timed out too."""
         try:
             app: Callable[..., Any] = load_target(target, factory=True)
         except BaseException:
             log.exception("worker %s failed to build the app", os.getpid())
             os._exit(BOOT_ERROR)  # what granian's process would exit with is not ours
+        beat = self.beats / f"heartbeat-{os.getpid()}"
+        beat.touch()
+        threading.Thread(target=_beat, args=(beat,), name="heartbeat", daemon=True).start()
         log.info("worker %s serving", os.getpid())
         return app
 
