@@ -1,14 +1,14 @@
 """Where a paid call's CPU goes: py-spy samples both workers of the paid gateway (SQLite,
 iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the same way,
-under gunicorn (what ships) or granian. py-spy samples the thread holding the GIL (the
-one running Python: sampling every thread the OS calls running counted threads waiting
-for the GIL where they waited); samples are split into the parts of a call (each part:
-the samples whose stack holds its function, first match in PARTS order) and scaled to
-the CPU per call read from /proc meanwhile. What runs without the GIL (onnxruntime's
-run, granian's Rust threads) is spread over the parts: read the parts as shares of the
-total, and the totals as measured.
+under granian (what ships: marketplace/granian_server.py) or gunicorn. py-spy samples
+the thread holding the GIL (the one running Python: sampling every thread the OS calls
+running counted threads waiting for the GIL where they waited); samples are split into
+the parts of a call (each part: the samples whose stack holds its function, first match
+in PARTS order) and scaled to the CPU per call read from /proc meanwhile. What runs
+without the GIL (onnxruntime's run, granian's Rust threads) is spread over the parts:
+read the parts as shares of the total, and the totals as measured.
 
-    .venv/bin/python -m bench.profile [--seconds 10] [--server gunicorn|granian]
+    .venv/bin/python -m bench.profile [--seconds 10] [--server granian|gunicorn]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--server", choices=("gunicorn", "granian"), default="gunicorn")
+    parser.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     market = prepare(work, postgres=False)

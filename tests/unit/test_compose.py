@@ -194,9 +194,11 @@ def test_each_gateway_is_published_at_its_own_public_url(monkeypatch):
 
 
 def test_gateways_get_time_to_drain_before_they_are_killed():
-    # gunicorn.conf.py and granian's flags both take it from here (running the config
-    # file would set this process's metrics environment)
+    # gunicorn.conf.py and granian_server.py both take it from here (running either
+    # would set this process's metrics environment)
     graceful = serving.GRACEFUL
     assert "graceful_timeout = serving.GRACEFUL" in (PROJECT_ROOT / "gunicorn.conf.py").read_text()
+    shipped = (PROJECT_ROOT / "marketplace" / "granian_server.py").read_text()
+    assert "workers_kill_timeout=serving.GRACEFUL" in shipped
     for name in _running("serve"):
         assert _seconds(APP[name]["stop_grace_period"]) > graceful, name
