@@ -128,11 +128,13 @@ class Gateway:
 
     def close(self) -> None:
         """Settle what this worker holds (it is stopping): its served calls written, its
-        leases given back (the prepaid keeper), its x402 reconciler and anchorer stopped.
-        Safe to run twice (the keeper's atexit hook does the same at exit)."""
+        leases given back (the prepaid keeper), its x402 reconciler and anchorer stopped,
+        its metrics written. Safe to run twice (the keeper's atexit hook does the same at
+        exit)."""
         self.prepaid.close()
         self.x402.close()
         self.anchorer.stop()
+        metrics.flush()
 
     def listing(self, model_id: int, max_age: float = 5.0) -> Listing | None:
         """A listing, from an in-process cache at most `max_age` seconds old. What a paid

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference import codecs
-from marketplace import logs
+from marketplace import logs, metrics
 from marketplace.config import Settings
 from tests.support.replicas import serve
 from tests.support.world import SETTLER, World
@@ -70,6 +71,8 @@ def test_metrics_add_up_over_the_workers_and_logs_are_clean_json(
             forged = {**headers, "PAYMENT-SIGNATURE": "eyJ" + "A" * 80}
             assert http.post(url, data=body, headers=forged, timeout=30).status_code == 402
         assert codes.count(200) == 30 and codes.count(402) == 10
+        # each worker writes its counts to the shared files every FLUSH_EVERY s
+        time.sleep(2 * metrics.FLUSH_EVERY)
         samples = [scrape(server.url) for _ in range(6)]  # any worker answers for all
     finally:
         server.stop()
