@@ -61,5 +61,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('MODELMARKET_HTTP_PORT', '8000'), timeout=4)"]
 
-# `serve` execs gunicorn, so `docker stop`'s SIGTERM reaches it and workers drain.
+# `serve` execs the server (granian), so `docker stop`'s SIGTERM reaches it and workers drain.
 CMD ["modelmarket", "serve"]

@@ -163,8 +163,8 @@ def start_replicas(count: int, env: dict[str, str], log: Path) -> list[Server]:
 
 
 def check_replicas(servers: list[Server], log: Path) -> None:
-    """Every master still up with its 2 workers: one whose worker could not bind (or
-    boot) has exited, while warm() and wrk were answered by the others."""
+    """Every server still up with its 2 workers: one whose worker could not build the
+    app has exited, while warm() and wrk were answered by the others."""
     for i, server in enumerate(servers, 1):
         code = server.process.poll()
         workers = len(server.worker_pids()) if code is None else 0

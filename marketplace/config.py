@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     )
     http_server: Literal["granian", "gunicorn"] = Field(
         default="granian",
-        description="The HTTP server `modelmarket serve` runs: granian (Rust, WSGI; 1.5-2.5x"
+        description="The HTTP server `modelmarket serve` runs: granian (Rust, WSGI; 1.4-2.6x"
         " gunicorn's requests/s here) or gunicorn (gthread, gunicorn.conf.py).",
     )
     worker_timeout: float | None = Field(

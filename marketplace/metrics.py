@@ -128,9 +128,24 @@ _COUNTERS = {
 }
 _BOUNDS = [*LATENCY._upper_bounds]  # the buckets' upper bounds, +Inf last
 _pending_lock = threading.Lock()
+_flush_lock = threading.Lock()  # one flush at a time: a stop's flush waits for the timer's
 _pending: dict[tuple[str, ...], float] = {}  # (counter, *labels) -> amount
 _observed: dict[str, list[float]] = {}  # latency by method: a count per bucket, then the sum
 _flusher_pid = 0
+
+
+def _after_fork() -> None:
+    """A forked child starts with nothing pending and locks no thread of its holds."""
+    global _pending_lock, _flush_lock, _children_lock, _pending, _observed
+    _pending_lock, _flush_lock, _children_lock = (
+        threading.Lock(),
+        threading.Lock(),
+        threading.Lock(),
+    )
+    _pending, _observed = {}, {}
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _flush_soon() -> None:
@@ -154,18 +169,19 @@ def _flush_every() -> None:
 def flush() -> None:
     """Write this process's counts so far to the counters (shared ones: the files)."""
     global _pending, _observed
-    with _pending_lock:
-        counts, _pending = _pending, {}
-        observed, _observed = _observed, {}
-    for (name, *labels), amount in counts.items():
-        _child(_COUNTERS[name], *labels).inc(amount)
-    for method, tally in observed.items():
-        # what Histogram.observe does per observation, once per bucket
-        child = _child(LATENCY, method)
-        for i, n in enumerate(tally[:-1]):
-            if n:
-                child._buckets[i].inc(n)
-        child._sum.inc(tally[-1])
+    with _flush_lock:
+        with _pending_lock:
+            counts, _pending = _pending, {}
+            observed, _observed = _observed, {}
+        for (name, *labels), amount in counts.items():
+            _child(_COUNTERS[name], *labels).inc(amount)
+        for method, tally in observed.items():
+            # what Histogram.observe does per observation, once per bucket
+            child = _child(LATENCY, method)
+            for i, n in enumerate(tally[:-1]):
+                if n:
+                    child._buckets[i].inc(n)
+            child._sum.inc(tally[-1])
 
 
 @_never_raises

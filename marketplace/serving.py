@@ -3,7 +3,7 @@ or gunicorn (gunicorn.conf.py), as MODELMARKET_HTTP_SERVER says. The command, fo
 `modelmarket serve` (which becomes it) and `modelmarket run` (which starts it), and
 where a server's workers share their Prometheus counters.
 
-granian answered 1.5-2.5x gunicorn's requests/s on this app (bench.gateway), and with it
+granian answered 1.4-2.6x gunicorn's requests/s on this app (bench.gateway), and with it
 a paid call costs what an unpaid one does; see the README's Production.
 """
 
@@ -13,11 +13,13 @@ import gc
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
 from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.errors import ConfigurationError
 
 THREADS = 8  # request threads per worker process (gthread)
 GRACEFUL = 30  # seconds a stopping worker has to finish its calls
@@ -76,7 +78,15 @@ def metrics_folder(server: str, parent: Path) -> Path:
     (`<server>-<host>-<pid>`); folders of this host's processes that are gone (a
     server killed outright) are removed on the way."""
     host = socket.gethostname()
-    parent.mkdir(parents=True, exist_ok=True)
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # workers trust what is in it (another user's planted heartbeats would get them
+    # killed): a folder of ours, not a link to elsewhere
+    info = parent.lstat()
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"the metrics folder {parent} is a link or another user's: set"
+            " MODELMARKET_METRICS_DIR to a folder of this user's"
+        )
     for old in parent.iterdir():
         owner, _, pid = old.name.partition("-")[2].rpartition("-")
         if owner == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():

@@ -169,6 +169,7 @@ def start_shipped_granian(
         log=log,
         ready_path=ready_path,
         ready_timeout=ready_timeout,
+        ready_line=READY_LINE["granian"],  # logged once its worker has bound the socket
     )
 
 

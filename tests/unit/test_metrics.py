@@ -1,15 +1,19 @@
 """A paid call's counts are added up in the process and written to the counters later
 (`metrics.flush`): what a scrape shows must be what counting each call at once would
-have shown, under concurrent calls too."""
+have shown, under concurrent calls too. And the folder the workers share them in must
+be this user's own."""
 
 from __future__ import annotations
 
+import os
 import threading
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from marketplace import metrics
+from marketplace import metrics, serving
+from marketplace.errors import ConfigurationError
 
 
 def samples(text: str, name: str, **labels: str) -> dict[tuple[str, str], float]:
@@ -84,3 +88,18 @@ def test_no_count_is_lost_to_concurrent_calls_and_flushes():
     cache = samples(text, "modelmarket_model_cache", event="thread-test")
     assert cache[("modelmarket_model_cache_events_total", "")] == threads * each
     assert cache[("modelmarket_model_cache_bytes_total", "")] == threads * each * 10
+
+
+def test_a_metrics_folder_that_is_a_link_or_another_users_is_refused(tmp_path):
+    ours = tmp_path / "ours"
+    assert serving.metrics_folder("granian", ours).parent == ours
+    link = tmp_path / "link"
+    link.symlink_to(ours)
+    with pytest.raises(ConfigurationError, match="link or another user's"):
+        serving.metrics_folder("granian", link)
+    if os.getuid() == 0:  # only root can give a folder away
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 4242, 4242)
+        with pytest.raises(ConfigurationError, match="link or another user's"):
+            serving.metrics_folder("granian", theirs)
