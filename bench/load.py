@@ -33,16 +33,16 @@ import orjson
 import requests
 
 from bench import peers
-from bench.gateway import ANVIL, ARTIFACTS, MODEL, THREADS, gunicorn, wrk
+from bench.gateway import ANVIL, ARTIFACTS, MODEL, THREADS, gunicorn, start, wrk
 from inference import codecs
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.market import Marketplace, deploy_marketplace
 from marketplace.chain.transactions import connect, send
-from marketplace.config import PROJECT_ROOT, Settings
+from marketplace.config import Settings
 from marketplace.db.migrate import migrate
 from marketplace.devstack.anvil import dev_key, dev_signers, start_anvil
 from marketplace.devstack.ports import free_port
-from marketplace.devstack.serve import Server, start_granian, start_gunicorn, start_shipped_granian
+from marketplace.devstack.serve import Server, start_granian, start_shipped_granian
 from storage.local import LocalStore
 from tests.support.launchers import PG_BIN, start_postgres
 from tests.support.replicas import credit_calls
@@ -210,10 +210,7 @@ def run_paid(
     # the same app under gunicorn (gunicorn.conf.py), 1 replica: what the HTTP server costs
     log = work / f"paid-{name}-gunicorn.log"
     try:
-        server = start_gunicorn(
-            "app:create_app()", env, workers=2, threads=THREADS, reuse_port=True, log=log,
-            ready_path="/v2/health/ready", config=PROJECT_ROOT / "gunicorn.conf.py",
-        )  # fmt: skip
+        server = start("gunicorn", "app:create_app()", env, log, "/v2/health/ready")
     except RuntimeError as e:
         return [*rows, Row("paid", name, 1, None, None, str(e)[:120], http="gunicorn")]
     try:

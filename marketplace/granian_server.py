@@ -55,6 +55,7 @@ class GatewayServer(MPServer):
         super().__init__(**options)
         self.silent_after = settings.silent_worker_timeout
         self.beats = metrics  # heartbeat files sit beside the counters' (*.db) files
+        self.killed: set[int] = set()  # pids the watchdog killed, until the loop reaps them
         self.on_startup(self._fresh_metrics)
         self.on_shutdown(lambda: shutil.rmtree(self.beats, ignore_errors=True))
 
@@ -143,16 +144,13 @@ class GatewayServer(MPServer):
             self._respawn_workers(gone, spawn_target, target_loader)
         return True
 
-    def _killed(self, pid: int) -> bool:
-        return (self.beats / f"killed-{pid}").exists()
-
     def _forget(self, pid: int) -> None:
         """A dead worker's files: its heartbeat, and its counters' live gauges (none of
         ours is one today, so this removes nothing yet)."""
         from prometheus_client import multiprocess
 
-        for name in (f"heartbeat-{pid}", f"killed-{pid}"):
-            (self.beats / name).unlink(missing_ok=True)
+        (self.beats / f"heartbeat-{pid}").unlink(missing_ok=True)
+        self.killed.discard(pid)
         multiprocess.mark_process_dead(pid, str(self.beats))  # type: ignore[no-untyped-call]
 
     def _watch_beats(self) -> None:
@@ -173,7 +171,7 @@ class GatewayServer(MPServer):
             # dead worker's old heartbeat is handled by the serve loop, and a kill of a
             # pid already reaped is refused below
             pid = worker.inner.pid
-            if pid is None or self.interrupt_signal or self._killed(pid):
+            if pid is None or self.interrupt_signal or pid in self.killed:
                 continue
             try:
                 last = (self.beats / f"heartbeat-{pid}").stat().st_mtime
@@ -183,7 +181,7 @@ class GatewayServer(MPServer):
                 log.error(
                     "worker-%d (pid %s) silent for %.0f s: killed", worker.idx + 1, pid, now - last
                 )
-                _touch(self.beats / f"killed-{pid}")
+                self.killed.add(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -205,11 +203,10 @@ def _beat(path: Path) -> None:
         time.sleep(BEAT)
 
 
-def server(settings: Settings, *, port: int | None = None) -> GatewayServer:
+def server(settings: Settings) -> GatewayServer:
     """The gateway under granian as Settings say: address, workers, log format."""
     parent = settings.metrics_dir or serving.METRICS_PARENT
-    metrics = serving.metrics_folder("granian", parent)
-    metrics.mkdir(mode=0o700, parents=True, exist_ok=True)
+    metrics = serving.metrics_folder("granian", parent)  # made at startup (_fresh_metrics)
     # before any worker imports prometheus_client: the workers (forked) inherit it
     os.environ.update(
         {"PROMETHEUS_MULTIPROC_DIR": str(metrics), "MODELMARKET_METRICS_DIR": str(metrics)}
@@ -220,7 +217,7 @@ def server(settings: Settings, *, port: int | None = None) -> GatewayServer:
         target="app:create_app",
         factory=True,
         address=settings.http_host,
-        port=settings.http_port if port is None else port,
+        port=settings.http_port,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
         websockets=False,
