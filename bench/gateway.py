@@ -429,11 +429,11 @@ def receipts_issued(url: str) -> int:
     """Receipts written on the database at `url`, batched or waiting."""
     from sqlalchemy import func, select
 
-    from marketplace.db.tables import UsageReceiptRow
+    from marketplace.db.tables import Usage
 
     engine = make_engine(url)
     with engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(UsageReceiptRow)).scalar_one()
+        count = conn.execute(select(func.count()).where(Usage.gateway.is_not(None))).scalar_one()
     engine.dispose()
     return int(count)
 

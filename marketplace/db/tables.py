@@ -300,16 +300,31 @@ class ApiKey(Base):
 
 
 class Usage(Base):
-    """One paid call: charged when it began, refunded once if it failed on our side."""
+    """One paid call: charged when it began, refunded once if it failed on our side; a
+    served call's usage receipt (`usage.receipts.Receipt`) in the same row when receipts
+    are on, in a batch once one is built."""
 
     __tablename__ = "usage"
-    # Written once per paid call, and every index is paid for on every call: only the
-    # primary key until a query needs more (a buyer's usage history will).
+    # Written once per paid call, and every index is paid for on every call (and each
+    # batch's update): the key, a receipt's sequence, and the receipts no batch holds.
+    # The receipt lives in the call's row, not a row of its own: a second insert per call
+    # cost the database ~15 us a call (bench.receipts).
+    __table_args__ = (
+        Index("uq_usage_receipt_sequence", "gateway", "sequence", unique=True),
+        # the receipts no batch holds yet, in sequence order: what the next batch takes
+        Index(
+            "ix_usage_unbatched",
+            "gateway",
+            "sequence",
+            sqlite_where=text("gateway IS NOT NULL AND batch_id IS NULL"),
+            postgresql_where=text("gateway IS NOT NULL AND batch_id IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id
     key_id: Mapped[str] = mapped_column(String(16))
-    buyer: Mapped[str] = mapped_column(String(42))
-    model_id: Mapped[int] = mapped_column(BigInteger)
+    buyer: Mapped[str] = mapped_column(String(42))  # lower case (the receipt's buyer)
+    model_id: Mapped[int] = mapped_column(BigInteger)  # and the receipt's model id
     status: Mapped[str] = mapped_column(String(16))  # ok, failed
     lease_id: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(String(64))
@@ -317,38 +332,16 @@ class Usage(Base):
     charged: Mapped[bool] = mapped_column(default=True)
     refunded: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class UsageReceiptRow(Base):
-    """A served call's usage receipt (`usage.receipts.Receipt`), written with its usage
-    row, in a batch once one is built."""
-
-    __tablename__ = "usage_receipts"
-    __table_args__ = (
-        UniqueConstraint("gateway", "sequence", name="uq_usage_receipt_sequence"),
-        # the receipts no batch holds yet, in sequence order: what the next batch takes
-        Index(
-            "ix_usage_receipts_unbatched",
-            "gateway",
-            "sequence",
-            sqlite_where=text("batch_id IS NULL"),
-            postgresql_where=text("batch_id IS NULL"),
-        ),
-    )
-
-    inference_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    gateway: Mapped[str] = mapped_column(String(42))  # lower case
-    sequence: Mapped[int] = mapped_column(BigInteger)
-    model_id: Mapped[int] = mapped_column(BigInteger)
-    model_digest: Mapped[str] = mapped_column(String(66))
-    input_digest: Mapped[str] = mapped_column(String(66))
-    output_digest: Mapped[str] = mapped_column(String(66))
-    buyer: Mapped[str] = mapped_column(String(42))
-    price: Mapped[int] = mapped_column(Uint256)
-    method: Mapped[str] = mapped_column(String(16))
-    time: Mapped[int] = mapped_column(BigInteger)
-    # not indexed: a batch's receipts are found by its sequence range (every index is
-    # paid for on each call's insert and each batch's update)
+    # the receipt, set together or not at all (a failed call, or receipts off: None)
+    gateway: Mapped[str | None] = mapped_column(String(42))  # lower case
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+    model_digest: Mapped[str | None] = mapped_column(String(66))
+    input_digest: Mapped[str | None] = mapped_column(String(66))
+    output_digest: Mapped[str | None] = mapped_column(String(66))
+    price: Mapped[int | None] = mapped_column(Uint256)
+    method: Mapped[str | None] = mapped_column(String(16))
+    time: Mapped[int | None] = mapped_column(BigInteger)
+    # not indexed alone: a batch's receipts are found by its sequence range
     batch_id: Mapped[int | None] = mapped_column(BigInteger)
 
 

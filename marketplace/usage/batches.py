@@ -2,7 +2,7 @@
 batch built in one transaction (its root fixed, its receipts assigned), a send claimed
 by one worker at a time, and the anchored batch recorded.
 
-What is written when: a receipt with its call's usage row, in the same transaction
+What is written when: a receipt in its call's usage row, in the same statement
 (`records.write_usage`); its batch id when the batch is built; the batch's transaction
 and block once the chain holds its root. A receipt is in at most one batch (the
 assignment re-checks `batch_id IS NULL` row by row) and a root is anchored at most once
@@ -24,15 +24,16 @@ from sqlalchemy.orm import Session
 
 from marketplace import errors
 from marketplace.db.engine import insert as dialect_insert
-from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
+from marketplace.db.tables import ReceiptBatch, ReceiptSequence, Usage
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
 
-_COLUMNS = ", ".join(Receipt._fields)
+# a receipt's fields in its call's usage row, in Receipt's order
+_COLUMNS = ", ".join("id" if name == "inference_id" else name for name in Receipt._fields)
 _PRICE = Receipt._fields.index("price")
 _SEQUENCE = Receipt._fields.index("sequence")
 _WAITING_SQL = (
-    f"SELECT {_COLUMNS} FROM usage_receipts"  # noqa: S608 (constants only)
+    f"SELECT {_COLUMNS} FROM usage"  # noqa: S608 (constants only)
     " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size"
 )
 _WAITING = text(_WAITING_SQL)
@@ -43,12 +44,12 @@ _WAITING_SQLITE = text(
 )
 # `batch_id IS NULL` is re-checked row by row: a receipt is never in two batches
 _ASSIGN_SQLITE = text(
-    "UPDATE usage_receipts SET batch_id = :batch WHERE batch_id IS NULL"
-    " AND inference_id IN (SELECT value FROM json_each(:ids))"
+    "UPDATE usage SET batch_id = :batch WHERE batch_id IS NULL"
+    " AND id IN (SELECT value FROM json_each(:ids))"
 )
 _ASSIGN_PG = text(
-    "UPDATE usage_receipts SET batch_id = :batch WHERE batch_id IS NULL"
-    " AND inference_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
+    "UPDATE usage SET batch_id = :batch WHERE batch_id IS NULL"
+    " AND id IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
 )
 
 
@@ -70,9 +71,12 @@ def reserve_sequences(engine: Engine, gateway: str, size: int, domain: Domain) -
     return range(int(taken) - size, int(taken))
 
 
-def to_receipt(row: Any) -> Receipt:
-    """A receipt from its row."""
-    return Receipt(*(getattr(row, name) for name in Receipt._fields))
+def to_receipt(row: Usage) -> Receipt:
+    """A served call's receipt from its usage row."""
+    return Receipt(*(getattr(row, _ROW_NAMES.get(name, name)) for name in Receipt._fields))
+
+
+_ROW_NAMES = {"inference_id": "id"}
 
 
 # whose turn it is to build, by the holder's first word: the leading indexer's or a
@@ -126,9 +130,9 @@ def issuers(engine: Engine) -> list[tuple[str, Domain]]:
 def _next_batch(gateway: str, limit: int) -> Select[tuple[int, Any]]:
     """(how many, the oldest's time) of the next `limit` receipts to go into a batch."""
     waiting = (
-        select(UsageReceiptRow.time)
-        .where(UsageReceiptRow.gateway == gateway, UsageReceiptRow.batch_id.is_(None))
-        .order_by(UsageReceiptRow.sequence)  # the partial index's order: what goes next
+        select(Usage.time)
+        .where(Usage.gateway == gateway, Usage.batch_id.is_(None))
+        .order_by(Usage.sequence)  # the partial index's order: what goes next
         .limit(limit)
         .subquery()
     )
@@ -284,9 +288,10 @@ def anchored(engine: Engine, batch: int, tx_hash: str | None, block: int, now: f
 # ------------------------------------------------------------------ reading
 
 
-def receipt_row(session: Session, inference_id: str) -> UsageReceiptRow | None:
-    """One receipt's row."""
-    return session.get(UsageReceiptRow, inference_id)
+def receipt_row(session: Session, inference_id: str) -> Usage | None:
+    """The usage row of a call that has a receipt."""
+    row = session.get(Usage, inference_id)
+    return row if row is not None and row.gateway is not None else None
 
 
 def batch_row(session: Session, batch: int) -> ReceiptBatch | None:
@@ -308,14 +313,14 @@ def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Doma
         if kept is not None:
             _trees[key] = kept  # the most recently used last: the oldest goes first
     if kept is None:
-        query = select(UsageReceiptRow).where(UsageReceiptRow.batch_id == batch.id)
+        query = select(Usage).where(Usage.batch_id == batch.id)
         if batch.first_sequence is not None and batch.last_sequence is not None:
             query = query.where(  # what is indexed: batch_id is not
-                UsageReceiptRow.gateway == batch.gateway,
-                UsageReceiptRow.sequence.between(batch.first_sequence, batch.last_sequence),
+                Usage.gateway == batch.gateway,
+                Usage.sequence.between(batch.first_sequence, batch.last_sequence),
             )
-        rows = session.scalars(query.order_by(UsageReceiptRow.sequence)).all()
-        ids = [r.inference_id for r in rows]
+        rows = session.scalars(query.order_by(Usage.sequence)).all()
+        ids = [r.id for r in rows]
         kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
         with _trees_lock:
             if len(_trees) >= _TREES_KEPT:
@@ -347,14 +352,14 @@ def anchored_calls(
     """Per model: (calls whose receipt is anchored, batches holding them)."""
     query = (
         select(
-            UsageReceiptRow.model_id,
+            Usage.model_id,
             func.count(),
-            func.count(func.distinct(UsageReceiptRow.batch_id)),
+            func.count(func.distinct(Usage.batch_id)),
         )
-        .join(ReceiptBatch, ReceiptBatch.id == UsageReceiptRow.batch_id)
+        .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
         .where(ReceiptBatch.state == "anchored")
-        .group_by(UsageReceiptRow.model_id)
+        .group_by(Usage.model_id)
     )
     if model_ids is not None:
-        query = query.where(UsageReceiptRow.model_id.in_(list(model_ids)))
+        query = query.where(Usage.model_id.in_(list(model_ids)))
     return {int(m): (int(c), int(b)) for m, c, b in session.execute(query).all()}

@@ -1,5 +1,5 @@
-"""Usage rows: one per paid call, whatever paid for it, as a typed record, and the one
-writer that puts them in the database at the driver level."""
+"""Usage rows: one per paid call, whatever paid for it, with a served call's receipt, as
+a typed record, and the one writer that puts them in the database at the driver level."""
 
 from __future__ import annotations
 
@@ -33,76 +33,73 @@ class UsageRecord(NamedTuple):
 
 
 USAGE_COLUMNS = UsageRecord._fields[:-1]
-RECEIPT_COLUMNS = Receipt._fields
+# the receipt's own fields, stored in its call's usage row (its inference id, model id
+# and buyer are the row's id, model_id and buyer)
+RECEIPT_COLUMNS = tuple(
+    f for f in Receipt._fields if f not in ("inference_id", "model_id", "buyer")
+)
+_RECEIPT_FIELDS = [Receipt._fields.index(name) for name in RECEIPT_COLUMNS]
+_NO_RECEIPT = (None,) * len(RECEIPT_COLUMNS)
 _CHARGED = USAGE_COLUMNS.index("charged")
-_USAGE_SQL = ", ".join(USAGE_COLUMNS)
+_PRICE = RECEIPT_COLUMNS.index("price")
+_COLUMNS = (*USAGE_COLUMNS, *RECEIPT_COLUMNS)
+_SQL = ", ".join(_COLUMNS)
 # PostgreSQL: one statement over the rows as one JSON text (orjson writes it in C; the
 # server parses it in C). psycopg's per-row executemany, or its array adaptation, cost
 # 10-15 us a row in Python.
 _USAGE_PG = (
-    f"INSERT INTO usage ({_USAGE_SQL}) SELECT {_USAGE_SQL}"  # noqa: S608 (constants only)
+    f"INSERT INTO usage ({_SQL}) SELECT {_SQL}"  # noqa: S608 (constants only)
     " FROM json_populate_recordset(NULL::usage, %s::json) ON CONFLICT (id) DO NOTHING"
 )
-
-
-def _from_json_sqlite(table: str, columns: Sequence[str], key: str) -> str:
-    # SQLite: one statement over the rows as one JSON array of arrays. executemany
-    # steps once per row, letting go of the GIL and taking it back each time: under
-    # load every take waits behind the request threads (up to 5 ms each), with the
-    # write lock held all the while.
-    # json_extract, not ->> (SQLite 3.38+): the sqlite3 a Python is built with may be older
-    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values}"  # noqa: S608 (constants)
-        f" FROM json_each(?) WHERE true ON CONFLICT ({key}) DO NOTHING"  # WHERE: the upsert
-    )  # clause is not read as a join's ON
-
-
-_USAGE_SQLITE = _from_json_sqlite("usage", USAGE_COLUMNS, "id")
-_RECEIPTS_SQL = ", ".join(RECEIPT_COLUMNS)
-_RECEIPTS_PG = (
-    f"INSERT INTO usage_receipts ({_RECEIPTS_SQL}) SELECT {_RECEIPTS_SQL}"  # noqa: S608
-    " FROM json_populate_recordset(NULL::usage_receipts, %s::json)"
-    " ON CONFLICT (inference_id) DO NOTHING"
+# SQLite: one statement over the rows as one JSON array of arrays. executemany steps
+# once per row, letting go of the GIL and taking it back each time: under load every
+# take waits behind the request threads (up to 5 ms each), with the write lock held all
+# the while. json_extract, not ->> (SQLite 3.38+): the sqlite3 a Python is built with
+# may be older. WHERE true: the upsert clause is not read as a join's ON.
+_VALUES = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
+_USAGE_SQLITE = (
+    f"INSERT INTO usage ({_SQL}) SELECT {_VALUES}"  # noqa: S608 (constants only)
+    " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
 )
-_RECEIPTS_SQLITE = _from_json_sqlite("usage_receipts", RECEIPT_COLUMNS, "inference_id")
-_PRICE = RECEIPT_COLUMNS.index("price")
+
+
+def _receipt_fields(receipt: Receipt | None) -> tuple[object, ...]:
+    if receipt is None:
+        return _NO_RECEIPT
+    return tuple(receipt[i] for i in _RECEIPT_FIELDS)
 
 
 def write_usage(conn: Connection, records: Sequence[UsageRecord]) -> int:
-    """Insert usage rows, and the receipts of the served calls among them, at the driver
-    level; returns how many usage rows were new (a row already written, by id, is
-    skipped, and so is its receipt). The caller's transaction holds both: a call is
+    """Insert usage rows, each served call's receipt in its row, at the driver level;
+    returns how many were new (a row already written, by id, is skipped). A call is
     recorded with its receipt or not at all.
 
     A row per paid call: SQLAlchemy's per-row parameter processing cost ~4x the
     driver's own work (measured: ~9 us against ~2 us a row on SQLite), so rows go to
     the driver as they are stored (SQLite: SQLAlchemy's DATETIME text and 0/1)."""
-    receipts = [r.receipt for r in records if r.receipt is not None]
     if conn.dialect.name == "sqlite":
-        rows = [
-            (
-                *record[:_CHARGED],
-                int(record.charged),
-                int(record.refunded),
-                # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
-                record.created_at.isoformat(" ", "microseconds")[:26],
+        rows = []
+        for record in records:
+            own = _receipt_fields(record.receipt)
+            if record.receipt is not None:  # the price as Uint256 stores it: padded text
+                own = (*own[:_PRICE], str(own[_PRICE]).zfill(UINT256_DIGITS), *own[_PRICE + 1 :])
+            rows.append(
+                (
+                    *record[:_CHARGED],
+                    int(record.charged),
+                    int(record.refunded),
+                    # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
+                    record.created_at.isoformat(" ", "microseconds")[:26],
+                    *own,
+                )
             )
-            for record in records
-        ]
-        new = int(conn.exec_driver_sql(_USAGE_SQLITE, (orjson.dumps(rows).decode(),)).rowcount)
-        if receipts:
-            # the price as Uint256 stores it on SQLite: zero-padded decimal text
-            padded = [
-                (*r[:_PRICE], str(r.price).zfill(UINT256_DIGITS), *r[_PRICE + 1 :])
-                for r in receipts
-            ]
-            conn.exec_driver_sql(_RECEIPTS_SQLITE, (orjson.dumps(padded).decode(),))
-        return new
-    text = orjson.dumps([dict(zip(USAGE_COLUMNS, record, strict=False)) for record in records])
-    new = int(conn.exec_driver_sql(_USAGE_PG, (text.decode(),)).rowcount)
-    if receipts:
-        # the price as text: orjson writes no integer above 64 bits (numeric parses it)
-        docs = [{**r._asdict(), "price": str(r.price)} for r in receipts]
-        conn.exec_driver_sql(_RECEIPTS_PG, (orjson.dumps(docs).decode(),))
-    return new
+        return int(conn.exec_driver_sql(_USAGE_SQLITE, (orjson.dumps(rows).decode(),)).rowcount)
+    docs = []
+    for record in records:
+        doc: dict[str, object] = dict(zip(USAGE_COLUMNS, record, strict=False))
+        if record.receipt is not None:
+            doc.update(zip(RECEIPT_COLUMNS, _receipt_fields(record.receipt), strict=True))
+            # the price as text: orjson writes no integer above 64 bits (numeric parses it)
+            doc["price"] = str(doc["price"])
+        docs.append(doc)
+    return int(conn.exec_driver_sql(_USAGE_PG, (orjson.dumps(docs).decode(),)).rowcount)

@@ -24,7 +24,7 @@ from inference.digests import tensors_digest
 from marketplace.chain.anchors import Anchors
 from marketplace.chain.transactions import Signer
 from marketplace.db.engine import make_engine, session_factory
-from marketplace.db.tables import ReceiptBatch, UsageReceiptRow
+from marketplace.db.tables import ReceiptBatch, Usage
 from marketplace.devstack.anvil import dev_key
 from marketplace.usage import batches, receipts
 from marketplace.usage.merkle import MerkleTree
@@ -75,12 +75,12 @@ def paid_calls(world: World, prepaid: int, x402: int) -> dict[str, tuple[int, st
 def counts(world: World) -> tuple[int, int, int]:
     """(receipts, batches, receipts in anchored batches)."""
     with session_factory(make_engine(world.settings.db_url))() as s:
-        total = s.scalar(select(func.count()).select_from(UsageReceiptRow))
+        total = s.scalar(select(func.count()).where(Usage.gateway.is_not(None)))
         built = s.scalar(select(func.count()).select_from(ReceiptBatch))
         anchored = s.scalar(
             select(func.count())
-            .select_from(UsageReceiptRow)
-            .join(ReceiptBatch, ReceiptBatch.id == UsageReceiptRow.batch_id)
+            .select_from(Usage)
+            .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
             .where(ReceiptBatch.state == "anchored")
         )
     return int(total or 0), int(built or 0), int(anchored or 0)
@@ -366,7 +366,9 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
 
         def written() -> set[str]:
             with engine.connect() as conn:
-                return set(conn.execute(select(UsageReceiptRow.inference_id)).scalars())
+                return set(
+                    conn.execute(select(Usage.id).where(Usage.gateway.is_not(None))).scalars()
+                )
 
         deadline = time.monotonic() + 10
         while written() != ids:  # the keepers write within 0.1 s
@@ -400,8 +402,8 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
             with engine.connect() as conn:
                 anchored = conn.execute(
                     select(func.count())
-                    .select_from(UsageReceiptRow)
-                    .join(ReceiptBatch, ReceiptBatch.id == UsageReceiptRow.batch_id)
+                    .select_from(Usage)
+                    .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
                     .where(ReceiptBatch.state == "anchored")
                 ).scalar()
             if anchored == len(ids):
@@ -412,7 +414,7 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
         restarted.stop()
     with engine.connect() as conn:
         rows = conn.execute(select(ReceiptBatch)).all()
-        assert conn.execute(select(func.count()).select_from(UsageReceiptRow)).scalar() == 40
+        assert conn.execute(select(func.count()).where(Usage.gateway.is_not(None))).scalar() == 40
     assert all(r.state == "anchored" and r.tx_hash for r in rows)
     assert sum(r.count for r in rows) == 40
     events = world.market.w3.eth.get_logs(
@@ -489,16 +491,16 @@ def test_workers_building_batches_at_once_put_each_receipt_in_one(database: str)
     assert not failed, failed
     with session_factory(engine)() as s:
         assigned = s.execute(
-            select(UsageReceiptRow.batch_id, func.count()).group_by(UsageReceiptRow.batch_id)
+            select(Usage.batch_id, func.count())
+            .where(Usage.gateway.is_not(None))
+            .group_by(Usage.batch_id)
         ).all()
         made = s.scalars(select(ReceiptBatch)).all()
         assert None not in dict(assigned) and sum(n for _, n in assigned) == 2000
         assert sorted(b.id for b in made) == sorted(built) and len(made) == 20
         for batch in made:
             mine = s.scalars(
-                select(UsageReceiptRow)
-                .where(UsageReceiptRow.batch_id == batch.id)
-                .order_by(UsageReceiptRow.sequence)
+                select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
             ).all()
             tree = MerkleTree([batches.to_receipt(r).digest(domain) for r in mine])
             assert batch.count == len(mine) and batch.root == "0x" + tree.root.hex()

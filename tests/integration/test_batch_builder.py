@@ -20,7 +20,7 @@ from inference import codecs
 from marketplace.bootstrap import make_batch_builder
 from marketplace.chain.transactions import Signer
 from marketplace.db.engine import make_engine
-from marketplace.db.tables import ReceiptBatch, ReceiptSequence, UsageReceiptRow
+from marketplace.db.tables import ReceiptBatch, ReceiptSequence, Usage
 from marketplace.devstack.anvil import dev_key
 from marketplace.usage import batches, receipts
 from tests.integration.test_audit import (
@@ -124,8 +124,8 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
             return int(
                 conn.execute(
                     select(func.count())
-                    .select_from(UsageReceiptRow)
-                    .join(ReceiptBatch, ReceiptBatch.id == UsageReceiptRow.batch_id)
+                    .select_from(Usage)
+                    .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
                     .where(ReceiptBatch.state == "anchored")
                 ).scalar_one()
             )

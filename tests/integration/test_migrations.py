@@ -68,3 +68,72 @@ def test_replicas_starting_together_migrate_one_at_a_time(postgres, tmp_path):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_receipts_move_into_their_usage_rows_and_back(database: str):
+    """f1a3c5e7b9d2 moves each receipt into its call's usage row (batch id included) and
+    its downgrade moves them back: no receipt is lost either way, and each still hashes
+    to the leaf its batch holds."""
+    from sqlalchemy import create_engine, text
+
+    from marketplace.db.engine import session_factory
+    from marketplace.usage import batches
+    from marketplace.usage.receipts import Domain, Receipt
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", database)
+    command.downgrade(cfg, "e4c7a9b1d2f0")
+    price = 10**30 + 7  # above 64 bits: stored as Uint256 stores it on each database
+    kept = [
+        Receipt(
+            "0x" + "ab" * 20, f"{i:032x}", 100 + i, 3, "0x" + "11" * 32, f"0x{i:064x}",
+            f"0x{i + 1:064x}", "0x" + "44" * 20, price, "prepaid", 1_700_000_000 + i,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    engine = create_engine(database)
+    padded = str(price).zfill(78) if engine.dialect.name == "sqlite" else price
+    with engine.begin() as conn:
+        for i, r in enumerate(kept + [None]):  # the last call failed: no receipt
+            conn.execute(
+                text(
+                    "INSERT INTO usage (id, key_id, buyer, model_id, status, charged,"
+                    " refunded, created_at) VALUES (:id, 'k', :buyer, 3, :status, true,"
+                    " false, CURRENT_TIMESTAMP)"
+                ),
+                {
+                    "id": f"{i:032x}",
+                    "buyer": "0x" + "44" * 20,
+                    "status": "failed" if r is None else "ok",
+                },
+            )
+            if r is not None:
+                conn.execute(
+                    text(
+                        "INSERT INTO usage_receipts VALUES (:inference_id, :gateway,"
+                        " :sequence, :model_id, :model_digest, :input_digest, :output_digest,"
+                        " :buyer, :price, :method, :time, :batch)"
+                    ),
+                    {**r._asdict(), "price": padded, "batch": 9 if i == 0 else None},
+                )
+    command.upgrade(cfg, "head")
+    domain = Domain(31337, "0x" + "cd" * 20)
+    with session_factory(engine)() as s:
+        rows = [batches.receipt_row(s, r.inference_id) for r in kept]
+        assert [batches.to_receipt(row) for row in rows if row is not None] == kept
+        assert [row.batch_id for row in rows if row is not None] == [9, None, None]
+        assert batches.receipt_row(s, f"{3:032x}") is None
+        leaves = [batches.to_receipt(row).leaf(domain) for row in rows if row is not None]
+    assert leaves == [r.leaf(domain) for r in kept]
+    _check(database)
+
+    command.downgrade(cfg, "e4c7a9b1d2f0")
+    with engine.connect() as conn:
+        back = conn.execute(text("SELECT * FROM usage_receipts ORDER BY sequence")).all()
+        columns = set(conn.execute(text("SELECT * FROM usage")).keys())
+    assert [(r.inference_id, r.sequence, int(r.price), r.batch_id) for r in back] == [
+        (r.inference_id, r.sequence, price, 9 if i == 0 else None) for i, r in enumerate(kept)
+    ]
+    assert "gateway" not in columns and "batch_id" not in columns
+    command.upgrade(cfg, "head")
+    engine.dispose()
