@@ -142,7 +142,7 @@ def build_due(
                 waiting < max_calls and oldest is not None and oldest > now - period
             ):
                 break
-            batch = batches.build_batch(engine, gateway, max_calls, domain, now)
+            batch = batches.build_batch(engine, gateway, domain, now)
             if batch is None:
                 break
             log.info("built receipt batch %s for gateway %s", batch, gateway)
@@ -159,7 +159,7 @@ def build_due(
 class BatchBuilder:
     """Builds every gateway's due batches from the leading indexer (`modelmarket
     indexer`, or the one `modelmarket run` holds), so the serving workers spend none of
-    their GIL on Merkle trees (~17 us a receipt) and only send the roots built for them,
+    their GIL on Merkle trees (~10 us a receipt) and only send the roots built for them,
     from their key. Each gateway's receipts are hashed under the domain the gateway
     recorded (`batches.reserve_sequences`). Its turn preempts a worker's at its next
     run; if the indexer stops (`close`), or its turn lapses after `ttl` (it died, or a

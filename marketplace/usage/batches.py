@@ -1,25 +1,38 @@
-"""Receipts and their batches in the database: sequence numbers taken in blocks, a
-batch built in one transaction (its root fixed, its receipts assigned), a send claimed
-by one worker at a time, and the anchored batch recorded.
+"""Receipts and their batches in the database: sequence numbers taken in blocks, each
+gateway's open batch that its receipts are written into, a batch closed and built (its
+root fixed), a send claimed by one worker at a time, and the anchored batch recorded.
 
-What is written when: a receipt in its call's usage row, in the same statement
-(`records.write_usage`); its batch id when the batch is built; the batch's transaction
-and block once the chain holds its root. A receipt is in at most one batch (the
-assignment re-checks `batch_id IS NULL` row by row) and a root is anchored at most once
-per gateway (the contract refuses the second), so a crash anywhere repeats work at
-worst, never the anchoring.
+What is written when: a receipt in its call's usage row, in its gateway's open batch
+(`records.write_usage`, under a lock a close waits for); the batch closed (the gateway's
+next batch opened in the same transaction), then its root once computed; the batch's
+transaction and block once the chain holds its root. A receipt is in exactly one batch
+from the moment it is written, and nothing is added to a closed batch, so its root
+never changes; a root is anchored at most once per gateway (the contract refuses the
+second). A crash anywhere repeats work at worst: a closed batch left without its root
+gets it at the next build.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, Select, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    func,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from marketplace import errors
@@ -32,43 +45,55 @@ from marketplace.usage.receipts import Domain, Receipt
 _COLUMNS = ", ".join("id" if name == "inference_id" else name for name in Receipt._fields)
 _PRICE = Receipt._fields.index("price")
 _SEQUENCE = Receipt._fields.index("sequence")
-_WAITING_SQL = (
+_MEMBERS_SQL = (
     f"SELECT {_COLUMNS} FROM usage"  # noqa: S608 (constants only)
-    " WHERE gateway = :gateway AND batch_id IS NULL ORDER BY sequence LIMIT :size"
+    " WHERE batch_id = :batch ORDER BY sequence"
 )
-_WAITING = text(_WAITING_SQL)
+_MEMBERS = text(_MEMBERS_SQL)
 # SQLite: the rows as one JSON text, in one step (a step per row lets go of the GIL and
 # waits to take it back each time: 10,000 waits behind the request threads under load)
-_WAITING_SQLITE = text(
-    f"SELECT json_group_array(json_array({_COLUMNS})) FROM ({_WAITING_SQL})"  # noqa: S608
+_MEMBERS_SQLITE = text(
+    f"SELECT json_group_array(json_array({_COLUMNS})) FROM ({_MEMBERS_SQL})"  # noqa: S608
 )
-# `batch_id IS NULL` is re-checked row by row: a receipt is never in two batches
-_ASSIGN_SQLITE = text(
-    "UPDATE usage SET batch_id = :batch WHERE batch_id IS NULL"
-    " AND id IN (SELECT value FROM json_each(:ids))"
-)
-_ASSIGN_PG = text(
-    "UPDATE usage SET batch_id = :batch WHERE batch_id IS NULL"
-    " AND id IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
-)
+# receipts written with no batch (before their gateway had an open batch, or before
+# batches were opened) join the batch being closed: normally none
+_ADOPT = text("UPDATE usage SET batch_id = :batch WHERE gateway = :gateway AND batch_id IS NULL")
+OPEN, CLOSED, BUILT, ANCHORED = "open", "closed", "built", "anchored"
 
 
 def reserve_sequences(engine: Engine, gateway: str, size: int, domain: Domain) -> range:
     """The next `size` sequence numbers of `gateway`, for this worker alone. Numbers a
     stopped worker had not used are never used: sequences are unique, not dense. The
     domain its receipts are issued under is recorded with them: the batch builder (in
-    another process, maybe with another deployment record) hashes them under it."""
+    another process, maybe with another deployment record) hashes them under it. The
+    gateway gets an open batch if it has none, before any of these numbers is used."""
     where = {"chain_id": domain.chain_id, "anchors": domain.anchors}
     with engine.begin() as conn:  # one statement: two first workers cannot both insert
         upsert = dialect_insert(conn, ReceiptSequence).values(
             gateway=gateway, next=1 + size, **where
         )
-        taken = conn.execute(
+        taken, open_batch = conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=["gateway"], set_={"next": ReceiptSequence.next + size, **where}
-            ).returning(ReceiptSequence.next)
-        ).scalar_one()
+            ).returning(ReceiptSequence.next, ReceiptSequence.open_batch)
+        ).one()
+        if open_batch is None:  # the row stays locked by the upsert until commit
+            _open_next(conn, gateway, time.time())
     return range(int(taken) - size, int(taken))
+
+
+def _open_next(conn: Connection, gateway: str, now: float) -> int:
+    """Open a new batch for `gateway` and point its receipts at it (the caller holds
+    the gateway's row)."""
+    batch = conn.execute(
+        insert(ReceiptBatch)
+        .values(gateway=gateway, count=0, state=OPEN, created_at=now)
+        .returning(ReceiptBatch.id)
+    ).scalar_one()
+    conn.execute(
+        update(ReceiptSequence).where(ReceiptSequence.gateway == gateway).values(open_batch=batch)
+    )
+    return int(batch)
 
 
 def to_receipt(row: Usage) -> Receipt:
@@ -127,23 +152,30 @@ def issuers(engine: Engine) -> list[tuple[str, Domain]]:
     return [(g, Domain(int(c), a)) for g, c, a in rows if c is not None and a is not None]
 
 
-def _next_batch(gateway: str, limit: int) -> Select[tuple[int, Any]]:
-    """(how many, the oldest's time) of the next `limit` receipts to go into a batch."""
-    waiting = (
-        select(Usage.time)
-        .where(Usage.gateway == gateway, Usage.batch_id.is_(None))
-        .order_by(Usage.sequence)  # the partial index's order: what goes next
-        .limit(limit)
-        .subquery()
+def _waiting(gateway: str, limit: int) -> Select[tuple[int, Any]]:
+    """(how many, the oldest's time) of `gateway`'s next `limit` receipts to be batched:
+    its open batch's, and any written with no batch, in sequence order."""
+    open_batch = (
+        select(ReceiptSequence.open_batch)
+        .where(ReceiptSequence.gateway == gateway)
+        .scalar_subquery()
     )
-    return select(func.count(), func.min(waiting.c.time))
+    held = select(Usage.sequence, Usage.time).where(Usage.batch_id == open_batch)
+    loose = select(Usage.sequence, Usage.time).where(
+        Usage.gateway == gateway, Usage.batch_id.is_(None)
+    )
+    held = held.order_by(Usage.sequence).limit(limit)
+    loose = loose.order_by(Usage.sequence).limit(limit)
+    both = union_all(held.subquery().select(), loose.subquery().select()).subquery()
+    first = select(both.c.time).order_by(both.c.sequence).limit(limit).subquery()
+    return select(func.count(), func.min(first.c.time))
 
 
 def unbatched(engine: Engine, gateway: str, limit: int) -> tuple[int, int | None]:
-    """How many receipts no batch holds yet (counted up to `limit`), and the oldest's time
-    among the next `limit` to go."""
+    """How many receipts no closed batch holds yet (counted up to `limit`), and the
+    oldest's time among the next `limit` to go."""
     with engine.connect() as conn:
-        count, oldest = conn.execute(_next_batch(gateway, limit)).one()
+        count, oldest = conn.execute(_waiting(gateway, limit)).one()
     return int(count), (None if oldest is None else int(oldest))
 
 
@@ -155,10 +187,10 @@ def backlog(
     `limit` to go; the batches built and not anchored and the oldest's age; who has the
     turn to build (None once it lapsed). `behind` when a receipt has waited over two
     periods and `slack` seconds for its batch, or a batch over `slack` for its anchor."""
-    count, oldest = session.execute(_next_batch(gateway, limit)).one()
+    count, oldest = session.execute(_waiting(gateway, limit)).one()
     built, built_at = session.execute(
         select(func.count(), func.min(ReceiptBatch.created_at)).where(
-            ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built"
+            ReceiptBatch.gateway == gateway, ReceiptBatch.state.in_((CLOSED, BUILT))
         )
     ).one()
     turn = session.execute(
@@ -181,53 +213,87 @@ def backlog(
     }
 
 
-def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: float) -> int | None:
-    """Take up to `size` unbatched receipts (oldest sequence first) into a new batch with
-    its Merkle root: the batch id, or None if none were left (or another worker took
-    some of them meanwhile: the next round tries again). The tree is computed before the
-    write transaction, so SQLite's write lock (the usage writes wait on it) is held only
-    for the assignment: one statement over the ids as one JSON text. Rows are read and
-    written at the driver level: SQLAlchemy's per-row processing cost more than the
-    hashing (measured ~35 of ~60 us a receipt)."""
-    with engine.connect() as conn:
-        params = {"gateway": gateway, "size": size}
-        rows: Sequence[Any]
-        if conn.dialect.name == "sqlite":
-            # sorted here: SQLite 3.40 promises no order inside json_group_array
-            got = orjson.loads(conn.execute(_WAITING_SQLITE, params).scalar_one())
-            rows = sorted(got, key=itemgetter(_SEQUENCE))
-        else:
-            rows = conn.execute(_WAITING, params).all()
-    if not rows:
-        return None
-    receipts = [Receipt._make((*r[:_PRICE], int(r[_PRICE]), *r[_PRICE + 1 :])) for r in rows]
-    tree = MerkleTree([r.digest(domain) for r in receipts])
-    ids = orjson.dumps([r.inference_id for r in receipts]).decode()
-    try:
-        with engine.begin() as conn:
-            batch = conn.execute(
-                insert(ReceiptBatch)
-                .values(
-                    gateway=gateway,
-                    root="0x" + tree.root.hex(),
-                    count=len(receipts),
-                    first_sequence=receipts[0].sequence,
-                    last_sequence=receipts[-1].sequence,
-                    state="built",
-                    created_at=now,
-                )
-                .returning(ReceiptBatch.id)
-            ).scalar_one()
-            assign = _ASSIGN_PG if conn.dialect.name == "postgresql" else _ASSIGN_SQLITE
-            if conn.execute(assign, {"batch": batch, "ids": ids}).rowcount != len(receipts):
-                raise _Raced
-    except (_Raced, IntegrityError):  # IntegrityError: a twin built this very root first
-        return None
+def build_batch(engine: Engine, gateway: str, domain: Domain, now: float) -> int | None:
+    """Close `gateway`'s open batch and compute its root: the batch id, or None when it
+    held no receipt. A batch closed earlier whose root was never computed (its builder
+    stopped between the two) gets it first."""
+    for left in _closed(engine, gateway):
+        _build(engine, left, domain)
+    batch = close_open(engine, gateway, now)
+    if batch is not None:
+        _build(engine, batch, domain)
+    return batch
+
+
+def close_open(engine: Engine, gateway: str, now: float) -> int | None:
+    """Close `gateway`'s open batch (nothing is written into it after this commits) and
+    open the next: the closed batch's id, or None when it held no receipt (it stays
+    open). The gateway's row is locked FOR UPDATE, which waits for every usage write
+    holding it (they read the open batch under KEY SHARE); on SQLite the transaction's
+    write lock does the same. Short: the hashing comes after, outside it."""
+    with engine.begin() as conn:
+        pointer = conn.execute(
+            select(ReceiptSequence.open_batch)
+            .where(ReceiptSequence.gateway == gateway)
+            .with_for_update()
+        ).one_or_none()
+        if pointer is None:  # no worker of it took sequence numbers: it issued nothing
+            return None
+        batch = pointer[0] if pointer[0] is not None else _open_next(conn, gateway, now)
+        conn.execute(_ADOPT, {"batch": batch, "gateway": gateway})
+        count, first, last = conn.execute(
+            select(func.count(), func.min(Usage.sequence), func.max(Usage.sequence)).where(
+                Usage.batch_id == batch
+            )
+        ).one()
+        if not count:
+            return None
+        conn.execute(
+            update(ReceiptBatch)
+            .where(ReceiptBatch.id == batch, ReceiptBatch.state == OPEN)
+            .values(
+                state=CLOSED,
+                count=count,
+                first_sequence=first,
+                last_sequence=last,
+                created_at=now,
+            )
+        )
+        _open_next(conn, gateway, now)
     return int(batch)
 
 
-class _Raced(Exception):
-    """Another worker batched some of these receipts first: roll back."""
+def _closed(engine: Engine, gateway: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(ReceiptBatch.id)
+                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == CLOSED)
+                .order_by(ReceiptBatch.id)
+            ).scalars()
+        )
+
+
+def _build(engine: Engine, batch: int, domain: Domain) -> None:
+    """Compute a closed batch's root from its receipts. Rows are read at the driver
+    level: SQLAlchemy's per-row processing cost more than the hashing (measured ~35 of
+    ~60 us a receipt)."""
+    with engine.connect() as conn:
+        rows: Sequence[Any]
+        if conn.dialect.name == "sqlite":
+            # sorted here: SQLite 3.40 promises no order inside json_group_array
+            got = orjson.loads(conn.execute(_MEMBERS_SQLITE, {"batch": batch}).scalar_one())
+            rows = sorted(got, key=itemgetter(_SEQUENCE))
+        else:
+            rows = conn.execute(_MEMBERS, {"batch": batch}).all()
+    receipts = [Receipt._make((*r[:_PRICE], int(r[_PRICE]), *r[_PRICE + 1 :])) for r in rows]
+    tree = MerkleTree([r.digest(domain) for r in receipts])
+    with engine.begin() as conn:  # a twin builder may have done it: the same root
+        conn.execute(
+            update(ReceiptBatch)
+            .where(ReceiptBatch.id == batch, ReceiptBatch.state == CLOSED)
+            .values(root="0x" + tree.root.hex(), state=BUILT)
+        )
 
 
 def unsent(engine: Engine, gateway: str) -> list[Row[Any]]:
@@ -236,7 +302,7 @@ def unsent(engine: Engine, gateway: str) -> list[Row[Any]]:
         return list(
             conn.execute(
                 select(ReceiptBatch.id, ReceiptBatch.root, ReceiptBatch.count.label("receipts"))
-                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == "built")
+                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == BUILT)
                 .order_by(ReceiptBatch.id)
             ).all()
         )
@@ -251,7 +317,7 @@ def claim(engine: Engine, batch: int, now: float, stale_after: float) -> bool:
             update(ReceiptBatch)
             .where(
                 ReceiptBatch.id == batch,
-                ReceiptBatch.state == "built",
+                ReceiptBatch.state == BUILT,
                 (ReceiptBatch.sending_at.is_(None)) | (ReceiptBatch.sending_at < now - stale_after),
             )
             .values(sending_at=now)
@@ -276,7 +342,7 @@ def anchored(engine: Engine, batch: int, tx_hash: str | None, block: int, now: f
             update(ReceiptBatch)
             .where(ReceiptBatch.id == batch)
             .values(
-                state="anchored",
+                state=ANCHORED,
                 tx_hash=tx_hash,
                 block_number=block,
                 anchored_at=now,
@@ -313,13 +379,8 @@ def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Doma
         if kept is not None:
             _trees[key] = kept  # the most recently used last: the oldest goes first
     if kept is None:
-        query = select(Usage).where(Usage.batch_id == batch.id)
-        if batch.first_sequence is not None and batch.last_sequence is not None:
-            query = query.where(  # what is indexed: batch_id is not
-                Usage.gateway == batch.gateway,
-                Usage.sequence.between(batch.first_sequence, batch.last_sequence),
-            )
-        rows = session.scalars(query.order_by(Usage.sequence)).all()
+        query = select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
+        rows = session.scalars(query).all()
         ids = [r.id for r in rows]
         kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
         with _trees_lock:
@@ -339,7 +400,7 @@ def batches(
 ) -> Sequence[ReceiptBatch]:
     """A gateway's anchored batches, newest first."""
     query = select(ReceiptBatch).where(
-        ReceiptBatch.gateway == gateway, ReceiptBatch.state == "anchored"
+        ReceiptBatch.gateway == gateway, ReceiptBatch.state == ANCHORED
     )
     if before is not None:
         query = query.where(ReceiptBatch.id < before)
@@ -357,7 +418,7 @@ def anchored_calls(
             func.count(func.distinct(Usage.batch_id)),
         )
         .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
-        .where(ReceiptBatch.state == "anchored")
+        .where(ReceiptBatch.state == ANCHORED)
         .group_by(Usage.model_id)
     )
     if model_ids is not None:

@@ -66,6 +66,8 @@ def _proof_of(
         ):
             raise missing
         batch = batches.batch_row(s, row.batch_id) if row.batch_id is not None else None
+        if batch is not None and batch.root is None:  # still open, or its root not computed
+            batch = None
         proof = batches.proof(s, batch, inference_id, domain) if batch is not None else []
         doc = {
             "inference_id": inference_id,

@@ -103,7 +103,9 @@ class ReceiptsHealth(BaseModel):
         " anchoring slack (MODELMARKET_TX_TIMEOUT + 30 s) for its batch, or a batch over that"
         " slack for its anchor"
     )
-    unbatched: int = Field(description="receipts no batch holds yet, counted up to a batch's size")
+    unbatched: int = Field(
+        description="receipts in no closed batch yet, counted up to a batch's size"
+    )
     oldest_unbatched_seconds: float | None = Field(
         default=None, description="age of the oldest receipt among the next batch's"
     )

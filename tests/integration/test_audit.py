@@ -76,7 +76,7 @@ def counts(world: World) -> tuple[int, int, int]:
     """(receipts, batches, receipts in anchored batches)."""
     with session_factory(make_engine(world.settings.db_url))() as s:
         total = s.scalar(select(func.count()).where(Usage.gateway.is_not(None)))
-        built = s.scalar(select(func.count()).select_from(ReceiptBatch))
+        built = s.scalar(select(func.count()).where(ReceiptBatch.root.is_not(None)))
         anchored = s.scalar(
             select(func.count())
             .select_from(Usage)
@@ -140,7 +140,7 @@ def test_fifty_paid_calls_are_anchored_once_and_verified_from_the_chain(
     assert counts(world) == (50, 1, 50)
     assert gw.anchorer.run_once(time.time() + 7200) == 0  # nothing left: no second root
     with session_factory(make_engine(world.settings.db_url))() as s:
-        batch = s.scalars(select(ReceiptBatch)).one()
+        batch = s.scalars(select(ReceiptBatch).where(ReceiptBatch.state != "open")).one()
     anchors = Anchors(world.market.w3, gw.receipt_domain().anchors, ARTIFACTS)
     held = anchors.anchor_of(gw.identity.address, bytes.fromhex(batch.root[2:]))
     assert (held.batch_id, held.receipts, held.block_number) == (batch.id, 50, batch.block_number)
@@ -255,7 +255,7 @@ def test_a_receipt_from_a_batch_never_anchored_is_refused(
     ids = list(paid_calls(world, prepaid=4, x402=0))
     domain = gw.receipt_domain()
     engine = make_engine(world.settings.db_url)
-    assert batches.build_batch(engine, gw.identity.address.lower(), 100, domain, time.time())
+    assert batches.build_batch(engine, gw.identity.address.lower(), domain, time.time())
     key = sign_in(world, BUYER)
     doc = world.client.get(  # type: ignore[attr-defined]
         f"/api/v1/usage/{ids[0]}", headers={"Authorization": f"Bearer {key}"}
@@ -335,7 +335,7 @@ def test_a_rerun_that_differs_is_refused_with_the_evidence(
 def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     world: World, sqlite_url: str, tmp_path: Path
 ):
-    """The shipped server (2 workers) serves 40 calls and is SIGKILLed before its period closes.
+    """The shipped server (2 workers) serves 20 calls and is SIGKILLed, twice.
     Two crash points inside anchoring are then caused for real on the same database and
     chain: a batch built and never sent, and a batch sent whose mining was never
     recorded. The restarted gateway anchors every served call exactly once, and sends
@@ -350,47 +350,58 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     server, key, _buyer, _log = serve(
         world, sqlite_url, tmp_path, 100, MODELMARKET_ANCHOR_PERIOD="3600", **identity
     )
-    ids = set()
-    try:
-        for i in range(40):
-            body, headers = codecs.encode_request({"features": rows_for(i)})
-            answer = requests.post(
-                f"{server.url}/v2/models/{world.model_id}/infer",
-                data=body,
-                headers={**headers, "Authorization": f"Bearer {key}"},
-                timeout=30,
-            )
-            assert answer.status_code == 200, answer.text
-            ids.add(answer.headers["X-Inference-Id"])
-        engine = make_engine(sqlite_url)
-
-        def written() -> set[str]:
-            with engine.connect() as conn:
-                return set(
-                    conn.execute(select(Usage.id).where(Usage.gateway.is_not(None))).scalars()
-                )
-
-        deadline = time.monotonic() + 10
-        while written() != ids:  # the keepers write within 0.1 s
-            assert time.monotonic() < deadline, "receipts not written"
-            time.sleep(0.1)
-    finally:
-        os.killpg(server.process.pid, 9)
-        server.process.wait(10)
-    with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(ReceiptBatch)).scalar() == 0
-
+    engine = make_engine(sqlite_url)
     signer = Signer(key_of(SETTLER))
     me = signer.address.lower()
     domain = receipts.Domain(
         world.market.deployment.chain_id, world.market.deployment.anchors.lower()
     )  # type: ignore[union-attr]
-    assert batches.build_batch(engine, me, 10, domain, time.time())  # built, never sent
-    sent = batches.build_batch(engine, me, 10, domain, time.time())  # sent, not recorded
+    ids: set[str] = set()
+
+    def serve_20(server: Any) -> None:
+        """20 calls, all written, then the server SIGKILLed."""
+        try:
+            for i in range(20):
+                body, headers = codecs.encode_request({"features": rows_for(i)})
+                answer = requests.post(
+                    f"{server.url}/v2/models/{world.model_id}/infer",
+                    data=body,
+                    headers={**headers, "Authorization": f"Bearer {key}"},
+                    timeout=30,
+                )
+                assert answer.status_code == 200, answer.text
+                ids.add(answer.headers["X-Inference-Id"])
+            deadline = time.monotonic() + 10
+            while True:  # the keepers write within 0.1 s
+                with engine.connect() as conn:
+                    query = select(Usage.id).where(Usage.gateway.is_not(None))
+                    if set(conn.execute(query).scalars()) == ids:
+                        break
+                assert time.monotonic() < deadline, "receipts not written"
+                time.sleep(0.1)
+        finally:
+            os.killpg(server.process.pid, 9)
+            server.process.wait(10)
+
+    # each crash point needs a batch of its own: 20 calls, the gateway killed, a batch
+    # closed and built (never sent); 20 more, killed again, a batch sent (not recorded)
+    serve_20(server)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(select(func.count()).where(ReceiptBatch.root.is_not(None))).scalar() == 0
+        )
+    assert batches.build_batch(engine, me, domain, time.time())  # built, never sent
+    serve_20(
+        start_replica(
+            replica_env(world, sqlite_url, MODELMARKET_ANCHOR_PERIOD="3600", **identity),
+            tmp_path / "second.log",
+        )
+    )
+    sent = batches.build_batch(engine, me, domain, time.time())  # sent, not recorded
     with engine.connect() as conn:
         root = conn.execute(select(ReceiptBatch.root).where(ReceiptBatch.id == sent)).scalar_one()
     chain = Anchors(world.market.w3, domain.anchors, ARTIFACTS, signer=signer)
-    chain.anchor(sent, bytes.fromhex(root[2:]), 10)
+    chain.anchor(sent, bytes.fromhex(root[2:]), 20)
 
     restarted = start_replica(
         replica_env(world, sqlite_url, MODELMARKET_ANCHOR_PERIOD="0.5", **identity),
@@ -413,7 +424,7 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     finally:
         restarted.stop()
     with engine.connect() as conn:
-        rows = conn.execute(select(ReceiptBatch)).all()
+        rows = conn.execute(select(ReceiptBatch).where(ReceiptBatch.state != "open")).all()
         assert conn.execute(select(func.count()).where(Usage.gateway.is_not(None))).scalar() == 40
     assert all(r.state == "anchored" and r.tx_hash for r in rows)
     assert sum(r.count for r in rows) == 40
@@ -443,67 +454,136 @@ def test_receipts_on_postgresql_are_written_batched_and_proven(pg_world: World):
         assert check_receipt(receipt, gw.receipt_domain(), proof, chain).ok
 
 
-def test_workers_building_batches_at_once_put_each_receipt_in_one(database: str):
-    """4 threads build batches at once from 2,000 waiting receipts (what every worker's
-    anchorer does on the shared database): each receipt lands in exactly one batch, and
-    every batch's root is the tree of exactly its receipts."""
-    import threading
+def _served(gateway_address: str, i: int) -> Any:
     from datetime import UTC, datetime
 
-    from marketplace.db.migrate import migrate
-    from marketplace.usage.records import UsageRecord, write_usage
+    from marketplace.usage.records import UsageRecord
 
-    migrate(database)
-    engine = make_engine(database)
-    gateway_address, domain = "0x" + "11" * 20, receipts.Domain(31337, "0x" + "22" * 20)
-    now = datetime.now(UTC)
-    rows = [
-        UsageRecord(
-            f"{i:032x}", "k", "0x" + "33" * 20, 1, "ok", None, None, 1.0, True, False, now,
-            receipts.Receipt(
-                gateway_address, f"{i:032x}", i + 1, 1, *("0x" + f"{i:064x}",) * 3,
-                "0x" + "33" * 20, 10**15, "prepaid", 1_800_000_000,
-            ),
-        )
-        for i in range(2000)
-    ]  # fmt: skip
-    with engine.begin() as conn:
-        assert write_usage(conn, rows) == 2000
-    built: list[int] = []
-    failed: list[BaseException] = []
+    return UsageRecord(
+        f"{i:032x}", "k", "0x" + "33" * 20, 1, "ok", None, None, 1.0, True, False,
+        datetime.now(UTC),
+        receipts.Receipt(
+            gateway_address, f"{i:032x}", i + 1, 1, *("0x" + f"{i:064x}",) * 3,
+            "0x" + "33" * 20, 10**15, "prepaid", 1_800_000_000,
+        ),
+    )  # fmt: skip
 
-    def builder() -> None:
-        try:  # a round that lost a race returns None: the next one takes what is left
-            for _ in range(200):
-                b = batches.build_batch(engine, gateway_address, 100, domain, time.time())
-                if b is not None:
-                    built.append(b)
-                elif batches.unbatched(engine, gateway_address, 1)[0] == 0:
-                    return
-        except BaseException as exc:
-            failed.append(exc)
 
-    threads = [threading.Thread(target=builder) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not failed, failed
+def _check_batches(engine: Any, domain: receipts.Domain, written: int) -> list[ReceiptBatch]:
+    """Every receipt in exactly one batch, and each closed batch's count and root those
+    of exactly the receipts it holds (a receipt slipped in after its close would not
+    be in its root); the batches checked, the open one aside."""
     with session_factory(engine)() as s:
-        assigned = s.execute(
-            select(Usage.batch_id, func.count())
-            .where(Usage.gateway.is_not(None))
-            .group_by(Usage.batch_id)
-        ).all()
-        made = s.scalars(select(ReceiptBatch)).all()
-        assert None not in dict(assigned) and sum(n for _, n in assigned) == 2000
-        assert sorted(b.id for b in made) == sorted(built) and len(made) == 20
+        assigned = dict(
+            s.execute(
+                select(Usage.batch_id, func.count())
+                .where(Usage.gateway.is_not(None))
+                .group_by(Usage.batch_id)
+            ).all()
+        )
+        made = s.scalars(select(ReceiptBatch).where(ReceiptBatch.state != "open")).all()
+        assert None not in assigned and sum(assigned.values()) == written
         for batch in made:
             mine = s.scalars(
                 select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
             ).all()
             tree = MerkleTree([batches.to_receipt(r).digest(domain) for r in mine])
-            assert batch.count == len(mine) and batch.root == "0x" + tree.root.hex()
+            assert batch.state == "built" and batch.count == len(mine) == assigned[batch.id]
+            assert batch.root == "0x" + tree.root.hex()
+    return list(made)
+
+
+def test_receipts_written_while_builders_close_batches_land_in_exactly_one(database: str):
+    """2 writers write 1,500 receipts each in 30-row transactions (two workers' usage
+    writers) while 3 builders close and build batches over and over (a worker's
+    anchorer and the indexer, their turns lapsed): every receipt lands in exactly one
+    batch, and every closed batch's count and root are those of exactly its receipts,
+    on both databases."""
+    import threading
+
+    from marketplace.db.migrate import migrate
+    from marketplace.usage.records import write_usage
+
+    migrate(database)
+    engine = make_engine(database)
+    gateway_address, domain = "0x" + "11" * 20, receipts.Domain(31337, "0x" + "22" * 20)
+    batches.reserve_sequences(engine, gateway_address, 1, domain)
+    built: list[int] = []
+    failed: list[BaseException] = []
+    writing = threading.Event()
+    writing.set()
+
+    def writer(start: int) -> None:
+        try:
+            for i in range(start, start + 1500, 30):
+                with engine.begin() as conn:
+                    write_usage(conn, [_served(gateway_address, j) for j in range(i, i + 30)])
+        except BaseException as exc:
+            failed.append(exc)
+
+    def builder() -> None:
+        try:
+            while writing.is_set():
+                b = batches.build_batch(engine, gateway_address, domain, time.time())
+                if b is not None:
+                    built.append(b)
+        except BaseException as exc:
+            failed.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(k * 1500,)) for k in range(2)]
+    builders = [threading.Thread(target=builder) for _ in range(3)]
+    for t in writers + builders:
+        t.start()
+    for t in writers:
+        t.join(120)
+    writing.clear()
+    for t in builders:
+        t.join(120)
+    assert not failed, failed
+    last = batches.build_batch(engine, gateway_address, domain, time.time())
+    made = _check_batches(engine, domain, 3000)
+    assert sorted(b.id for b in made) == sorted([*built, *([last] if last else [])])
+    assert len(made) > 3, len(made)  # the builders closed batches while the writes ran
+    assert batches.unbatched(engine, gateway_address, 10) == (0, None)
+    engine.dispose()
+
+
+def test_closing_a_batch_waits_for_the_write_in_flight(database: str):
+    """A write that read the open batch and has not committed holds the close back: its
+    receipts are in the batch closed after it, never in one closed under it."""
+    import threading
+
+    from marketplace.db.migrate import migrate
+    from marketplace.usage.records import write_usage
+
+    migrate(database)
+    engine = make_engine(database)
+    gateway_address, domain = "0x" + "11" * 20, receipts.Domain(31337, "0x" + "22" * 20)
+    batches.reserve_sequences(engine, gateway_address, 1, domain)
+    with engine.begin() as conn:
+        write_usage(conn, [_served(gateway_address, i) for i in range(5)])
+    closed: list[int | None] = []
+    with engine.begin() as conn:  # in flight: written, not committed
+        write_usage(conn, [_served(gateway_address, i) for i in range(5, 8)])
+        closing = threading.Thread(
+            target=lambda: closed.append(batches.close_open(engine, gateway_address, time.time()))
+        )
+        closing.start()
+        closing.join(1.0)
+        assert closing.is_alive() and not closed  # the close waits for this commit
+    closing.join(30)
+    assert closed and closed[0] is not None
+    with engine.connect() as conn:
+        count = conn.execute(
+            select(ReceiptBatch.count).where(ReceiptBatch.id == closed[0])
+        ).scalar_one()
+        held = conn.execute(select(func.count()).where(Usage.batch_id == closed[0])).scalar_one()
+    assert count == held == 8
+    # closed, its root never computed (a builder stopped between the two): the next build
+    # computes it first
+    assert batches.build_batch(engine, gateway_address, domain, time.time()) is None
+    _check_batches(engine, domain, 8)
+    engine.dispose()
 
 
 def test_a_receipt_naming_a_usageanchors_of_its_gateways_own_is_refused(

@@ -155,7 +155,9 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
         indexer.wait(10)
         server.stop()
     with engine.connect() as conn:
-        built = conn.execute(select(func.count()).select_from(ReceiptBatch)).scalar_one()
+        built = conn.execute(
+            select(func.count()).where(ReceiptBatch.root.is_not(None))
+        ).scalar_one()
     assert built >= 2
     indexer_text, gateway_text = indexer_log.read_text(), gateway_log.read_text()
     assert indexer_text.count("built receipt batch") == built, indexer_text[-2000:]

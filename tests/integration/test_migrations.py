@@ -94,7 +94,7 @@ def test_receipts_move_into_their_usage_rows_and_back(database: str):
     engine = create_engine(database)
     padded = str(price).zfill(78) if engine.dialect.name == "sqlite" else price
     with engine.begin() as conn:
-        for i, r in enumerate(kept + [None]):  # the last call failed: no receipt
+        for i, r in enumerate([*kept, None]):  # the last call failed: no receipt
             conn.execute(
                 text(
                     "INSERT INTO usage (id, key_id, buyer, model_id, status, charged,"

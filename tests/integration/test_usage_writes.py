@@ -46,8 +46,8 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
 
     @event.listens_for(engine, "before_cursor_execute")
     def _seen(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("INSERT"):
-            statements.append((statement.split("(")[0].split()[-1], many))
+        if " INTO " in f" {statement.upper()}" and "INSERT" in statement.upper():
+            statements.append((statement.upper().split("INSERT INTO ")[1].split()[0].lower(), many))
 
     rows = [served(i, failed=i % 50 == 3) for i in range(500)]
     with engine.begin() as conn:
@@ -86,20 +86,29 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
             assert batches.to_receipt(row) == expected
             assert row.batch_id is None
 
-    # the builder takes the 100 lowest sequences (failed calls have none), and each of
-    # them proves into the anchored root
+    # written before the gateway had an open batch: the first batch closed adopts them
+    # (failed calls have no receipt), and each proves into its root
     domain = Domain(31337, "0x" + "cd" * 20)
-    batch_id = batches.build_batch(engine, GATEWAY, 100, domain, time.time())
-    assert batch_id is not None
-    taken = [i for i in range(600) if i % 50 != 3 or i >= 500][:100]
+    batches.reserve_sequences(engine, GATEWAY, 1000, domain)  # opens the gateway's batch
+    first = batches.build_batch(engine, GATEWAY, domain, time.time())
+    assert first is not None
+    taken = [i for i in range(600) if i % 50 != 3 or i >= 500]
+    # written after the close: into the next open batch, never the closed one
+    with engine.begin() as conn:
+        assert write_usage(conn, [served(i) for i in range(600, 610)]) == 10
+    second = batches.build_batch(engine, GATEWAY, domain, time.time())
+    assert second is not None and second > first
+    assert batches.build_batch(engine, GATEWAY, domain, time.time()) is None  # none waits
     with session_factory(engine)() as s:
-        batch = s.get(ReceiptBatch, batch_id)
-        assert batch is not None and batch.root is not None
-        assert (batch.count, batch.first_sequence, batch.last_sequence) == (100, 0, taken[-1])
-        for i in (taken[0], taken[57], taken[-1]):
-            receipt = served(i).receipt
-            assert receipt is not None
-            proof = batches.proof(s, batch, receipt.inference_id, domain)
-            assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
-        assert s.get(Usage, f"{taken[-1] + 1:032x}").batch_id is None  # type: ignore[union-attr]
+        for batch_id, members in ((first, taken), (second, list(range(600, 610)))):
+            batch = s.get(ReceiptBatch, batch_id)
+            assert batch is not None and batch.root is not None and batch.state == "built"
+            assert (batch.count, batch.first_sequence, batch.last_sequence) == (
+                len(members), members[0], members[-1],
+            )  # fmt: skip
+            for i in (members[0], members[len(members) // 2], members[-1]):
+                receipt = served(i).receipt
+                assert receipt is not None
+                proof = batches.proof(s, batch, receipt.inference_id, domain)
+                assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
     engine.dispose()
