@@ -1,12 +1,12 @@
 """Where a paid call's CPU goes: py-spy samples both workers of the paid gateway (SQLite,
-iris, receipts on) under wrk at 16 connections, and of the unpaid endpoint the same way,
-under granian (what ships: marketplace/granian_server.py) or gunicorn. py-spy samples
-the thread holding the GIL (the one running Python: sampling every thread the OS calls
-running counted threads waiting for the GIL where they waited); samples are split into
-the parts of a call (each part: the samples whose stack holds its function, first match
-in PARTS order) and scaled to the CPU per call read from /proc meanwhile. What runs
-without the GIL (onnxruntime's run, granian's Rust threads) is spread over the parts:
-read the parts as shares of the total, and the totals as measured.
+iris, receipts on, then off) under wrk at 16 connections, and of the unpaid endpoint the
+same way, under granian (what ships: marketplace/granian_server.py) or gunicorn. py-spy
+samples the thread holding the GIL (the one running Python: sampling every thread the
+OS calls running counted threads waiting for the GIL where they waited); samples are
+split into the parts of a call (each part: the samples whose stack holds its function,
+first match in PARTS order) and scaled to the CPU per call read from /proc meanwhile.
+What runs without the GIL (onnxruntime's run, granian's Rust threads) is spread over
+the parts: read the parts as shares of the total, and the totals as measured.
 
     .venv/bin/python -m bench.profile [--seconds 10] [--server granian|gunicorn]
 """
@@ -132,9 +132,9 @@ def main() -> int:
             paid = start(args.server, "app:create_app()", market.env("sqlite"), work / "p.log",
                          "/v2/health/ready")  # fmt: skip
             indexer_cpu = tree_cpu(indexer.pid)
+            auth = {**headers, "Authorization": f"Bearer {market.keys_of['sqlite']}"}
             try:
                 url = f"{paid.url}/v2/models/{market.model_ids['iris']}/infer"
-                auth = {**headers, "Authorization": f"Bearer {market.keys_of['sqlite']}"}
                 results["paid"] = profile(paid, url, (body, auth), args.seconds, work)
             finally:
                 paid.stop()
@@ -142,6 +142,14 @@ def main() -> int:
             issued = receipts_issued(market.databases["sqlite"])
         finally:
             stop_indexer(indexer)
+        off = start(args.server, "app:create_app()",
+                    market.env("sqlite", MODELMARKET_RECEIPTS="false"), work / "o.log",
+                    "/v2/health/ready")  # fmt: skip
+        try:
+            url = f"{off.url}/v2/models/{market.model_ids['iris']}/infer"
+            results["off"] = profile(off, url, (body, auth), args.seconds, work)
+        finally:
+            off.stop()
         unpaid = start(args.server, "bench.unpaid_app:create_app()", {"BENCH_MODEL": str(path)},
                        work / "u.log", "/")  # fmt: skip
         try:
@@ -157,14 +165,16 @@ def main() -> int:
         f"CPU per call by part, {args.server} 2 workers x 8 threads, iris, SQLite, receipts"
         f" on, wrk 16 connections, py-spy at {RATE} Hz for {args.seconds} s in each worker"
     )
-    print(f"{'part':<46}{'paid us':>9}{'unpaid us':>11}{'share':>7}")
+    print(f"{'part':<46}{'paid us':>9}{'receipts off':>13}{'unpaid us':>11}{'share':>7}")
     (paid, paid_cpu), (unpaid, unpaid_cpu) = results["paid"], results["unpaid"]
+    off_parts, off_cpu = results["off"]
     for part in [*dict.fromkeys(p for p, _ in PARTS), "other"]:
-        p, u = paid.get(part, 0.0), unpaid.get(part, 0.0)
-        if p or u:
-            print(f"{part:<46}{p:>9.0f}{u:>11.0f}{p / paid_cpu:>7.0%}")
+        p, o, u = paid.get(part, 0.0), off_parts.get(part, 0.0), unpaid.get(part, 0.0)
+        if p or o or u:
+            print(f"{part:<46}{p:>9.0f}{o:>13.0f}{u:>11.0f}{p / paid_cpu:>7.0%}")
     added = paid_cpu - unpaid_cpu
-    print(f"{'total (server CPU per call, /proc)':<46}{paid_cpu:>9.0f}{unpaid_cpu:>11.0f}")
+    total = "total (server CPU per call, /proc)"
+    print(f"{total:<46}{paid_cpu:>9.0f}{off_cpu:>13.0f}{unpaid_cpu:>11.0f}")
     print(
         f"the indexer beside the paid server (builds its receipt batches; in no row above):"
         f" {indexer_cpu * 1e6 / max(issued, 1):.1f} us a receipt over {issued:,} receipts,"
