@@ -14,7 +14,6 @@ gets it at the next build.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from operator import itemgetter
@@ -35,7 +34,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from marketplace import errors
 from marketplace.db.engine import insert as dialect_insert
 from marketplace.db.tables import ReceiptBatch, ReceiptSequence, Usage
 from marketplace.usage.merkle import MerkleTree
@@ -94,14 +92,6 @@ def _open_next(conn: Connection, gateway: str, now: float) -> int:
         update(ReceiptSequence).where(ReceiptSequence.gateway == gateway).values(open_batch=batch)
     )
     return int(batch)
-
-
-def to_receipt(row: Usage) -> Receipt:
-    """A served call's receipt from its usage row."""
-    return Receipt(*(getattr(row, _ROW_NAMES.get(name, name)) for name in Receipt._fields))
-
-
-_ROW_NAMES = {"inference_id": "id"}
 
 
 # whose turn it is to build, by the holder's first word: the leading indexer's or a
@@ -349,78 +339,3 @@ def anchored(engine: Engine, batch: int, tx_hash: str | None, block: int, now: f
                 sending_at=None,
             )
         )
-
-
-# ------------------------------------------------------------------ reading
-
-
-def receipt_row(session: Session, inference_id: str) -> Usage | None:
-    """The usage row of a call that has a receipt."""
-    row = session.get(Usage, inference_id)
-    return row if row is not None and row.gateway is not None else None
-
-
-def batch_row(session: Session, batch: int) -> ReceiptBatch | None:
-    """One batch's row."""
-    return session.get(ReceiptBatch, batch)
-
-
-_trees: dict[tuple[int, str | None, Domain], tuple[list[str], MerkleTree]] = {}
-_trees_lock = threading.Lock()
-_TREES_KEPT = 8
-
-
-def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Domain) -> list[bytes]:
-    """The inclusion proof of a receipt in its batch (the batch's tree is rebuilt from
-    its receipts once and kept, by id and root: a few batches, up to 10,000 leaves each)."""
-    key = (batch.id, batch.root, domain)
-    with _trees_lock:
-        kept = _trees.pop(key, None)
-        if kept is not None:
-            _trees[key] = kept  # the most recently used last: the oldest goes first
-    if kept is None:
-        query = select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
-        rows = session.scalars(query).all()
-        ids = [r.id for r in rows]
-        kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
-        with _trees_lock:
-            if len(_trees) >= _TREES_KEPT:
-                _trees.pop(next(iter(_trees)))
-            _trees[key] = kept
-    ids, tree = kept
-    if "0x" + tree.root.hex() != batch.root:  # built under another domain (a redeployment)
-        raise errors.ConfigurationError(
-            f"batch {batch.id} was built under another UsageAnchors; its proofs cannot be made"
-        )
-    return tree.proof(ids.index(inference_id))
-
-
-def batches(
-    session: Session, gateway: str, *, limit: int = 50, before: int | None = None
-) -> Sequence[ReceiptBatch]:
-    """A gateway's anchored batches, newest first."""
-    query = select(ReceiptBatch).where(
-        ReceiptBatch.gateway == gateway, ReceiptBatch.state == ANCHORED
-    )
-    if before is not None:
-        query = query.where(ReceiptBatch.id < before)
-    return session.scalars(query.order_by(ReceiptBatch.id.desc()).limit(limit)).all()
-
-
-def anchored_calls(
-    session: Session, model_ids: Sequence[int] | None = None
-) -> dict[int, tuple[int, int]]:
-    """Per model: (calls whose receipt is anchored, batches holding them)."""
-    query = (
-        select(
-            Usage.model_id,
-            func.count(),
-            func.count(func.distinct(Usage.batch_id)),
-        )
-        .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
-        .where(ReceiptBatch.state == ANCHORED)
-        .group_by(Usage.model_id)
-    )
-    if model_ids is not None:
-        query = query.where(Usage.model_id.in_(list(model_ids)))
-    return {int(m): (int(c), int(b)) for m, c, b in session.execute(query).all()}

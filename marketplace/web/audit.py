@@ -12,8 +12,8 @@ from flask import Blueprint, Response, request
 
 from marketplace import errors
 from marketplace.db.tables import ReceiptBatch
-from marketplace.usage import batches
-from marketplace.usage.batches import to_receipt
+from marketplace.usage import proofs
+from marketplace.usage.proofs import to_receipt
 from marketplace.usage.receipts import Domain, to_json
 from marketplace.web.openapi import BEARER, documented, marketplace_responses
 from marketplace.web.requests import current_gateway, json_response, require_key, validated
@@ -55,7 +55,7 @@ def _proof_of(
         raise errors.NotFound(f"no usage receipt {inference_id[:40]!r} on this gateway")
     domain: Domain = gateway.receipt_domain()
     with gateway.reads() as s:
-        row = batches.receipt_row(s, inference_id)
+        row = proofs.receipt_row(s, inference_id)
         missing = errors.NotFound(f"no usage receipt {inference_id!r} on this gateway")
         if row is None:
             raise missing
@@ -65,10 +65,10 @@ def _proof_of(
             leaf is not None and leaf.lower() != own_leaf
         ):
             raise missing
-        batch = batches.batch_row(s, row.batch_id) if row.batch_id is not None else None
+        batch = proofs.batch_row(s, row.batch_id) if row.batch_id is not None else None
         if batch is not None and batch.root is None:  # still open, or its root not computed
             batch = None
-        proof = batches.proof(s, batch, inference_id, domain) if batch is not None else []
+        proof = proofs.proof(s, batch, inference_id, domain) if batch is not None else []
         doc = {
             "inference_id": inference_id,
             "anchored": batch is not None and batch.state == "anchored",
@@ -117,6 +117,6 @@ def anchored_batches() -> Response:
     if not who:
         raise errors.BadRequest("gateway: this gateway anchors nothing; name one")
     with gateway.reads() as s:
-        found = batches.batches(s, who, limit=q.limit, before=q.before)
+        found = proofs.batches(s, who, limit=q.limit, before=q.before)
         body = {"gateway": who, "batches": [batch_json(b) for b in found]}
     return json_response(body)

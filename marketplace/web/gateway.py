@@ -32,7 +32,7 @@ from marketplace.payments.pipeline import PaymentPipeline
 from marketplace.payments.prepaid.method import PrepaidCredits
 from marketplace.payments.x402.method import X402Exact
 from marketplace.usage.anchoring import Anchorer, ReceiptIssuer
-from marketplace.usage.batches import anchored_calls
+from marketplace.usage.proofs import anchored_calls
 from marketplace.usage.receipts import Domain
 from storage.cache import ModelCache
 

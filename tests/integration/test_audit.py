@@ -26,7 +26,7 @@ from marketplace.chain.transactions import Signer
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.tables import ReceiptBatch, Usage
 from marketplace.devstack.anvil import dev_key
-from marketplace.usage import batches, receipts
+from marketplace.usage import batches, proofs, receipts
 from marketplace.usage.merkle import MerkleTree
 from storage.ipfs import IpfsStore
 from tests.support.paths import ARTIFACTS
@@ -196,10 +196,10 @@ def reader(world: World, gw: Any) -> Anchors:
 
 def receipt_and_proof(gw: Any, inference_id: str) -> tuple[receipts.Receipt, list[bytes]]:
     with gw.reads() as s:
-        row = batches.receipt_row(s, inference_id)
-        batch = batches.batch_row(s, row.batch_id)
-        proof = batches.proof(s, batch, inference_id, gw.receipt_domain())
-        return batches.to_receipt(row), proof
+        row = proofs.receipt_row(s, inference_id)
+        batch = proofs.batch_row(s, row.batch_id)
+        proof = proofs.proof(s, batch, inference_id, gw.receipt_domain())
+        return proofs.to_receipt(row), proof
 
 
 CHANGES: dict[str, Any] = {
@@ -307,7 +307,7 @@ def test_a_rerun_that_differs_is_refused_with_the_evidence(
         "probabilities": np.array([[0.1, 0.2, 0.7]], np.float32),
     }
     with session_factory(make_engine(world.settings.db_url))() as s, s.begin():
-        row = batches.receipt_row(s, victim)
+        row = proofs.receipt_row(s, victim)
         row.output_digest = "0x" + tensors_digest(swapped).hex()
     assert gw.anchorer.run_once(time.time() + 3600) == 1
     i, _ = served[victim]
@@ -487,7 +487,7 @@ def _check_batches(engine: Any, domain: receipts.Domain, written: int) -> list[R
             mine = s.scalars(
                 select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
             ).all()
-            tree = MerkleTree([batches.to_receipt(r).digest(domain) for r in mine])
+            tree = MerkleTree([proofs.to_receipt(r).digest(domain) for r in mine])
             assert batch.state == "built" and batch.count == len(mine) == assigned[batch.id]
             assert batch.root == "0x" + tree.root.hex()
     return list(made)
@@ -605,7 +605,7 @@ def test_a_receipt_naming_a_usageanchors_of_its_gateways_own_is_refused(
     )  # fmt: skip
     forged_domain = receipts.Domain(world.market.deployment.chain_id, own.lower())
     with gw.reads() as s:
-        receipt = batches.to_receipt(batches.receipt_row(s, served[0]))
+        receipt = proofs.to_receipt(proofs.receipt_row(s, served[0]))
     tree = MerkleTree([receipt.digest(forged_domain)])
     Anchors(world.market.w3, own, ARTIFACTS, signer=gw.identity).anchor(1, tree.root, 1)
     theirs = Anchors(world.market.w3, own, ARTIFACTS)

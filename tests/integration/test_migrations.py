@@ -77,7 +77,7 @@ def test_receipts_move_into_their_usage_rows_and_back(database: str):
     from sqlalchemy import create_engine, text
 
     from marketplace.db.engine import session_factory
-    from marketplace.usage import batches
+    from marketplace.usage import proofs
     from marketplace.usage.receipts import Domain, Receipt
 
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
@@ -119,11 +119,11 @@ def test_receipts_move_into_their_usage_rows_and_back(database: str):
     command.upgrade(cfg, "head")
     domain = Domain(31337, "0x" + "cd" * 20)
     with session_factory(engine)() as s:
-        rows = [batches.receipt_row(s, r.inference_id) for r in kept]
-        assert [batches.to_receipt(row) for row in rows if row is not None] == kept
+        rows = [proofs.receipt_row(s, r.inference_id) for r in kept]
+        assert [proofs.to_receipt(row) for row in rows if row is not None] == kept
         assert [row.batch_id for row in rows if row is not None] == [9, None, None]
-        assert batches.receipt_row(s, f"{3:032x}") is None
-        leaves = [batches.to_receipt(row).leaf(domain) for row in rows if row is not None]
+        assert proofs.receipt_row(s, f"{3:032x}") is None
+        leaves = [proofs.to_receipt(row).leaf(domain) for row in rows if row is not None]
     assert leaves == [r.leaf(domain) for r in kept]
     _check(database)
 

@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from marketplace.db.engine import make_engine, session_factory
 from marketplace.db.tables import ReceiptBatch, Usage
-from marketplace.usage import batches
+from marketplace.usage import batches, proofs
 from marketplace.usage.merkle import process_proof
 from marketplace.usage.receipts import Domain, Receipt
 from marketplace.usage.records import UsageRecord, write_usage
@@ -65,7 +65,7 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
         assert s.query(Usage).filter(Usage.gateway.is_not(None)).count() == 600 - 10
         failed = s.query(Usage).filter(Usage.status == "failed").all()
         assert len(failed) == 10  # no receipt, and not one field of one
-        assert all(batches.receipt_row(s, f.id) is None for f in failed)
+        assert all(proofs.receipt_row(s, f.id) is None for f in failed)
         assert {(f.gateway, f.sequence, f.price, f.method, f.time) for f in failed} == {
             (None, None, None, None, None)
         }
@@ -79,11 +79,11 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
         stored = stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored
         assert stored == rows[3].created_at
         for i in (0, 499, 599):
-            row = batches.receipt_row(s, f"{i:032x}")
+            row = proofs.receipt_row(s, f"{i:032x}")
             assert row is not None
             expected = served(i).receipt
             assert expected is not None
-            assert batches.to_receipt(row) == expected
+            assert proofs.to_receipt(row) == expected
             assert row.batch_id is None
 
     # written before the gateway had an open batch: the first batch closed adopts them
@@ -109,6 +109,6 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
             for i in (members[0], members[len(members) // 2], members[-1]):
                 receipt = served(i).receipt
                 assert receipt is not None
-                proof = batches.proof(s, batch, receipt.inference_id, domain)
+                proof = proofs.proof(s, batch, receipt.inference_id, domain)
                 assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
     engine.dispose()

@@ -147,7 +147,10 @@ def _worker(path: Path, release: bool) -> dict[str, int]:
 def test_memory_comes_back_after_a_stopped_growing_run(tmp_path):
     path = _file(tmp_path, hm.growing_loop(chunk_elements=1 << 17))
     fixed = _worker(path, release=True)
-    assert fixed["peak"] - fixed["baseline"] > 300 * MiB  # the run did grow
+    # how far a run grows in its 1 s depends on the machine's load (231 MiB seen on a
+    # busy 2-core one, ~1.8 GB alone): the comparison is to what each run grew
+    assert fixed["peak"] - fixed["baseline"] > 150 * MiB  # the run did grow
     assert fixed["after"] <= fixed["baseline"] * 1.2
     pinned = _worker(path, release=False)  # the comparison: without the release
-    assert pinned["after"] - pinned["baseline"] > 300 * MiB
+    grown = pinned["peak"] - pinned["baseline"]
+    assert grown > 150 * MiB and pinned["after"] - pinned["baseline"] > grown / 2
