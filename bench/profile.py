@@ -163,7 +163,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"CPU per call by part, {args.server} 2 workers x 8 threads, iris, SQLite, receipts"
-        f" on, wrk 16 connections, py-spy at {RATE} Hz for {args.seconds} s in each worker"
+        f" on and off, wrk 16 connections, py-spy at {RATE} Hz for {args.seconds} s in each"
+        " worker"
     )
     print(f"{'part':<46}{'paid us':>9}{'receipts off':>13}{'unpaid us':>11}{'share':>7}")
     (paid, paid_cpu), (unpaid, unpaid_cpu) = results["paid"], results["unpaid"]

@@ -70,7 +70,7 @@ def run(url: str, pg_pid: int | None, calls: int, rounds: int) -> dict[str, list
                     write_usage(conn, rows[i : i + WRITE])
             out[label].append((cpu(pg_pid) - before) / calls * 1e6)
         before = cpu(pg_pid)  # the round's receipts were written into the open batch:
-        assert batches.build_batch(engine, GATEWAY, DOMAIN, time.time())  # close, hash
+        assert batches.build_batch(engine, GATEWAY, 10**9, DOMAIN, time.time())  # close, hash
         out["batch build"].append((cpu(pg_pid) - before) / calls * 1e6)
     engine.dispose()
     return out

@@ -137,16 +137,20 @@ def build_due(
     built = 0
     try:
         while batches.claim_building(engine, gateway, holder, time.time(), ttl, preempt=preempt):
+            # closed and never hashed (a builder stopped between the two): due whatever
+            # else waits, or they would wait for the next batch to fall due
+            built += batches.build_closed(engine, gateway, domain)
             waiting, oldest = batches.unbatched(engine, gateway, max_calls)
             if not waiting or (
                 waiting < max_calls and oldest is not None and oldest > now - period
             ):
                 break
-            batch = batches.build_batch(engine, gateway, domain, now)
-            if batch is None:
+            closed = batches.close_open(engine, gateway, max_calls, now)
+            if not closed:
                 break
-            log.info("built receipt batch %s for gateway %s", batch, gateway)
-            built += 1
+            built += batches.build_closed(engine, gateway, domain)
+            for batch in closed:
+                log.info("built receipt batch %s for gateway %s", batch, gateway)
     except Exception:
         # the turn given up, unless the database itself failed (then it lapses after ttl):
         # the build's own error is the one to raise
@@ -197,9 +201,9 @@ class BatchBuilder:
 
 
 class Anchorer:
-    """Anchors one gateway's batches, from each worker (a batch is built by one
-    transaction, by the leading indexer's `BatchBuilder` or, without one, by one of the
-    gateway's workers; it is sent by the worker that claimed it)."""
+    """Anchors one gateway's batches, from each worker (a batch is closed and built by
+    the leading indexer's `BatchBuilder` or, without one, by one of the gateway's
+    workers; it is sent by the worker that claimed it)."""
 
     def __init__(
         self,

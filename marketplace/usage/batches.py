@@ -56,6 +56,12 @@ _MEMBERS_SQLITE = text(
 # receipts written with no batch (before their gateway had an open batch, or before
 # batches were opened) join the batch being closed: normally none
 _ADOPT = text("UPDATE usage SET batch_id = :batch WHERE gateway = :gateway AND batch_id IS NULL")
+# where a batch over its size is cut: every `size`-th sequence after the first
+_CUTS = text(
+    "SELECT sequence FROM (SELECT sequence, row_number() OVER (ORDER BY sequence) AS n"
+    " FROM usage WHERE batch_id = :batch) AS ranked"
+    " WHERE n > 1 AND (n - 1) % :size = 0 ORDER BY sequence"
+)
 OPEN, CLOSED, BUILT, ANCHORED = "open", "closed", "built", "anchored"
 
 
@@ -83,15 +89,21 @@ def reserve_sequences(engine: Engine, gateway: str, size: int, domain: Domain) -
 def _open_next(conn: Connection, gateway: str, now: float) -> int:
     """Open a new batch for `gateway` and point its receipts at it (the caller holds
     the gateway's row)."""
-    batch = conn.execute(
-        insert(ReceiptBatch)
-        .values(gateway=gateway, count=0, state=OPEN, created_at=now)
-        .returning(ReceiptBatch.id)
-    ).scalar_one()
+    batch = _new_batch(conn, gateway, OPEN, now)
     conn.execute(
         update(ReceiptSequence).where(ReceiptSequence.gateway == gateway).values(open_batch=batch)
     )
     return int(batch)
+
+
+def _new_batch(conn: Connection, gateway: str, state: str, now: float) -> int:
+    return int(
+        conn.execute(
+            insert(ReceiptBatch)
+            .values(gateway=gateway, count=0, state=state, created_at=now)
+            .returning(ReceiptBatch.id)
+        ).scalar_one()
+    )
 
 
 # whose turn it is to build, by the holder's first word: the leading indexer's or a
@@ -203,71 +215,80 @@ def backlog(
     }
 
 
-def build_batch(engine: Engine, gateway: str, domain: Domain, now: float) -> int | None:
-    """Close `gateway`'s open batch and compute its root: the batch id, or None when it
-    held no receipt. A batch closed earlier whose root was never computed (its builder
-    stopped between the two) gets it first."""
-    for left in _closed(engine, gateway):
-        _build(engine, left, domain)
-    batch = close_open(engine, gateway, now)
-    if batch is not None:
-        _build(engine, batch, domain)
-    return batch
+def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: float) -> int | None:
+    """Close `gateway`'s open batch (in batches of at most `size`) and compute every
+    closed batch's root: the last batch closed, or None when no receipt waited."""
+    closed = close_open(engine, gateway, size, now)
+    build_closed(engine, gateway, domain)
+    return closed[-1] if closed else None
 
 
-def close_open(engine: Engine, gateway: str, now: float) -> int | None:
+def close_open(engine: Engine, gateway: str, size: int, now: float) -> list[int]:
     """Close `gateway`'s open batch (nothing is written into it after this commits) and
-    open the next: the closed batch's id, or None when it held no receipt (it stays
-    open). The gateway's row is locked FOR UPDATE, which waits for every usage write
-    holding it (they read the open batch under KEY SHARE); on SQLite the transaction's
-    write lock does the same. Short: the hashing comes after, outside it."""
+    open the next: the batches closed, none when it held no receipt (it stays open).
+    Over `size` receipts (its builder was away), the rest go into further batches of at
+    most `size`, by sequence, each row moved once. The hashing comes after, outside the
+    lock (`build_closed`)."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # the writers' locks last milliseconds; a
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")  # stuck one: next round
+        # FOR UPDATE, not FOR NO KEY UPDATE: only it conflicts with the KEY SHARE every
+        # usage write reads the pointer under, so it waits for the writes in flight and
+        # they, once it commits, read the next batch (records._RECEIPTS_PG). On SQLite the
+        # transaction's write lock (BEGIN IMMEDIATE) does both.
         pointer = conn.execute(
             select(ReceiptSequence.open_batch)
             .where(ReceiptSequence.gateway == gateway)
             .with_for_update()
         ).one_or_none()
         if pointer is None:  # no worker of it took sequence numbers: it issued nothing
-            return None
+            return []
         batch = pointer[0] if pointer[0] is not None else _open_next(conn, gateway, now)
         conn.execute(_ADOPT, {"batch": batch, "gateway": gateway})
-        count, first, last = conn.execute(
-            select(func.count(), func.min(Usage.sequence), func.max(Usage.sequence)).where(
-                Usage.batch_id == batch
-            )
-        ).one()
-        if not count:
-            return None
-        conn.execute(
+        held = select(Usage.sequence).where(Usage.batch_id == batch).order_by(Usage.sequence)
+        if conn.execute(held.limit(1)).first() is None:
+            return []
+        closed = [batch]
+        if conn.execute(held.offset(size).limit(1)).first() is not None:
+            cuts = list(conn.execute(_CUTS, {"batch": batch, "size": size}).scalars())
+            more = [_new_batch(conn, gateway, CLOSED, now) for _ in cuts]
+            for first, into in reversed(list(zip(cuts, more, strict=True))):  # the top first
+                conn.execute(
+                    update(Usage)
+                    .where(Usage.batch_id == batch, Usage.sequence >= first)
+                    .values(batch_id=into)
+                )
+            closed += more
+        done = conn.execute(
             update(ReceiptBatch)
             .where(ReceiptBatch.id == batch, ReceiptBatch.state == OPEN)
-            .values(
-                state=CLOSED,
-                count=count,
-                first_sequence=first,
-                last_sequence=last,
-                created_at=now,
-            )
+            .values(state=CLOSED, created_at=now)
         )
+        if done.rowcount != 1:
+            raise RuntimeError(f"receipt batch {batch} was not open")  # the lock says it is
         _open_next(conn, gateway, now)
-    return int(batch)
+    return [int(b) for b in closed]
 
 
-def _closed(engine: Engine, gateway: str) -> list[int]:
+def build_closed(engine: Engine, gateway: str, domain: Domain) -> int:
+    """Compute the root of each of `gateway`'s closed batches (those just closed, and any
+    a builder closed and stopped before hashing): how many."""
     with engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(ReceiptBatch.id)
-                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == CLOSED)
-                .order_by(ReceiptBatch.id)
-            ).scalars()
-        )
+        closed = conn.execute(
+            select(ReceiptBatch.id)
+            .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == CLOSED)
+            .order_by(ReceiptBatch.id)
+        ).scalars()
+        ids = list(closed)
+    for batch in ids:
+        _build(engine, batch, domain)
+    return len(ids)
 
 
 def _build(engine: Engine, batch: int, domain: Domain) -> None:
-    """Compute a closed batch's root from its receipts. Rows are read at the driver
-    level: SQLAlchemy's per-row processing cost more than the hashing (measured ~35 of
-    ~60 us a receipt)."""
+    """Compute a closed batch's root, count and sequence range from its receipts. Rows
+    are read at the driver level: SQLAlchemy's per-row processing cost more than the
+    hashing (measured ~35 of ~60 us a receipt)."""
     with engine.connect() as conn:
         rows: Sequence[Any]
         if conn.dialect.name == "sqlite":
@@ -282,7 +303,13 @@ def _build(engine: Engine, batch: int, domain: Domain) -> None:
         conn.execute(
             update(ReceiptBatch)
             .where(ReceiptBatch.id == batch, ReceiptBatch.state == CLOSED)
-            .values(root="0x" + tree.root.hex(), state=BUILT)
+            .values(
+                root="0x" + tree.root.hex(),
+                state=BUILT,
+                count=len(receipts),
+                first_sequence=receipts[0].sequence,
+                last_sequence=receipts[-1].sequence,
+            )
         )
 
 

@@ -16,13 +16,12 @@ from marketplace.usage.batches import ANCHORED
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
 
+_ROW_NAMES = {"inference_id": "id"}  # a receipt's field -> its usage row's column
+
 
 def to_receipt(row: Usage) -> Receipt:
     """A served call's receipt from its usage row."""
     return Receipt(*(getattr(row, _ROW_NAMES.get(name, name)) for name in Receipt._fields))
-
-
-_ROW_NAMES = {"inference_id": "id"}
 
 
 def receipt_row(session: Session, inference_id: str) -> Usage | None:

@@ -40,6 +40,33 @@ _UNBATCHED = "gateway IS NOT NULL AND batch_id IS NULL"
 
 
 def upgrade() -> None:
+    # the receipt's buyer and model id are dropped for the usage row's: they must agree,
+    # or an anchored root could no longer be rebuilt from the rows
+    differ = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM usage_receipts r JOIN usage u ON u.id = r.inference_id"
+                " WHERE u.buyer <> r.buyer OR u.model_id <> r.model_id"
+            )
+        )
+        .scalar_one()
+    )
+    orphans = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM usage_receipts r"
+                " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.id = r.inference_id)"
+            )
+        )
+        .scalar_one()
+    )
+    if differ or orphans:
+        raise RuntimeError(
+            f"{differ} receipts name another buyer or model than their usage row, and"
+            f" {orphans} have no usage row: not merged (the receipts are kept)"
+        )
     for name, type_ in _OWN:
         op.add_column("usage", sa.Column(name, type_, nullable=True))
     # one correlated subquery a column: portable (SQLite before 3.33 has no UPDATE FROM)

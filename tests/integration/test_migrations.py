@@ -137,3 +137,34 @@ def test_receipts_move_into_their_usage_rows_and_back(database: str):
     assert "gateway" not in columns and "batch_id" not in columns
     command.upgrade(cfg, "head")
     engine.dispose()
+
+
+def test_receipts_that_disagree_with_their_usage_rows_are_not_merged(sqlite_url: str):
+    """A receipt whose buyer differs from its usage row's stops the upgrade before any
+    change: merging would drop the receipt's own buyer, and its anchored leaf with it."""
+    from sqlalchemy import create_engine, text
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", sqlite_url)
+    command.downgrade(cfg, "e4c7a9b1d2f0")
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO usage (id, key_id, buyer, model_id, status, charged, refunded,"
+                " created_at) VALUES ('a1', 'k', :buyer, 3, 'ok', 1, 0, CURRENT_TIMESTAMP)"
+            ),
+            {"buyer": "0x" + "44" * 20},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO usage_receipts VALUES ('a1', :g, 1, 3, :d, :d, :d, :other,"
+                " '1', 'prepaid', 1700000000, NULL)"
+            ),
+            {"g": "0x" + "ab" * 20, "d": "0x" + "11" * 32, "other": "0x" + "55" * 20},
+        )
+    with pytest.raises(RuntimeError, match="1 receipts name another buyer"):
+        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_receipts")).scalar() == 1
+    engine.dispose()

@@ -90,15 +90,15 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
     # (failed calls have no receipt), and each proves into its root
     domain = Domain(31337, "0x" + "cd" * 20)
     batches.reserve_sequences(engine, GATEWAY, 1000, domain)  # opens the gateway's batch
-    first = batches.build_batch(engine, GATEWAY, domain, time.time())
+    first = batches.build_batch(engine, GATEWAY, 10_000, domain, time.time())
     assert first is not None
     taken = [i for i in range(600) if i % 50 != 3 or i >= 500]
     # written after the close: into the next open batch, never the closed one
     with engine.begin() as conn:
         assert write_usage(conn, [served(i) for i in range(600, 610)]) == 10
-    second = batches.build_batch(engine, GATEWAY, domain, time.time())
+    second = batches.build_batch(engine, GATEWAY, 10_000, domain, time.time())
     assert second is not None and second > first
-    assert batches.build_batch(engine, GATEWAY, domain, time.time()) is None  # none waits
+    assert batches.build_batch(engine, GATEWAY, 10_000, domain, time.time()) is None  # none waits
     with session_factory(engine)() as s:
         for batch_id, members in ((first, taken), (second, list(range(600, 610)))):
             batch = s.get(ReceiptBatch, batch_id)
@@ -111,4 +111,33 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
                 assert receipt is not None
                 proof = proofs.proof(s, batch, receipt.inference_id, domain)
                 assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
+    engine.dispose()
+
+
+def test_a_batch_over_its_size_is_closed_as_several(database: str):
+    """A builder away for a while finds more than a batch's size waiting: they close as
+    batches of at most that size, in sequence order, each proving into its own root."""
+    engine = make_engine(database)
+    domain = Domain(31337, "0x" + "cd" * 20)
+    batches.reserve_sequences(engine, GATEWAY, 1000, domain)
+    with engine.begin() as conn:
+        assert write_usage(conn, [served(i) for i in range(25)]) == 25
+    closed = batches.close_open(engine, GATEWAY, 10, time.time())
+    assert len(closed) == 3 and closed == sorted(closed)
+    assert batches.build_closed(engine, GATEWAY, domain) == 3
+    with session_factory(engine)() as s:
+        for batch_id, members in zip(
+            closed, (range(10), range(10, 20), range(20, 25)), strict=True
+        ):
+            batch = s.get(ReceiptBatch, batch_id)
+            assert batch is not None and batch.state == "built" and batch.root is not None
+            assert (batch.count, batch.first_sequence, batch.last_sequence) == (
+                len(members), members[0], members[-1],
+            )  # fmt: skip
+            for i in members:
+                receipt = served(i).receipt
+                assert receipt is not None
+                proof = proofs.proof(s, batch, receipt.inference_id, domain)
+                assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
+    assert batches.unbatched(engine, GATEWAY, 10) == (0, None)
     engine.dispose()
