@@ -512,12 +512,17 @@ def test_receipts_written_while_builders_close_batches_land_in_exactly_one(datab
     failed: list[BaseException] = []
     writing = threading.Event()
     writing.set()
+    closes = threading.Condition()
 
     def writer(start: int) -> None:
         try:
-            for i in range(start, start + 1500, 30):
+            for n, i in enumerate(range(start, start + 1500, 30)):
                 with engine.begin() as conn:
                     write_usage(conn, [_served(gateway_address, j) for j in range(i, i + 30)])
+                if n % 10 == 9:  # the threads' turns are the scheduler's: make sure closes
+                    with closes:  # fall between the writes, not all after them
+                        seen = len(built)
+                        closes.wait_for(lambda seen=seen: len(built) > seen, timeout=10)
         except BaseException as exc:
             failed.append(exc)
 
@@ -526,7 +531,9 @@ def test_receipts_written_while_builders_close_batches_land_in_exactly_one(datab
             while writing.is_set():
                 b = batches.build_batch(engine, gateway_address, 10_000, domain, time.time())
                 if b is not None:
-                    built.append(b)
+                    with closes:
+                        built.append(b)
+                        closes.notify_all()
         except BaseException as exc:
             failed.append(exc)
 
