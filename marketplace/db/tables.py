@@ -299,6 +299,16 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+_RECEIPT, _UNBATCHED = "gateway IS NOT NULL", "gateway IS NOT NULL AND batch_id IS NULL"
+
+
+def _partial(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over the rows `where` holds, on both databases."""
+    return Index(
+        name, *columns, unique=unique, sqlite_where=text(where), postgresql_where=text(where)
+    )
+
+
 class Usage(Base):
     """One paid call: charged when it began, refunded once if it failed on our side; a
     served call's usage receipt (`usage.receipts.Receipt`) in the same row when receipts
@@ -311,24 +321,13 @@ class Usage(Base):
     # ~15 us a call), and is written into its gateway's open batch: a batch built by
     # updating 10,000 rows cost ~20 us a receipt more (bench.receipts).
     __table_args__ = (
-        Index("uq_usage_receipt_sequence", "gateway", "sequence", unique=True),
+        # partial: a call with no receipt (failed, or receipts off) adds no entry
+        _partial("uq_usage_receipt_sequence", "gateway", "sequence", where=_RECEIPT, unique=True),
         # a batch's receipts in sequence order (what its tree is built from)
-        Index(
-            "ix_usage_batch",
-            "batch_id",
-            "sequence",
-            sqlite_where=text("batch_id IS NOT NULL"),
-            postgresql_where=text("batch_id IS NOT NULL"),
-        ),
+        _partial("ix_usage_batch", "batch_id", "sequence", where="batch_id IS NOT NULL"),
         # receipts written with no batch (before their gateway had an open batch, or
         # before this scheme): normally none, so no entry is ever written
-        Index(
-            "ix_usage_unbatched",
-            "gateway",
-            "sequence",
-            sqlite_where=text("gateway IS NOT NULL AND batch_id IS NULL"),
-            postgresql_where=text("gateway IS NOT NULL AND batch_id IS NULL"),
-        ),
+        _partial("ix_usage_unbatched", "gateway", "sequence", where=_UNBATCHED),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the inference id

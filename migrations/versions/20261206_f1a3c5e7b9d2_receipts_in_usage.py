@@ -80,7 +80,14 @@ def upgrade() -> None:
     )
     op.drop_index("ix_usage_receipts_unbatched", table_name="usage_receipts")
     op.drop_table("usage_receipts")
-    op.create_index("uq_usage_receipt_sequence", "usage", ["gateway", "sequence"], unique=True)
+    op.create_index(
+        "uq_usage_receipt_sequence",
+        "usage",
+        ["gateway", "sequence"],
+        unique=True,
+        sqlite_where=sa.text("gateway IS NOT NULL"),
+        postgresql_where=sa.text("gateway IS NOT NULL"),
+    )
     op.create_index(
         "ix_usage_unbatched",
         "usage",
