@@ -63,18 +63,29 @@ _RECEIPTS_PG = (
     " FROM json_populate_recordset(NULL::usage, %s::json) AS r"
     " LEFT JOIN open ON open.gateway = r.gateway ON CONFLICT (id) DO NOTHING"
 )
+
+
 # SQLite: one statement over the rows as one JSON array of arrays. executemany steps
 # once per row, letting go of the GIL and taking it back each time: under load every
 # take waits behind the request threads (up to 5 ms each), with the write lock held all
 # the while. json_extract, not ->> (SQLite 3.38+): the sqlite3 a Python is built with
 # may be older. WHERE true: the upsert clause is not read as a join's ON. The open batch
 # is read inside the write transaction (BEGIN IMMEDIATE: a close waits for it).
-_VALUES = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
+def _values(count: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(count))
+
+
 _GATEWAY = _COLUMNS.index("gateway")
-_USAGE_SQLITE = (
-    f"INSERT INTO usage ({_SQL}, batch_id) SELECT {_VALUES},"  # noqa: S608 (constants only)
+_RECEIPTS_SQLITE = (
+    f"INSERT INTO usage ({_SQL}, batch_id) SELECT {_values(len(_COLUMNS))},"  # noqa: S608
     " (SELECT open_batch FROM receipt_sequences"
     f" WHERE gateway = json_extract(value, '$[{_GATEWAY}]'))"
+    " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
+)
+# no receipt among the rows (receipts off, failed calls): only the usage columns
+_USAGE_SQLITE = (
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)})"  # noqa: S608 (constants only)
+    f" SELECT {_values(len(USAGE_COLUMNS))}"
     " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
 )
 
@@ -94,22 +105,25 @@ def write_usage(conn: Connection, records: Sequence[UsageRecord]) -> int:
     driver's own work (measured: ~9 us against ~2 us a row on SQLite), so rows go to
     the driver as they are stored (SQLite: SQLAlchemy's DATETIME text and 0/1)."""
     if conn.dialect.name == "sqlite":
+        receipts = any(record.receipt is not None for record in records)
         rows = []
         for record in records:
-            own = _receipt_fields(record.receipt)
-            if record.receipt is not None:  # the price as Uint256 stores it: padded text
-                own = (*own[:_PRICE], str(own[_PRICE]).zfill(UINT256_DIGITS), *own[_PRICE + 1 :])
-            rows.append(
-                (
-                    *record[:_CHARGED],
-                    int(record.charged),
-                    int(record.refunded),
-                    # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
-                    record.created_at.isoformat(" ", "microseconds")[:26],
-                    *own,
-                )
+            row: tuple[object, ...] = (
+                *record[:_CHARGED],
+                int(record.charged),
+                int(record.refunded),
+                # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC), 4x faster than strftime
+                record.created_at.isoformat(" ", "microseconds")[:26],
             )
-        return int(conn.exec_driver_sql(_USAGE_SQLITE, (orjson.dumps(rows).decode(),)).rowcount)
+            if receipts:
+                own = _receipt_fields(record.receipt)
+                if record.receipt is not None:  # the price as Uint256 stores it: padded
+                    price = str(own[_PRICE]).zfill(UINT256_DIGITS)
+                    own = (*own[:_PRICE], price, *own[_PRICE + 1 :])
+                row += own
+            rows.append(row)
+        statement = _RECEIPTS_SQLITE if receipts else _USAGE_SQLITE
+        return int(conn.exec_driver_sql(statement, (orjson.dumps(rows).decode(),)).rowcount)
     docs = []
     gateways: set[str] = set()
     for record in records:
