@@ -141,3 +141,22 @@ def test_a_batch_over_its_size_is_closed_as_several(database: str):
                 assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
     assert batches.unbatched(engine, GATEWAY, 10) == (0, None)
     engine.dispose()
+
+
+def test_rows_without_receipts_are_written_with_none_of_a_receipts_fields(database: str):
+    """Receipts off: the rows go by the usage columns alone, hold no receipt field and
+    no batch, and nothing waits to be batched."""
+    engine = make_engine(database)
+    batches.reserve_sequences(engine, GATEWAY, 10, Domain(31337, "0x" + "cd" * 20))
+    with engine.begin() as conn:
+        assert write_usage(conn, [served(i, receipt=False) for i in range(50)]) == 50
+        assert write_usage(conn, [served(i, receipt=False) for i in range(40, 60)]) == 10
+    with session_factory(engine)() as s:
+        rows = s.query(Usage).all()
+        assert len(rows) == 60 and all(r.status == "ok" for r in rows)
+        assert {(r.gateway, r.sequence, r.price, r.batch_id) for r in rows} == {
+            (None, None, None, None)
+        }
+        assert all(proofs.receipt_row(s, r.id) is None for r in rows)
+    assert batches.unbatched(engine, GATEWAY, 10) == (0, None)
+    engine.dispose()
