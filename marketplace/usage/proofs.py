@@ -12,16 +12,14 @@ from sqlalchemy.orm import Session
 
 from marketplace import errors
 from marketplace.db.tables import ReceiptBatch, Usage
-from marketplace.usage.batches import ANCHORED
+from marketplace.usage.batches import ANCHORED, RECEIPT_ROW, members
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
-
-_ROW_NAMES = {"inference_id": "id"}  # a receipt's field -> its usage row's column
 
 
 def to_receipt(row: Usage) -> Receipt:
     """A served call's receipt from its usage row."""
-    return Receipt(*(getattr(row, _ROW_NAMES.get(name, name)) for name in Receipt._fields))
+    return Receipt(*(getattr(row, column) for column in RECEIPT_ROW))
 
 
 def receipt_row(session: Session, inference_id: str) -> Usage | None:
@@ -49,10 +47,9 @@ def proof(session: Session, batch: ReceiptBatch, inference_id: str, domain: Doma
         if kept is not None:
             _trees[key] = kept  # the most recently used last: the oldest goes first
     if kept is None:
-        query = select(Usage).where(Usage.batch_id == batch.id).order_by(Usage.sequence)
-        rows = session.scalars(query).all()
-        ids = [r.id for r in rows]
-        kept = (ids, MerkleTree([to_receipt(r).digest(domain) for r in rows]))
+        receipts = members(session.connection(), batch.id)
+        ids = [r.inference_id for r in receipts]
+        kept = (ids, MerkleTree([r.digest(domain) for r in receipts]))
         with _trees_lock:
             if len(_trees) >= _TREES_KEPT:
                 _trees.pop(next(iter(_trees)))
