@@ -54,6 +54,21 @@ def post(world: World, i: int, headers: dict[str, str]) -> Any:
     )
 
 
+def post_served(world: World, url: str, key: str, i: int) -> Any:
+    """The `i`-th iris call to the server at `url`, paid by API key `key`: its 200."""
+    import requests
+
+    body, headers = codecs.encode_request({"features": rows_for(i)})
+    answer = requests.post(
+        f"{url}/v2/models/{world.model_id}/infer",
+        data=body,
+        headers={**headers, "Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
 def paid_calls(world: World, prepaid: int, x402: int) -> dict[str, tuple[int, str]]:
     """Serve `prepaid` + `x402` calls: inference id -> (input index, receipt header)."""
     key = sign_in(world, BUYER)
@@ -340,7 +355,6 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
     chain: a batch built and never sent, and a batch sent whose mining was never
     recorded. The restarted gateway anchors every served call exactly once, and sends
     no root twice."""
-    import requests
 
     from marketplace.devstack.anvil import dev_key as key_of
     from tests.support.replicas import replica_env, serve, start_replica
@@ -362,15 +376,7 @@ def test_a_gateway_killed_between_serving_and_anchoring_anchors_each_call_once(
         """20 calls, all written, then the server SIGKILLed."""
         try:
             for i in range(20):
-                body, headers = codecs.encode_request({"features": rows_for(i)})
-                answer = requests.post(
-                    f"{server.url}/v2/models/{world.model_id}/infer",
-                    data=body,
-                    headers={**headers, "Authorization": f"Bearer {key}"},
-                    timeout=30,
-                )
-                assert answer.status_code == 200, answer.text
-                ids.add(answer.headers["X-Inference-Id"])
+                ids.add(post_served(world, server.url, key, i).headers["X-Inference-Id"])
             deadline = time.monotonic() + 10
             while True:  # the keepers write within 0.1 s
                 with engine.connect() as conn:

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
-from inference import codecs
 from marketplace.bootstrap import make_batch_builder
 from marketplace.chain.transactions import Signer
 from marketplace.db.engine import make_engine
@@ -27,9 +25,9 @@ from tests.integration.test_audit import (
     counts,
     gateway,
     paid_calls,
+    post_served,
     reader,
     receipt_and_proof,
-    rows_for,
 )
 from tests.support.replicas import replica_env, serve
 from tests.support.world import SETTLER, World
@@ -136,14 +134,7 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
             assert indexer.poll() is None and time.monotonic() < deadline, indexer_log.read_text()
             time.sleep(0.05)
         for i in range(30):
-            body, headers = codecs.encode_request({"features": rows_for(i)})
-            answer = requests.post(
-                f"{server.url}/v2/models/{world.model_id}/infer",
-                data=body,
-                headers={**headers, "Authorization": f"Bearer {key}"},
-                timeout=30,
-            )
-            assert answer.status_code == 200, answer.text
+            post_served(world, server.url, key, i)
             if i % 10 == 9:
                 time.sleep(1.2)  # a period closes: more than one batch
         deadline = time.monotonic() + 60
