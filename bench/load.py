@@ -33,7 +33,8 @@ import orjson
 import requests
 
 from bench import peers
-from bench.gateway import ANVIL, ARTIFACTS, MODEL, THREADS, gunicorn, start, wrk
+from bench.gateway import ANVIL, ARTIFACTS, MODEL, THREADS, gunicorn, start
+from bench.measure import wrk
 from inference import codecs
 from marketplace.bootstrap import make_indexer
 from marketplace.chain.market import Marketplace, deploy_marketplace

@@ -22,16 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.gateway import (
-    MODELS,
-    prepare,
-    receipts_issued,
-    start,
-    start_indexer,
-    stop_indexer,
-    tree_cpu,
-    wrk,
-)
+from bench.gateway import MODELS, prepare, receipts_issued, start, start_indexer, stop_indexer
+from bench.measure import tree_cpu, wrk
 
 # (part, a function whose frame in a stack puts the sample in it): request thread first
 PARTS = [
@@ -111,7 +103,13 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
             part = next((p for p, f in PARTS if f in stack), "other")
             parts[part] += int(count)
     busy = sum(parts.values())
-    return {part: n * cpu / busy for part, n in parts.items()}, cpu
+    # samples with the GIL held, over the sampling window: how busy each worker's one
+    # interpreter was (a worker whose GIL is held all the time serves no faster with more
+    # cores), and its time per call
+    rps = box["r"][0]  # type: ignore[index]
+    held = busy / RATE / len(spies)
+    gil = (held / seconds, held * len(spies) * 1e6 / (rps * seconds))
+    return {part: n * cpu / busy for part, n in parts.items()}, cpu, gil
 
 
 def main() -> int:
@@ -167,8 +165,10 @@ def main() -> int:
         " worker"
     )
     print(f"{'part':<46}{'paid us':>9}{'receipts off':>13}{'unpaid us':>11}{'share':>7}")
-    (paid, paid_cpu), (unpaid, unpaid_cpu) = results["paid"], results["unpaid"]
-    off_parts, off_cpu = results["off"]
+    (paid, paid_cpu, paid_gil), (unpaid, unpaid_cpu, unpaid_gil) = (
+        results["paid"], results["unpaid"]
+    )  # fmt: skip
+    off_parts, off_cpu, off_gil = results["off"]
     for part in [*dict.fromkeys(p for p, _ in PARTS), "other"]:
         p, o, u = paid.get(part, 0.0), off_parts.get(part, 0.0), unpaid.get(part, 0.0)
         if p or o or u:
@@ -176,6 +176,10 @@ def main() -> int:
     added = paid_cpu - unpaid_cpu
     total = "total (server CPU per call, /proc)"
     print(f"{total:<46}{paid_cpu:>9.0f}{off_cpu:>13.0f}{unpaid_cpu:>11.0f}")
+    held = "GIL held per call (py-spy samples)"
+    print(f"{held:<46}{paid_gil[1]:>9.0f}{off_gil[1]:>13.0f}{unpaid_gil[1]:>11.0f}")
+    busy = "GIL held, share of each worker's time"
+    print(f"{busy:<46}{paid_gil[0]:>9.0%}{off_gil[0]:>13.0%}{unpaid_gil[0]:>11.0%}")
     print(
         f"the indexer beside the paid server (builds its receipt batches; in no row above):"
         f" {indexer_cpu * 1e6 / max(issued, 1):.1f} us a receipt over {issued:,} receipts,"

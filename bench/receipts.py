@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.gateway import tree_cpu
+from bench.measure import tree_cpu
 from marketplace.db.engine import make_engine
 from marketplace.db.migrate import migrate
 from marketplace.usage import batches

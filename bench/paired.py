@@ -1,0 +1,83 @@
+"""The goals' measurement: the paid route and the unpaid endpoint under the same server
+in alternating slices (unpaid, paid, unpaid, ..., paid, unpaid), each paid slice over
+the mean of the unpaid slices either side of it.
+
+Why: on these machines what one endpoint serves swings 10-30% over minutes (the unpaid
+endpoint alone did 6,756-8,994 req/s in one morning's cells), and the table's ratio of
+two bests, taken minutes apart, carries both swings. A pair's ratio carries only what
+changed within its ~3 slices; the goal is judged on the median of the pairs, with the
+quartiles beside it.
+
+The indexer builds a paid slice's last receipts after the slice, during the unpaid slice
+that follows: that CPU is charged back. Each unpaid slice is scaled up by the CPU the
+indexer took from it, and each paid slice scaled down by the same, both out of the
+machine's cores x the slice's seconds (so the ratio is not flattered by the paid side's
+own builds slowing its baseline).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.measure import tree_cpu, wrk
+
+Probe = tuple[str, bytes, dict[str, str]]  # url, body, headers
+
+
+@dataclass
+class Paired:
+    """One alternation's slices, in the order run."""
+
+    paid: list[tuple[float, float]]  # (req/s, p50 ms) with the next unpaid slice's builds charged
+    unpaid: list[tuple[float, float]]  # (req/s, p50 ms) with the builds in it given back
+    spilled: float  # indexer CPU s (above idle) in the unpaid slices after a paid one
+    paid_calls: int
+
+    def ratios(self) -> list[float]:
+        """Each paid slice's req/s over the mean of its two neighbours'."""
+        u = [rps for rps, _ in self.unpaid]
+        return [rps / ((u[i] + u[i + 1]) / 2) for i, (rps, _) in enumerate(self.paid)]
+
+    def added_p50(self) -> list[float]:
+        """Each paid slice's p50 less the mean of its two neighbours' (ms)."""
+        u = [p50 for _, p50 in self.unpaid]
+        return [p50 - (u[i] + u[i + 1]) / 2 for i, (_, p50) in enumerate(self.paid)]
+
+
+def alternate(
+    paid: Probe, unpaid: Probe, conns: int, seconds: int, pairs: int, work: Path,
+    indexer: int | None, idle: float = 0.0,
+) -> Paired:  # fmt: skip
+    """`pairs` paid slices of `seconds` at `conns` connections, each between two unpaid
+    ones; `indexer` is the pid whose CPU in the unpaid slices, above its `idle` share of
+    a core, is charged to the paid."""
+    machine = seconds * (os.cpu_count() or 1)  # CPU seconds a slice has
+
+    def run(probe: Probe) -> tuple[float, float, int, float]:
+        before = tree_cpu(indexer)
+        rps, p50, _p99, bad, total = wrk(probe[0], probe[1], probe[2], conns, seconds, work)
+        if bad:
+            raise RuntimeError(f"{bad} of {total} calls to {probe[0]} failed")
+        return rps, p50, total, max(tree_cpu(indexer) - before - idle * seconds, 0.0)
+
+    first = run(unpaid)
+    unpaid_slices, paid_slices = [(first[0], first[1])], []
+    spilled, calls = 0.0, 0
+    for _ in range(pairs):
+        p_rps, p_p50, p_total, _builds = run(paid)
+        u_rps, u_p50, _total, spill = run(unpaid)
+        spilled, calls = spilled + spill, calls + p_total
+        paid_slices.append((p_rps * machine / (machine + spill), p_p50))
+        unpaid_slices.append((u_rps * machine / (machine - spill), u_p50))
+    return Paired(paid_slices, unpaid_slices, spilled, calls)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
