@@ -1,5 +1,5 @@
-"""The usage writer on both databases: one statement per write, whatever its
-size, and the rows stored as the ORM reads them; the batch builder takes them back (on
+"""The usage writer on both databases: one statement per write (on SQLite, up to its
+parameter limit), and the rows stored as the ORM reads them; the batch builder takes them back (on
 SQLite as one JSON text) into a batch whose proofs lead to its root.
 
 Why one statement: a statement per row (executemany) lets go of the GIL and takes it
@@ -10,6 +10,7 @@ statement (bench notes in the README)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,6 +112,46 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
                 assert receipt is not None
                 proof = proofs.proof(s, batch, receipt.inference_id, domain)
                 assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
+    engine.dispose()
+
+
+def test_a_write_past_sqlites_parameter_limit_is_cut_and_loses_nothing(sqlite_url: str):
+    """SQLite binds every value of a write as a parameter, up to its limit (32,766 by
+    default; lower in some builds): a bigger write goes as several statements in the
+    same transaction, every row stored once, in the gateway's open batch."""
+    engine = make_engine(sqlite_url)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "connect")
+    def _small(dbapi: Any, record: Any) -> None:
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 4 receipted rows
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        if statement.upper().startswith("INSERT INTO USAGE"):
+            statements.append(statement)
+
+    domain = Domain(31337, "0x" + "cd" * 20)
+    batches.reserve_sequences(engine, GATEWAY, 1000, domain)  # opens the gateway's batch
+    rows = [served(i, failed=i == 5) for i in range(11)]
+    with engine.begin() as conn:
+        assert write_usage(conn, rows) == 11
+    assert len(statements) == 3  # 4 + 4 + 3 rows
+    with engine.begin() as conn:  # again: nothing new, nothing doubled
+        assert write_usage(conn, rows) == 0
+    with session_factory(engine)() as s:
+        stored = {u.id: u for u in s.query(Usage)}
+        assert len(stored) == 11
+        for i, row in enumerate(rows):
+            usage = stored[row.id]
+            assert (usage.latency_ms, usage.status) == (row.latency_ms, row.status)
+            if i == 5:
+                assert (usage.gateway, usage.batch_id) == (None, None)
+            else:
+                got = proofs.receipt_row(s, row.id)
+                assert got is not None and proofs.to_receipt(got) == row.receipt
+                assert usage.batch_id is not None  # the open batch
+        assert len({u.batch_id for u in stored.values() if u.gateway}) == 1
     engine.dispose()
 
 
