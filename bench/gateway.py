@@ -11,10 +11,12 @@ in production: it builds the receipt batches the paid servers' workers anchor (i
 is shown per receipt, apart). Then, one connection, call after call: an x402 `exact`
 call (verify + reserve + inference + settle on anvil, which mines at once) beside a
 prepaid call, each signed in advance; and what a usage receipt costs on the request
-thread.
+thread. The goals are judged apart, under the shipped server with receipts on: unpaid
+and paid in alternating slices, the median of each paid slice over its neighbours
+(bench/paired.py says why).
 
     .venv/bin/python -m bench.gateway [--seconds 6] [--runs 3] [--servers granian,gunicorn]
-        [--workers 2]
+        [--workers 2] [--pairs 6] [--pair-seconds 6]
 """
 
 from __future__ import annotations
@@ -322,12 +324,13 @@ def main() -> int:
                 _, unpaid_url, _ = configs["unpaid iris"]
                 body, headers = bodies["iris"]
                 for name in databases:
-                    _, paid_url, _ = configs[f"{name} receipts on iris"]
+                    _, paid_url, db_pid = configs[f"{name} receipts on iris"]
                     auth = {**headers, "Authorization": f"Bearer {keys_of[name]}"}
                     for c in MODELS["iris"][2]:
                         goals[name, c] = alternate(
                             (paid_url, body, auth), (unpaid_url, body, headers), c,
                             args.pair_seconds, args.pairs, work, indexers[name].pid, idle[name],
+                            db_pid,
                         )  # fmt: skip
                 for name in databases:
                     server, url, _ = configs[f"{name} receipts on iris"]
@@ -382,7 +385,8 @@ def report(
     x402_rows: dict[str, tuple[list[float], list[float]]],
     args: argparse.Namespace,
 ) -> None:
-    """The table (best run, the spread over runs, CPU per request), then the goals."""
+    """The table (best run, the spread over runs, CPU per request), x402's latency, a
+    receipt's cost on the request thread, receipts on/off (the goals: report_goals)."""
     print(
         f"paid /v2 infer vs an unpaid Flask endpoint, {args.workers} workers x {THREADS}"
         f" threads, wrk, {args.runs} interleaved runs of {args.seconds} s per cell (best"
@@ -448,15 +452,18 @@ def report_goals(goals: dict[tuple[str, int], Paired], args: argparse.Namespace)
         f"{'added p50 ms':>14}{'charged us':>12}"
     )
     for (name, c), paired in goals.items():
-        q1, median, q3 = quartiles(paired.ratios())
         ratios = paired.ratios()
+        q1, median, q3 = quartiles(ratios)
         added = statistics.median(paired.added_p50())
         charged = paired.spilled * 1e6 / max(paired.paid_calls, 1)
         print(
             f"{name:<12}{c:>6}{q1:>14.2f} / {median:.2f} / {q3:.2f}"
             f"{min(ratios):>7.2f} - {max(ratios):.2f}{added:>14.2f}{charged:>12.1f}"
         )
-    print("(charged us: the indexer's CPU per paid call, above idle, in the unpaid slices)")
+    print(
+        "(charged us: per paid call, the indexer's CPU above idle and PostgreSQL's in the"
+        " unpaid slices)"
+    )
     for (name, c), paired in goals.items():
         ratio = statistics.median(paired.ratios())
         added = statistics.median(paired.added_p50())

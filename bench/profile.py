@@ -57,7 +57,8 @@ IDLE = ("Condition.wait (threading", "Event.wait (threading", "select (selectors
 
 
 def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: int, work: Path):  # type: ignore[no-untyped-def]
-    """(us per call per part, CPU us per call from /proc)."""
+    """(us per call per part, CPU us per call from /proc, (the share of each worker's
+    time its GIL was held, GIL-held us per call))."""
     wrk(url, request[0], request[1], 16, 2, work)  # warm: sessions loaded, leases taken
     box: dict[str, object] = {}
     cpu0 = tree_cpu(server.process.pid)

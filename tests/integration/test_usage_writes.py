@@ -117,28 +117,32 @@ def test_a_write_is_one_statement_and_stores_what_the_orm_reads(database: str):
 
 def test_a_write_past_sqlites_parameter_limit_is_cut_and_loses_nothing(sqlite_url: str):
     """SQLite binds every value of a write as a parameter, up to its limit (32,766 by
-    default; lower in some builds): a bigger write goes as several statements in the
+    default; lower in some builds), in statements of a power of two rows (padded with
+    rows of NULLs, which are skipped): a bigger write goes as several statements in the
     same transaction, every row stored once, in the gateway's open batch."""
     engine = make_engine(sqlite_url)
-    statements: list[str] = []
+    rows_in: list[int] = []
+    width = 19  # a receipted row's columns
 
     @event.listens_for(engine, "connect")
     def _small(dbapi: Any, record: Any) -> None:
-        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 4 receipted rows
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 99)  # 5 rows fit: 4 a statement
 
     @event.listens_for(engine, "before_cursor_execute")
     def _seen(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
         if statement.upper().startswith("INSERT INTO USAGE"):
-            statements.append(statement)
+            rows_in.append(len(params) // width)
 
     domain = Domain(31337, "0x" + "cd" * 20)
     batches.reserve_sequences(engine, GATEWAY, 1000, domain)  # opens the gateway's batch
     rows = [served(i, failed=i == 5) for i in range(11)]
     with engine.begin() as conn:
-        assert write_usage(conn, rows) == 11
-    assert len(statements) == 3  # 4 + 4 + 3 rows
-    with engine.begin() as conn:  # again: nothing new, nothing doubled
-        assert write_usage(conn, rows) == 0
+        assert write_usage(conn, rows[:6]) == 6
+    assert rows_in == [4, 2]
+    rows_in.clear()
+    with engine.begin() as conn:  # again, with 5 new ones: only those count
+        assert write_usage(conn, rows) == 5
+    assert rows_in == [4, 4, 4]  # 4 + 4 + 3, the last padded
     with session_factory(engine)() as s:
         stored = {u.id: u for u in s.query(Usage)}
         assert len(stored) == 11
