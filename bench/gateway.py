@@ -444,8 +444,8 @@ def report_goals(goals: dict[tuple[str, int], Paired], args: argparse.Namespace)
     print(
         f"the goals: {SHIPPED} (shipped), iris, receipts on, paid vs the unpaid endpoint in"
         f" alternating slices of {args.pair_seconds} s ({args.pairs} paid, each between two"
-        " unpaid), a ratio per paid slice over its neighbours' mean; the indexer's builds in"
-        " the unpaid slices charged to the paid"
+        " unpaid), a ratio per paid slice over its neighbours' mean; the indexer's and"
+        " PostgreSQL's CPU in the unpaid slices charged to the paid"
     )
     print(
         f"{'database':<12}{'conns':>6}{'x unpaid q1 / median / q3':>28}{'min - max':>13}"
