@@ -427,16 +427,15 @@ def report(
     print()
     receipt_costs()
     print()
-    shipped = SHIPPED
     for name in ("sqlite", "postgresql"):
         on, off = f"{name} receipts on iris", f"{name} receipts off iris"
         kept = [
-            f"{best[shipped, 'iris', on, c][0] / best[shipped, 'iris', off, c][0]:.2f} at {c}"
+            f"{best[SHIPPED, 'iris', on, c][0] / best[SHIPPED, 'iris', off, c][0]:.2f} at {c}"
             for c in MODELS["iris"][2]
-            if (shipped, "iris", on, c) in best
+            if (SHIPPED, "iris", on, c) in best
         ]
         if kept:
-            print(f"{shipped}, {name}: receipts on / off, best / best: {', '.join(kept)} conns")
+            print(f"{SHIPPED}, {name}: receipts on / off, best / best: {', '.join(kept)} conns")
 
 
 def report_goals(goals: dict[tuple[str, int], Paired], args: argparse.Namespace) -> None:
@@ -451,10 +450,12 @@ def report_goals(goals: dict[tuple[str, int], Paired], args: argparse.Namespace)
         f"{'database':<12}{'conns':>6}{'x unpaid q1 / median / q3':>28}{'min - max':>13}"
         f"{'added p50 ms':>14}{'charged us':>12}"
     )
+    medians: dict[tuple[str, int], tuple[float, float]] = {}
     for (name, c), paired in goals.items():
         ratios = paired.ratios()
         q1, median, q3 = quartiles(ratios)
         added = statistics.median(paired.added_p50())
+        medians[name, c] = median, added
         charged = paired.spilled * 1e6 / max(paired.paid_calls, 1)
         print(
             f"{name:<12}{c:>6}{q1:>14.2f} / {median:.2f} / {q3:.2f}"
@@ -464,9 +465,7 @@ def report_goals(goals: dict[tuple[str, int], Paired], args: argparse.Namespace)
         "(charged us: per paid call, the indexer's CPU above idle and PostgreSQL's in the"
         " unpaid slices)"
     )
-    for (name, c), paired in goals.items():
-        ratio = statistics.median(paired.ratios())
-        added = statistics.median(paired.added_p50())
+    for (name, c), (ratio, added) in medians.items():
         added_target = 0.3 if c == 1 else 1.0
         print(
             f"goal: paid_vs_unpaid_{name}_{c}conn = {ratio:.2f} (target >= 0.85) "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from bench.measure import tree_cpu, wrk
@@ -40,13 +41,17 @@ class Paired:
 
     def ratios(self) -> list[float]:
         """Each paid slice's req/s over the mean of its two neighbours'."""
-        u = [rps for rps, _ in self.unpaid]
-        return [rps / ((u[i] + u[i + 1]) / 2) for i, (rps, _) in enumerate(self.paid)]
+        around = self._neighbours()
+        return [rps / mean for (rps, _), (mean, _) in zip(self.paid, around, strict=True)]
 
     def added_p50(self) -> list[float]:
         """Each paid slice's p50 less the mean of its two neighbours' (ms)."""
-        u = [p50 for _, p50 in self.unpaid]
-        return [p50 - (u[i] + u[i + 1]) / 2 for i, (_, p50) in enumerate(self.paid)]
+        around = self._neighbours()
+        return [p50 - mean for (_, p50), (_, mean) in zip(self.paid, around, strict=True)]
+
+    def _neighbours(self) -> list[tuple[float, float]]:
+        """(req/s, p50) of the two unpaid slices around each paid one, averaged."""
+        return [((a + c) / 2, (b + d) / 2) for (a, b), (c, d) in pairwise(self.unpaid)]
 
 
 def alternate(

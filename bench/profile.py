@@ -108,8 +108,8 @@ def profile(server, url: str, request: tuple[bytes, dict[str, str]], seconds: in
     # interpreter was (a worker whose GIL is held all the time serves no faster with more
     # cores), and its time per call
     rps = box["r"][0]  # type: ignore[index]
-    held = busy / RATE / len(spies)
-    gil = (held / seconds, held * len(spies) * 1e6 / (rps * seconds))
+    held = busy / RATE  # seconds, all workers
+    gil = (held / (len(spies) * seconds), held * 1e6 / (rps * seconds))
     return {part: n * cpu / busy for part, n in parts.items()}, cpu, gil
 
 
