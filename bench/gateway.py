@@ -192,8 +192,9 @@ def stop_indexer(indexer: subprocess.Popen[bytes]) -> None:
         indexer.wait()
 
 
-def prepare(work: Path, postgres: bool = True) -> Market:
-    """Start and fill the Market (stop it when done)."""
+def prepare(work: Path, postgres: bool = True, statements: bool = False) -> Market:
+    """Start and fill the Market (stop it when done); `statements`: PostgreSQL with
+    pg_stat_statements loaded."""
     node = start_anvil(ANVIL)
     pg = None
     try:
@@ -219,7 +220,7 @@ def prepare(work: Path, postgres: bool = True) -> Market:
         bodies = {label: codecs.encode_request(inputs) for label, (_, inputs, _) in MODELS.items()}
         databases = {"sqlite": base.db_url}
         if postgres and (PG_BIN / "initdb").exists():
-            pg = start_postgres()
+            pg = start_postgres(statements=statements)
             databases["postgresql"] = pg.url
         keys_of: dict[str, str] = {}
         for name, url in databases.items():

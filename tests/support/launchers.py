@@ -153,9 +153,10 @@ def _as_postgres(*args: str, check: bool = True) -> None:
     )
 
 
-def start_postgres(*, durable: bool = True) -> Postgres:
+def start_postgres(*, durable: bool = True, statements: bool = False) -> Postgres:
     """A fresh PostgreSQL 15 on a free loopback port in a new folder. `durable=False`
-    turns fsync off (tests: ~1 s to start, nothing to keep)."""
+    turns fsync off (tests: ~1 s to start, nothing to keep); `statements=True` loads
+    pg_stat_statements (benchmarks: CPU per statement)."""
     if not (PG_BIN / "initdb").exists():
         raise errors.ConfigurationError("PostgreSQL 15 is not installed; run make setup")
     root = Path(tempfile.mkdtemp(prefix="mm-pg-"))
@@ -164,6 +165,8 @@ def start_postgres(*, durable: bool = True) -> Postgres:
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
     if not durable:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if statements:
+        options += " -c shared_preload_libraries=pg_stat_statements -c track_io_timing=off"
     _as_postgres(
         str(PG_BIN / "initdb"),
         "-D",
