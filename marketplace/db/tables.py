@@ -350,7 +350,7 @@ class Usage(Base):
     price: Mapped[int | None] = mapped_column(Uint256)
     method: Mapped[str | None] = mapped_column(String(16))
     time: Mapped[int | None] = mapped_column(BigInteger)
-    # the batch it was written into: its gateway's open batch at the time
+    # the batch it was written into (its gateway's open one), or cut from (`bucket`)
     batch_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
@@ -360,12 +360,19 @@ class ReceiptBatch(Base):
     gateway's address)."""
 
     __tablename__ = "receipt_batches"
-    __table_args__ = (UniqueConstraint("gateway", "root", name="uq_receipt_batch_root"),)
+    __table_args__ = (
+        UniqueConstraint("gateway", "root", name="uq_receipt_batch_root"),
+        _partial("ix_receipt_batches_bucket", "bucket", where="bucket IS NOT NULL"),
+    )
 
     id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     gateway: Mapped[str] = mapped_column(String(42))
     root: Mapped[str | None] = mapped_column(String(66))
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A batch holds the receipts written into `bucket` (None: its own id) with sequences
+    # first..last (set when closed): one closed over its size is cut into several by
+    # sequence, and no row is rewritten (batches.close_open).
+    bucket: Mapped[int | None] = mapped_column(BigInteger)
     first_sequence: Mapped[int | None] = mapped_column(BigInteger)
     last_sequence: Mapped[int | None] = mapped_column(BigInteger)
     # open (taking receipts), closed (no more; its root being computed), built, anchored

@@ -21,12 +21,15 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
     Select,
+    and_,
     func,
     insert,
+    or_,
     select,
     text,
     union_all,
@@ -46,8 +49,9 @@ _PRICE = Receipt._fields.index("price")
 _SEQUENCE = Receipt._fields.index("sequence")
 _MEMBERS_SQL = (
     f"SELECT {_COLUMNS} FROM usage"  # noqa: S608 (constants only)
-    " WHERE batch_id = :batch ORDER BY sequence"
+    " WHERE batch_id = :bucket AND sequence BETWEEN :first AND :last ORDER BY sequence"
 )
+_LAST_SEQUENCE = (1 << 63) - 1  # what a BIGINT holds
 _MEMBERS = text(_MEMBERS_SQL)
 # SQLite: the rows as one JSON text, in one step (a step per row lets go of the GIL and
 # waits to take it back each time: 10,000 waits behind the request threads under load)
@@ -97,13 +101,41 @@ def _open_next(conn: Connection, gateway: str, now: float) -> int:
     return int(batch)
 
 
-def _new_batch(conn: Connection, gateway: str, state: str, now: float) -> int:
+def _new_batch(
+    conn: Connection,
+    gateway: str,
+    state: str,
+    now: float,
+    bucket: int | None = None,
+    span: tuple[int | None, int | None] = (None, None),
+) -> int:
+    """A new batch: open, or closed and cut from `bucket` with the sequences `span`."""
     return int(
         conn.execute(
             insert(ReceiptBatch)
-            .values(gateway=gateway, count=0, state=state, created_at=now)
+            .values(
+                gateway=gateway,
+                count=0,
+                state=state,
+                created_at=now,
+                bucket=bucket,
+                first_sequence=span[0],
+                last_sequence=span[1],
+            )
             .returning(ReceiptBatch.id)
         ).scalar_one()
+    )
+
+
+def holds() -> ColumnElement[bool]:
+    """The condition joining a batch to the usage rows of the receipts it holds: those
+    written into it, or into the batch it was cut from, in its range of sequences."""
+    return and_(
+        Usage.batch_id == func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
+        or_(
+            ReceiptBatch.first_sequence.is_(None),
+            Usage.sequence.between(ReceiptBatch.first_sequence, ReceiptBatch.last_sequence),
+        ),
     )
 
 
@@ -247,26 +279,27 @@ def close_open(engine: Engine, gateway: str, size: int, now: float) -> list[int]
         batch = pointer[0] if pointer[0] is not None else _open_next(conn, gateway, now)
         conn.execute(_ADOPT, {"batch": batch, "gateway": gateway})
         held = select(Usage.sequence).where(Usage.batch_id == batch).order_by(Usage.sequence)
-        if conn.execute(held.limit(1)).first() is None:
+        first = conn.execute(held.limit(1)).scalar()
+        if first is None:
             return []
-        closed = [batch]
+        last = conn.execute(select(func.max(Usage.sequence)).where(Usage.batch_id == batch))
+        cuts: list[int] = []
         if conn.execute(held.offset(size).limit(1)).first() is not None:
             cuts = list(conn.execute(_CUTS, {"batch": batch, "size": size}).scalars())
-            more = [_new_batch(conn, gateway, CLOSED, now) for _ in cuts]
-            for first, into in reversed(list(zip(cuts, more, strict=True))):  # the top first
-                conn.execute(
-                    update(Usage)
-                    .where(Usage.batch_id == batch, Usage.sequence >= first)
-                    .values(batch_id=into)
-                )
-            closed += more
+        # each batch's range of sequences: one closed over its size is cut, not its rows
+        # rewritten (a new version of each moved row and its index entries, under the lock
+        # the writers wait for)
+        ends = [*(cut - 1 for cut in cuts), last.scalar_one()]
         done = conn.execute(
             update(ReceiptBatch)
             .where(ReceiptBatch.id == batch, ReceiptBatch.state == OPEN)
-            .values(state=CLOSED, created_at=now)
+            .values(state=CLOSED, created_at=now, first_sequence=first, last_sequence=ends[0])
         )
         if done.rowcount != 1:
             raise RuntimeError(f"receipt batch {batch} was not open")  # the lock says it is
+        closed = [batch]
+        for start, end in zip(cuts, ends[1:], strict=True):
+            closed.append(_new_batch(conn, gateway, CLOSED, now, bucket=batch, span=(start, end)))
         _open_next(conn, gateway, now)
     return [int(b) for b in closed]
 
@@ -290,13 +323,21 @@ def members(conn: Connection, batch: int) -> list[Receipt]:
     """A batch's receipts in sequence order. Rows are read at the driver level:
     SQLAlchemy's per-row processing cost more than the hashing (measured ~35 of ~60 us
     a receipt)."""
+    bucket, first, last = conn.execute(
+        select(
+            func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
+            ReceiptBatch.first_sequence,
+            ReceiptBatch.last_sequence,
+        ).where(ReceiptBatch.id == batch)
+    ).one()
+    span = {"bucket": bucket, "first": first or 0, "last": _LAST_SEQUENCE if last is None else last}
     rows: Sequence[Any]
     if conn.dialect.name == "sqlite":
         # sorted here: SQLite 3.40 promises no order inside json_group_array
-        got = orjson.loads(conn.execute(_MEMBERS_SQLITE, {"batch": batch}).scalar_one())
+        got = orjson.loads(conn.execute(_MEMBERS_SQLITE, span).scalar_one())
         rows = sorted(got, key=itemgetter(_SEQUENCE))
     else:
-        rows = conn.execute(_MEMBERS, {"batch": batch}).all()
+        rows = conn.execute(_MEMBERS, span).all()
     return [Receipt._make((*r[:_PRICE], int(r[_PRICE]), *r[_PRICE + 1 :])) for r in rows]
 
 

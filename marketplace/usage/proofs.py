@@ -7,12 +7,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from marketplace import errors
 from marketplace.db.tables import ReceiptBatch, Usage
-from marketplace.usage.batches import ANCHORED, RECEIPT_ROW, members
+from marketplace.usage.batches import ANCHORED, RECEIPT_ROW, holds, members
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
 
@@ -28,9 +28,26 @@ def receipt_row(session: Session, inference_id: str) -> Usage | None:
     return row if row is not None and row.gateway is not None else None
 
 
-def batch_row(session: Session, batch: int) -> ReceiptBatch | None:
-    """One batch's row."""
-    return session.get(ReceiptBatch, batch)
+def batch_row(session: Session, row: Usage) -> ReceiptBatch | None:
+    """The batch holding a usage row's receipt (None while none does): the one it was
+    written into, or one cut from that, by its sequence."""
+    if row.batch_id is None or row.sequence is None:
+        return None
+    return session.scalars(
+        select(ReceiptBatch).where(
+            or_(
+                and_(ReceiptBatch.id == row.batch_id, ReceiptBatch.bucket.is_(None)),
+                ReceiptBatch.bucket == row.batch_id,
+            ),
+            or_(
+                ReceiptBatch.first_sequence.is_(None),
+                and_(
+                    ReceiptBatch.first_sequence <= row.sequence,
+                    ReceiptBatch.last_sequence >= row.sequence,
+                ),
+            ),
+        )
+    ).first()
 
 
 _trees: dict[tuple[int, str | None, Domain], tuple[list[str], MerkleTree]] = {}
@@ -82,9 +99,9 @@ def anchored_calls(
         select(
             Usage.model_id,
             func.count(),
-            func.count(func.distinct(Usage.batch_id)),
+            func.count(func.distinct(ReceiptBatch.id)),
         )
-        .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
+        .join(ReceiptBatch, holds())
         .where(ReceiptBatch.state == ANCHORED)
         .group_by(Usage.model_id)
     )

@@ -65,7 +65,7 @@ def _proof_of(
             leaf is not None and leaf.lower() != own_leaf
         ):
             raise missing
-        batch = proofs.batch_row(s, row.batch_id) if row.batch_id is not None else None
+        batch = proofs.batch_row(s, row)
         if batch is not None and batch.root is None:  # still open, or its root not computed
             batch = None
         proof = proofs.proof(s, batch, inference_id, domain) if batch is not None else []

@@ -123,7 +123,7 @@ def test_with_the_indexer_running_no_gateway_worker_builds_a_batch(
                 conn.execute(
                     select(func.count())
                     .select_from(Usage)
-                    .join(ReceiptBatch, ReceiptBatch.id == Usage.batch_id)
+                    .join(ReceiptBatch, batches.holds())
                     .where(ReceiptBatch.state == "anchored")
                 ).scalar_one()
             )

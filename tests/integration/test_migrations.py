@@ -168,3 +168,51 @@ def test_receipts_that_disagree_with_their_usage_rows_are_not_merged(sqlite_url:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM usage_receipts")).scalar() == 1
     engine.dispose()
+
+
+def test_batches_cut_by_sequence_go_back_to_their_own_rows(database: str):
+    """b3d5f7a9c2e4 cuts a batch closed over its size by sequence, rows unmoved; its
+    downgrade gives each cut batch its rows back (the old builder's form), and after the
+    upgrade again every receipt still proves into the root of the batch that holds it."""
+    import time
+
+    from sqlalchemy import text
+
+    from marketplace.db.engine import make_engine, session_factory
+    from marketplace.usage import batches, proofs
+    from marketplace.usage.merkle import process_proof
+    from marketplace.usage.receipts import Domain
+    from marketplace.usage.records import write_usage
+    from tests.integration.test_audit import _served
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", database)
+    engine = make_engine(database)
+    gateway = "0x" + "ab" * 20
+    domain = Domain(31337, "0x" + "cd" * 20)
+    batches.reserve_sequences(engine, gateway, 1000, domain)
+    with engine.begin() as conn:
+        write_usage(conn, [_served(gateway, i) for i in range(25)])  # sequences 1..25
+    closed = batches.close_open(engine, gateway, 10, time.time())
+    assert batches.build_closed(engine, gateway, domain) == 3
+    engine.dispose()
+
+    command.downgrade(cfg, "a8b2d4f6c1e3")
+    with make_engine(database).connect() as conn:
+        held = conn.execute(
+            text("SELECT batch_id, count(*) FROM usage GROUP BY batch_id ORDER BY batch_id")
+        ).all()
+    assert [tuple(row) for row in held] == list(zip(closed, (10, 10, 5), strict=True))
+
+    command.upgrade(cfg, "head")
+    engine = make_engine(database)
+    with session_factory(engine)() as s:
+        for i in (0, 9, 10, 24):
+            row = proofs.receipt_row(s, f"{i:032x}")
+            assert row is not None
+            batch = proofs.batch_row(s, row)
+            assert batch is not None and batch.id == closed[min(i // 10, 2)]
+            receipt = proofs.to_receipt(row)
+            proof = proofs.proof(s, batch, receipt.inference_id, domain)
+            assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
+    engine.dispose()

@@ -161,14 +161,24 @@ def test_a_write_past_sqlites_parameter_limit_is_cut_and_loses_nothing(sqlite_ur
 
 def test_a_batch_over_its_size_is_closed_as_several(database: str):
     """A builder away for a while finds more than a batch's size waiting: they close as
-    batches of at most that size, in sequence order, each proving into its own root."""
+    batches of at most that size, in sequence order, each proving into its own root and
+    found as its receipts' batch; the close rewrites no usage row (it cuts the batch by
+    sequence: moving rows cost a new version of each, under the lock writers wait for)."""
     engine = make_engine(database)
     domain = Domain(31337, "0x" + "cd" * 20)
     batches.reserve_sequences(engine, GATEWAY, 1000, domain)
     with engine.begin() as conn:
         assert write_usage(conn, [served(i) for i in range(25)]) == 25
+    rewrites: list[int] = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        if statement.upper().startswith("UPDATE USAGE") and cursor.rowcount:
+            rewrites.append(cursor.rowcount)
+
     closed = batches.close_open(engine, GATEWAY, 10, time.time())
     assert len(closed) == 3 and closed == sorted(closed)
+    assert rewrites == []
     assert batches.build_closed(engine, GATEWAY, domain) == 3
     with session_factory(engine)() as s:
         for batch_id, members in zip(
@@ -182,9 +192,19 @@ def test_a_batch_over_its_size_is_closed_as_several(database: str):
             for i in members:
                 receipt = served(i).receipt
                 assert receipt is not None
+                row = proofs.receipt_row(s, receipt.inference_id)
+                assert row is not None and proofs.batch_row(s, row) == batch
                 proof = proofs.proof(s, batch, receipt.inference_id, domain)
                 assert "0x" + process_proof(receipt.leaf(domain), proof).hex() == batch.root
     assert batches.unbatched(engine, GATEWAY, 10) == (0, None)
+    with engine.begin() as conn:  # the next receipts go into the next open batch
+        assert write_usage(conn, [served(i) for i in range(25, 30)]) == 5
+    after = batches.build_batch(engine, GATEWAY, 10, domain, time.time())
+    with session_factory(engine)() as s:
+        batch = s.get(ReceiptBatch, after)
+        assert batch is not None and (batch.count, batch.first_sequence) == (5, 25)
+        row = proofs.receipt_row(s, f"{27:032x}")
+        assert row is not None and proofs.batch_row(s, row) == batch
     engine.dispose()
 
 
