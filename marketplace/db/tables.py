@@ -350,7 +350,7 @@ class Usage(Base):
     price: Mapped[int | None] = mapped_column(Uint256)
     method: Mapped[str | None] = mapped_column(String(16))
     time: Mapped[int | None] = mapped_column(BigInteger)
-    # the batch it was written into (its gateway's open one), or cut from (`bucket`)
+    # the batch it was written into (its gateway's open one; maybe cut: `bucket`)
     batch_id: Mapped[int | None] = mapped_column(BigInteger)
 
 

@@ -29,7 +29,6 @@ from sqlalchemy import (
     and_,
     func,
     insert,
-    or_,
     select,
     text,
     union_all,
@@ -130,11 +129,13 @@ def _new_batch(
 def holds() -> ColumnElement[bool]:
     """The condition joining a batch to the usage rows of the receipts it holds: those
     written into it, or into the batch it was cut from, in its range of sequences."""
+    # coalesced bounds, not "first IS NULL OR ...": (batch_id, sequence) stays one range
+    # of the index for each batch
     return and_(
         Usage.batch_id == func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
-        or_(
-            ReceiptBatch.first_sequence.is_(None),
-            Usage.sequence.between(ReceiptBatch.first_sequence, ReceiptBatch.last_sequence),
+        Usage.sequence.between(
+            func.coalesce(ReceiptBatch.first_sequence, 0),
+            func.coalesce(ReceiptBatch.last_sequence, _LAST_SEQUENCE),
         ),
     )
 
@@ -259,9 +260,9 @@ def build_batch(engine: Engine, gateway: str, size: int, domain: Domain, now: fl
 def close_open(engine: Engine, gateway: str, size: int, now: float) -> list[int]:
     """Close `gateway`'s open batch (nothing is written into it after this commits) and
     open the next: the batches closed, none when it held no receipt (it stays open).
-    Over `size` receipts (its builder was away), the rest go into further batches of at
-    most `size`, by sequence, each row moved once. The hashing comes after, outside the
-    lock (`build_closed`)."""
+    Over `size` receipts (its builder was away), it is cut into batches of at most `size`
+    by sequence range (no row is rewritten). The hashing comes after, outside the lock
+    (`build_closed`)."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":  # the writers' locks last milliseconds; a
             conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")  # stuck one: next round
@@ -278,18 +279,21 @@ def close_open(engine: Engine, gateway: str, size: int, now: float) -> list[int]
             return []
         batch = pointer[0] if pointer[0] is not None else _open_next(conn, gateway, now)
         conn.execute(_ADOPT, {"batch": batch, "gateway": gateway})
-        held = select(Usage.sequence).where(Usage.batch_id == batch).order_by(Usage.sequence)
-        first = conn.execute(held.limit(1)).scalar()
+        first, last = conn.execute(
+            select(func.min(Usage.sequence), func.max(Usage.sequence)).where(
+                Usage.batch_id == batch
+            )
+        ).one()
         if first is None:
             return []
-        last = conn.execute(select(func.max(Usage.sequence)).where(Usage.batch_id == batch))
+        held = select(Usage.sequence).where(Usage.batch_id == batch).order_by(Usage.sequence)
         cuts: list[int] = []
         if conn.execute(held.offset(size).limit(1)).first() is not None:
             cuts = list(conn.execute(_CUTS, {"batch": batch, "size": size}).scalars())
         # each batch's range of sequences: one closed over its size is cut, not its rows
         # rewritten (a new version of each moved row and its index entries, under the lock
         # the writers wait for)
-        ends = [*(cut - 1 for cut in cuts), last.scalar_one()]
+        ends = [*(cut - 1 for cut in cuts), last]
         done = conn.execute(
             update(ReceiptBatch)
             .where(ReceiptBatch.id == batch, ReceiptBatch.state == OPEN)
@@ -330,7 +334,11 @@ def members(conn: Connection, batch: int) -> list[Receipt]:
             ReceiptBatch.last_sequence,
         ).where(ReceiptBatch.id == batch)
     ).one()
-    span = {"bucket": bucket, "first": first or 0, "last": _LAST_SEQUENCE if last is None else last}
+    span = {
+        "bucket": bucket,
+        "first": 0 if first is None else first,
+        "last": _LAST_SEQUENCE if last is None else last,
+    }
     rows: Sequence[Any]
     if conn.dialect.name == "sqlite":
         # sorted here: SQLite 3.40 promises no order inside json_group_array
@@ -342,7 +350,8 @@ def members(conn: Connection, batch: int) -> list[Receipt]:
 
 
 def _build(engine: Engine, batch: int, domain: Domain) -> None:
-    """Compute a closed batch's root, count and sequence range from its receipts."""
+    """Compute a closed batch's root and count from its receipts (its range, set when it
+    closed, narrowed to the first and last it holds)."""
     with engine.connect() as conn:
         receipts = members(conn, batch)
     tree = MerkleTree([r.digest(domain) for r in receipts])

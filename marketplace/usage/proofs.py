@@ -47,7 +47,7 @@ def batch_row(session: Session, row: Usage) -> ReceiptBatch | None:
                 ),
             ),
         )
-    ).first()
+    ).one_or_none()
 
 
 _trees: dict[tuple[int, str | None, Domain], tuple[list[str], MerkleTree]] = {}

@@ -7,6 +7,9 @@ entries: 28% of receipts under load, with the close's lock held meanwhile). A ba
 names the batch its receipts were written into (`bucket`, None: itself) and the range of
 sequences it holds; first_sequence and last_sequence are set when it closes.
 
+Stop every builder of the old code before upgrading (indexers and gateway workers): an
+old builder would read a cut batch as all of its bucket's rows.
+
 Revision ID: b3d5f7a9c2e4
 Revises: a8b2d4f6c1e3
 Create Date: 2026-12-03 14:40:00
