@@ -43,7 +43,6 @@ FIELDS = [
     ("method", "string"),
     ("time", "uint64"),
 ]
-_JSON_NAMES = [name for name, _ in FIELDS]
 RECEIPT_TYPE = "UsageReceipt(" + ",".join(f"{t} {n}" for n, t in FIELDS) + ")"
 RECEIPT_TYPEHASH = keccak(RECEIPT_TYPE.encode())
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -165,10 +164,32 @@ def header(receipt: Receipt, domain: Domain) -> str:
     """The compact form an answer carries: base64url (unpadded) of the message with the
     domain's chain id and contract."""
     # lower-case addresses: checksums cost ~25 us each, and this runs on every paid call
-    doc = dict(zip(_JSON_NAMES, receipt, strict=True))
-    doc["price"], doc["modelId"] = str(receipt.price), str(receipt.model_id)  # uint256: text
-    doc["chainId"], doc["verifyingContract"] = domain.chain_id, domain.anchors
-    return base64.urlsafe_b64encode(orjson.dumps(doc)).rstrip(b"=").decode()
+    rest = orjson.dumps(
+        {
+            "inferenceId": receipt.inference_id,
+            "sequence": receipt.sequence,
+            "modelId": str(receipt.model_id),  # uint256: text
+            "modelDigest": receipt.model_digest,
+            "inputDigest": receipt.input_digest,
+            "outputDigest": receipt.output_digest,
+            "buyer": receipt.buyer,
+            "price": str(receipt.price),
+            "method": receipt.method,
+            "time": receipt.time,
+        }
+    )
+    head = _header_head(receipt.gateway, domain.chain_id, domain.anchors)
+    return head + base64.urlsafe_b64encode(rest[1:]).rstrip(b"=").decode()
+
+
+@functools.lru_cache(maxsize=8)
+def _header_head(gateway: str, chain_id: int, anchors: str) -> str:
+    """The header's fixed part (its gateway and domain) encoded once: padded with spaces
+    (JSON whitespace) to whole 3-byte groups, its base64 is a prefix of every header's
+    (4.4 against 2.5 us a header)."""
+    head = orjson.dumps({"gateway": gateway, "chainId": chain_id, "verifyingContract": anchors})
+    head = head[:-1] + b","
+    return base64.urlsafe_b64encode(head + b" " * (-len(head) % 3)).decode()
 
 
 def from_header(text: str) -> tuple[Receipt, Domain]:
