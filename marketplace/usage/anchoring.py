@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from marketplace import errors
 from marketplace.chain.anchors import Anchors
-from marketplace.usage import batches
+from marketplace.usage import batches, sends
 from marketplace.usage.receipts import Domain, Receipt
 from storage import cid
 
@@ -248,9 +248,9 @@ class Anchorer:
             now=now,
         )
         done = 0
-        for batch in batches.unsent(self.engine, gateway):
+        for batch in sends.unsent(self.engine, gateway):
             claimed = time.time()
-            if not batches.claim(self.engine, batch.id, claimed, self.stale_after):
+            if not sends.claim(self.engine, batch.id, claimed, self.stale_after):
                 continue
             root = bytes.fromhex(batch.root[2:])
             try:
@@ -260,7 +260,7 @@ class Anchorer:
                 # once it is stale, the next round finds the root on-chain or sends again
                 raise
             except Exception:
-                batches.release(self.engine, batch.id, claimed)
+                sends.release(self.engine, batch.id, claimed)
                 raise
         return done
 
@@ -274,11 +274,11 @@ class Anchorer:
                     raise
                 held = anchors.anchor_of(gateway, root)  # a twin's send won
             else:
-                batches.anchored(self.engine, batch, tx_hash, block, time.time())
+                sends.anchored(self.engine, batch, tx_hash, block, time.time())
                 log.info("anchored batch %s: %s receipts, tx %s", batch, count, tx_hash)
                 return 1
         tx = anchors.anchored_tx(gateway, root, held.block_number)
-        batches.anchored(self.engine, batch, tx, held.block_number, time.time())
+        sends.anchored(self.engine, batch, tx, held.block_number, time.time())
         log.info("batch %s was on-chain already (block %s)", batch, held.block_number)
         return 1
 

@@ -1,6 +1,6 @@
 """Receipts and their batches in the database: sequence numbers taken in blocks, each
 gateway's open batch that its receipts are written into, a batch closed and built (its
-root fixed), a send claimed by one worker at a time, and the anchored batch recorded.
+root fixed). A built batch's send and anchor are recorded in `sends`.
 
 What is written when: a receipt in its call's usage row, in its gateway's open batch
 (`records.write_usage`, under a lock a close waits for); the batch closed (the gateway's
@@ -24,7 +24,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Row,
     Select,
     and_,
     func,
@@ -365,60 +364,5 @@ def _build(engine: Engine, batch: int, domain: Domain) -> None:
                 count=len(receipts),
                 first_sequence=receipts[0].sequence,
                 last_sequence=receipts[-1].sequence,
-            )
-        )
-
-
-def unsent(engine: Engine, gateway: str) -> list[Row[Any]]:
-    """Built batches not anchored yet, oldest first."""
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(ReceiptBatch.id, ReceiptBatch.root, ReceiptBatch.count.label("receipts"))
-                .where(ReceiptBatch.gateway == gateway, ReceiptBatch.state == BUILT)
-                .order_by(ReceiptBatch.id)
-            ).all()
-        )
-
-
-def claim(engine: Engine, batch: int, now: float, stale_after: float) -> bool:
-    """Claim the send of `batch` for this worker at `now` (the claim's own time: the
-    round may have spent long on earlier batches); False when another claimed it within
-    `stale_after` seconds (a worker that died mid-send loses its claim after that)."""
-    with engine.begin() as conn:
-        got = conn.execute(
-            update(ReceiptBatch)
-            .where(
-                ReceiptBatch.id == batch,
-                ReceiptBatch.state == BUILT,
-                (ReceiptBatch.sending_at.is_(None)) | (ReceiptBatch.sending_at < now - stale_after),
-            )
-            .values(sending_at=now)
-        )
-    return got.rowcount == 1
-
-
-def release(engine: Engine, batch: int, claimed_at: float) -> None:
-    """Give up our claim (the send failed; the next round tries again), not a newer one."""
-    with engine.begin() as conn:
-        conn.execute(
-            update(ReceiptBatch)
-            .where(ReceiptBatch.id == batch, ReceiptBatch.sending_at == claimed_at)
-            .values(sending_at=None)
-        )
-
-
-def anchored(engine: Engine, batch: int, tx_hash: str | None, block: int, now: float) -> None:
-    """Record that the chain holds `batch`'s root."""
-    with engine.begin() as conn:
-        conn.execute(
-            update(ReceiptBatch)
-            .where(ReceiptBatch.id == batch)
-            .values(
-                state=ANCHORED,
-                tx_hash=tx_hash,
-                block_number=block,
-                anchored_at=now,
-                sending_at=None,
             )
         )
