@@ -125,18 +125,24 @@ def _new_batch(
     )
 
 
+def span() -> tuple[ColumnElement[int], ColumnElement[int], ColumnElement[int]]:
+    """A batch's bucket (the batch its receipts were written into) and its range of
+    sequences: an open batch, or one closed before ranges were kept, holds its bucket's
+    every sequence."""
+    return (
+        func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
+        func.coalesce(ReceiptBatch.first_sequence, 0),
+        func.coalesce(ReceiptBatch.last_sequence, _LAST_SEQUENCE),
+    )
+
+
 def holds() -> ColumnElement[bool]:
     """The condition joining a batch to the usage rows of the receipts it holds: those
     written into it, or into the batch it was cut from, in its range of sequences."""
     # coalesced bounds, not "first IS NULL OR ...": (batch_id, sequence) stays one range
     # of the index for each batch
-    return and_(
-        Usage.batch_id == func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
-        Usage.sequence.between(
-            func.coalesce(ReceiptBatch.first_sequence, 0),
-            func.coalesce(ReceiptBatch.last_sequence, _LAST_SEQUENCE),
-        ),
-    )
+    bucket, first, last = span()
+    return and_(Usage.batch_id == bucket, Usage.sequence.between(first, last))
 
 
 # whose turn it is to build, by the holder's first word: the leading indexer's or a
@@ -326,25 +332,15 @@ def members(conn: Connection, batch: int) -> list[Receipt]:
     """A batch's receipts in sequence order. Rows are read at the driver level:
     SQLAlchemy's per-row processing cost more than the hashing (measured ~35 of ~60 us
     a receipt)."""
-    bucket, first, last = conn.execute(
-        select(
-            func.coalesce(ReceiptBatch.bucket, ReceiptBatch.id),
-            ReceiptBatch.first_sequence,
-            ReceiptBatch.last_sequence,
-        ).where(ReceiptBatch.id == batch)
-    ).one()
-    span = {
-        "bucket": bucket,
-        "first": 0 if first is None else first,
-        "last": _LAST_SEQUENCE if last is None else last,
-    }
+    bucket, first, last = conn.execute(select(*span()).where(ReceiptBatch.id == batch)).one()
+    held = {"bucket": bucket, "first": first, "last": last}
     rows: Sequence[Any]
     if conn.dialect.name == "sqlite":
         # sorted here: SQLite 3.40 promises no order inside json_group_array
-        got = orjson.loads(conn.execute(_MEMBERS_SQLITE, span).scalar_one())
+        got = orjson.loads(conn.execute(_MEMBERS_SQLITE, held).scalar_one())
         rows = sorted(got, key=itemgetter(_SEQUENCE))
     else:
-        rows = conn.execute(_MEMBERS, span).all()
+        rows = conn.execute(_MEMBERS, held).all()
     return [Receipt._make((*r[:_PRICE], int(r[_PRICE]), *r[_PRICE + 1 :])) for r in rows]
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from marketplace import errors
 from marketplace.db.tables import ReceiptBatch, Usage
-from marketplace.usage.batches import ANCHORED, RECEIPT_ROW, holds, members
+from marketplace.usage.batches import ANCHORED, RECEIPT_ROW, holds, members, span
 from marketplace.usage.merkle import MerkleTree
 from marketplace.usage.receipts import Domain, Receipt
 
@@ -33,19 +33,16 @@ def batch_row(session: Session, row: Usage) -> ReceiptBatch | None:
     written into, or one cut from that, by its sequence."""
     if row.batch_id is None or row.sequence is None:
         return None
+    _, first, last = span()
     return session.scalars(
         select(ReceiptBatch).where(
+            # the bucket spelled out (not span's coalesce): each side has its index
             or_(
                 and_(ReceiptBatch.id == row.batch_id, ReceiptBatch.bucket.is_(None)),
                 ReceiptBatch.bucket == row.batch_id,
             ),
-            or_(
-                ReceiptBatch.first_sequence.is_(None),
-                and_(
-                    ReceiptBatch.first_sequence <= row.sequence,
-                    ReceiptBatch.last_sequence >= row.sequence,
-                ),
-            ),
+            first <= row.sequence,
+            last >= row.sequence,
         )
     ).one_or_none()
 
