@@ -70,6 +70,7 @@ bench: setup
 	.venv/bin/python -m bench.inference
 	.venv/bin/python -m bench.indexer
 	.venv/bin/python -m bench.gateway
+	.venv/bin/python -m bench.cores
 	.venv/bin/python -m bench.receipts
 	.venv/bin/python -m bench.load
 	.venv/bin/python -m bench.rerun
