@@ -18,7 +18,7 @@ neighbours), under the shipped granian, iris, receipts on; the split layout char
 indexer or database CPU back (it is not on the servers' cores), and the table shows how
 busy each side's cores were, so a split run bound by the other side shows as such.
 
-    .venv/bin/python -m bench.cores [--pairs 6] [--pair-seconds 6] [--conns 16]
+    .venv/bin/python -m bench.cores [--pairs 4] [--pair-seconds 5] [--conns 1,16]
         [--server-cpus 0] [--rounds 2]
 """
 
@@ -101,9 +101,9 @@ def cores_busy(cpus: set[int], into: list[float]) -> Iterator[None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=6, help="paid slices per alternation")
-    parser.add_argument("--pair-seconds", type=int, default=6)
-    parser.add_argument("--conns", default="16", help="connections, comma-separated")
+    parser.add_argument("--pairs", type=int, default=4, help="paid slices per alternation")
+    parser.add_argument("--pair-seconds", type=int, default=5)
+    parser.add_argument("--conns", default="1,16", help="connections, comma-separated")
     parser.add_argument("--server-cpus", default="0", help="the servers' cores in the split")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per layout")
     args = parser.parse_args()
