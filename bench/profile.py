@@ -55,7 +55,7 @@ PARTS = [
     ("gunicorn (accept, parse, send)", "gunicorn/"),
 ]
 RATE = 200  # samples a second
-MARKS = ("FOR UPDATE", "FOR KEY SHARE", "FOR NO KEY UPDATE", "json_populate_recordset", "RETURNING")
+MARKS = ("FOR UPDATE", "FOR KEY SHARE", "FOR NO KEY UPDATE", "RETURNING")
 # PostgreSQL's CPU us per call, and per statement (execution us, rows) per call
 Database = tuple[float, dict[str, tuple[float, float]]]
 IDLE = ("Condition.wait (threading", "Event.wait (threading", "select (selectors", "sleep (")
@@ -160,6 +160,9 @@ class Statements:
         return cpu, {name: (us, touched[name]) for name, us in spent.items()}
 
 
+_TARGET = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM"}  # the word before the table
+
+
 def statement(query: str) -> str:
     """A short name for a statement: its verb and table, and what marks it."""
     text = " ".join(query.split())
@@ -167,13 +170,22 @@ def statement(query: str) -> str:
     if verb in ("BEGIN", "COMMIT", "ROLLBACK", "SET", "SELECT") and " FROM " not in text.upper():
         return verb.lower()
     words = text.replace("(", " ").replace(",", " ").split()
+    start = 0
+    if verb == "WITH":  # the statement's own verb, after its WITH queries
+        start = next((i for i, w in enumerate(words) if w.upper() in _TARGET), len(words))
+        verb = words[start].upper() if start < len(words) else "SELECT"
+    before = _TARGET.get(verb, "FROM")
     table = next(
-        (words[i + 1] for i, w in enumerate(words[:-1]) if w.upper() in ("INTO", "UPDATE", "FROM")),
+        (
+            words[i + 1]
+            for i in range(start, len(words) - 1)
+            if words[i].upper() == before and words[i + 1].upper() != "SELECT"
+        ),
         "?",
     )
-    if verb == "WITH":
-        verb = next((w for w in words if w.upper() in ("INSERT", "UPDATE", "DELETE")), "SELECT")
     marks = [m for m in MARKS if m.lower() in text.lower()]
+    if "FROM (SELECT" in text.upper():
+        marks.append("from a subquery")
     return f"{verb.lower()} {table}" + (f" ({', '.join(marks)})" if marks else "")
 
 
