@@ -66,11 +66,15 @@ def tree_cpu(pid: int | None) -> float:
         proc = Path(f"/proc/{stack.pop()}")
         try:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-            for task in (proc / "task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
+            threads = list((proc / "task").iterdir())
         except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread or process that ended meanwhile
+            continue  # a process that ended meanwhile
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        for thread in threads:  # one that ended meanwhile hides no other's children
+            try:
+                stack += [int(c) for c in (thread / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
     return total / os.sysconf("SC_CLK_TCK")
 
 

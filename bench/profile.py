@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -160,32 +161,42 @@ class Statements:
         return cpu, {name: (us, touched[name]) for name, us in spent.items()}
 
 
-_TARGET = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM"}  # the word before the table
+_TARGET = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM", "SELECT": "FROM"}
+_TOKEN = re.compile(r"\(|\)|[^\s(),]+")
 
 
 def statement(query: str) -> str:
-    """A short name for a statement: its verb and table, and what marks it."""
+    """A short name for a statement: its own verb and table (outside any parentheses: a
+    WITH query's or a subquery's are not its own), and what marks it."""
     text = " ".join(query.split())
     verb = text.split(" ", 1)[0].upper()
     if verb in ("BEGIN", "COMMIT", "ROLLBACK", "SET", "SELECT") and " FROM " not in text.upper():
         return verb.lower()
-    words = text.replace("(", " ").replace(",", " ").split()
-    start = 0
-    if verb == "WITH":  # the statement's own verb, after its WITH queries
-        start = next((i for i, w in enumerate(words) if w.upper() in _TARGET), len(words))
-        verb = words[start].upper() if start < len(words) else "SELECT"
-    before = _TARGET.get(verb, "FROM")
-    table = next(
-        (
-            words[i + 1]
-            for i in range(start, len(words) - 1)
-            if words[i].upper() == before and words[i + 1].upper() != "SELECT"
-        ),
-        "?",
-    )
+    tokens: list[tuple[str, int]] = []  # (word, parenthesis depth)
+    depth = 0
+    for word in _TOKEN.findall(text):
+        depth += {"(": 1, ")": -1}.get(word, 0)
+        if word not in ("(", ")"):
+            tokens.append((word, depth))
+    at = next((i for i, (w, d) in enumerate(tokens) if d == 0 and w.upper() in _TARGET), None)
+    if at is None:
+        return verb.lower()
+    verb = tokens[at][0].upper()
     marks = [m for m in MARKS if m.lower() in text.lower()]
-    if "FROM (SELECT" in text.upper():
-        marks.append("from a subquery")
+    table = "?"
+    for i in range(at, len(tokens) - 1):
+        if tokens[i][1] == 0 and tokens[i][0].upper() == _TARGET[verb]:
+            word, inside = tokens[i + 1]
+            if inside == 0:
+                table = word
+            else:  # FROM (SELECT ...): the subquery's table, and what the query selects
+                table = next(
+                    (tokens[j + 1][0] for j in range(i + 1, len(tokens) - 1)
+                     if tokens[j][0].upper() == "FROM" and tokens[j + 1][0].upper() != "SELECT"),
+                    "?",
+                )  # fmt: skip
+                marks.append(f"{tokens[at + 1][0]} from a subquery")
+            break
     return f"{verb.lower()} {table}" + (f" ({', '.join(marks)})" if marks else "")
 
 
