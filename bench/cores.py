@@ -29,25 +29,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.gateway import (
-    INDEXER_IDLE,
-    INDEXER_SETTLE,
-    MODEL,
-    prepare,
-    start,
-    start_indexer,
-    stop_indexer,
-)
-from bench.measure import tree_cpu
+from bench.gateway import MODEL, check_indexers, prepare, start, start_indexers, stop_all
 from bench.paired import alternate, quartiles
 from marketplace.devstack.serve import Server
 
@@ -124,12 +113,7 @@ def main() -> int:
     # (layout, database, conns) -> ratios, paid req/s, unpaid req/s, server/rest busy
     rows: dict[tuple[str, str, int], dict[str, list[float]]] = {}
     try:
-        for name in m.databases:
-            indexers[name] = start_indexer(m, name, work / f"indexer-{name}.log")
-        time.sleep(INDEXER_SETTLE)
-        idle_from = {name: tree_cpu(p.pid) for name, p in indexers.items()}
-        time.sleep(INDEXER_IDLE)
-        idle = {n: (tree_cpu(p.pid) - idle_from[n]) / INDEXER_IDLE for n, p in indexers.items()}
+        idle = start_indexers(m, work, indexers)
         unpaid_env = {"BENCH_MODEL": str(MODEL)}
         unpaid = start("granian", "bench.unpaid_app:create_app()", unpaid_env,
                        work / "unpaid.log", "/")  # fmt: skip
@@ -154,9 +138,7 @@ def main() -> int:
                     url = f"{server.url}/v2/models/{m.model_ids['iris']}/infer"
                     auth = {**headers, "Authorization": f"Bearer {m.keys_of[name]}"}
                     for c in conns:
-                        for db, indexer in indexers.items():
-                            if indexer.poll() is not None:  # else the workers would build
-                                raise RuntimeError(f"the {db} indexer stopped; see {work}")
+                        check_indexers(indexers, work)
                         row = rows.setdefault((layout, name, c), {})
                         on_servers, on_rest = (
                             row.setdefault("servers busy", []),
@@ -177,12 +159,7 @@ def main() -> int:
                         row.setdefault("paid", []).extend(r for r, _ in pairs.paid)
                         row.setdefault("unpaid", []).extend(r for r, _ in pairs.unpaid)
     finally:
-        for server in running:
-            server.stop()
-        for indexer in indexers.values():
-            stop_indexer(indexer)
-        m.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(running, indexers, m, work)
     report(rows, args, servers_on, rest)
     return 0
 

@@ -192,6 +192,41 @@ def stop_indexer(indexer: subprocess.Popen[bytes]) -> None:
         indexer.wait()
 
 
+def start_indexers(
+    m: Market, work: Path, into: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, float]:
+    """A `modelmarket indexer` on each database (put in `into` as each starts, so the
+    caller stops them however this ends), and each one's idle rate in CPU seconds a
+    second: read before the cells (a pass every 2 s: chain, leadership, state), so the
+    builds' own CPU can be told apart from polling over a long run."""
+    for name in m.databases:
+        into[name] = start_indexer(m, name, work / f"indexer-{name}.log")
+    time.sleep(INDEXER_SETTLE)
+    idle_from = {name: tree_cpu(p.pid) for name, p in into.items()}
+    time.sleep(INDEXER_IDLE)
+    return {name: (tree_cpu(p.pid) - idle_from[name]) / INDEXER_IDLE for name, p in into.items()}
+
+
+def check_indexers(indexers: dict[str, subprocess.Popen[bytes]], work: Path) -> None:
+    """Raise if an indexer stopped: the workers would build the batches instead."""
+    for name, indexer in indexers.items():
+        if indexer.poll() is not None:
+            raise RuntimeError(f"the {name} indexer stopped; see {work}")
+
+
+def stop_all(
+    running: list[Server], indexers: dict[str, subprocess.Popen[bytes]], m: Market, work: Path
+) -> None:
+    """Stop what a gateway benchmark started: servers, indexers, the Market; remove its
+    folder."""
+    for server in running:
+        server.stop()
+    for indexer in indexers.values():
+        stop_indexer(indexer)
+    m.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def prepare(work: Path, postgres: bool = True, statements: bool = False) -> Market:
     """Start and fill the Market (stop it when done); `statements`: PostgreSQL with
     pg_stat_statements loaded."""
@@ -273,15 +308,8 @@ def main() -> int:
         model_ids, bodies, databases, keys_of, pg_pid = (
             m.model_ids, m.bodies, m.databases, m.keys_of, m.pg_pid
         )  # fmt: skip
-        for name in databases:
-            indexers[name] = start_indexer(m, name, work / f"indexer-{name}.log")
-        # its idle rate first (a pass every 2 s: chain, leadership, state), so the builds'
-        # own CPU per receipt can be told apart from polling over a long run
-        time.sleep(INDEXER_SETTLE)
-        idle_from = {name: tree_cpu(p.pid) for name, p in indexers.items()}
-        time.sleep(INDEXER_IDLE)
+        idle = start_indexers(m, work, indexers)
         started = {name: tree_cpu(p.pid) for name, p in indexers.items()}
-        idle = {name: (started[name] - idle_from[name]) / INDEXER_IDLE for name in indexers}
         began = time.monotonic()
         for kind in args.servers.split(","):
             # every configuration up at once, runs interleaved: drift hits them alike
@@ -316,9 +344,7 @@ def main() -> int:
                     if config in paid_by:
                         headers = {**headers, "Authorization": f"Bearer {paid_by[config]}"}
                     for c in MODELS[label][2]:
-                        for name, indexer in indexers.items():
-                            if indexer.poll() is not None:  # else the workers would build
-                                raise RuntimeError(f"the {name} indexer stopped; see {work}")
+                        check_indexers(indexers, work)
                         cell = measure(server, url, (body, headers), c, args.seconds, work, db_pid)
                         samples.setdefault((kind, label, config, c), []).append(cell)
             if kind == SHIPPED:
@@ -345,12 +371,7 @@ def main() -> int:
             for name, url in databases.items()
         }
     finally:
-        for server in running:
-            server.stop()
-        for indexer in indexers.values():
-            stop_indexer(indexer)
-        m.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(running, indexers, m, work)
     report(samples, x402_rows, args)
     print()
     print(
